@@ -1,0 +1,113 @@
+//! The rooted host layer. Every access to host files and every helper program goes through a
+//! `Host`: `RealHost` for a real (or fake, `--root`) tree, `sim::SimHost` for the simulated
+//! kernel used by the behaviour tests. Paths given to a `Host` are relative to its root
+//! ("sys/bus/pci/devices/0000:01:00.0/driver"); they are built only by `paths` from validated
+//! values.
+
+pub mod paths;
+pub mod real;
+pub mod sim;
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Result of a helper program (modprobe, systemctl).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+pub trait Host: Send + Sync {
+    /// Reads a whole (small) file as text.
+    fn read(&self, rel: &str) -> io::Result<String>;
+    /// Reads at most `max` bytes (config space).
+    fn read_bytes(&self, rel: &str, max: usize) -> io::Result<Vec<u8>>;
+    /// One write(2) of `data` to an existing file (sysfs attribute semantics).
+    fn write(&self, rel: &str, data: &str) -> io::Result<()>;
+    /// The last path component of a symlink's target (`driver` → "vfio-pci").
+    fn link_name(&self, rel: &str) -> io::Result<String>;
+    /// Names in a directory, sorted.
+    fn list(&self, rel: &str) -> io::Result<Vec<String>>;
+    fn exists(&self, rel: &str) -> bool;
+    /// Creates a regular file atomically (write temp + rename), creating parents, mode 0600.
+    fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()>;
+    fn remove_file(&self, rel: &str) -> io::Result<()>;
+    /// Owner uid and mode of a file (for refusing files others can write).
+    fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)>;
+    /// Runs a program (never through a shell) with a deadline. `prog` is a bare name looked up
+    /// in the host's sbin/bin dirs.
+    fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput>;
+    /// Takes an exclusive flock on a lock file; the lock lives as long as the returned guard.
+    fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>>;
+    /// Absolute path for messages.
+    fn display(&self, rel: &str) -> String;
+}
+
+pub trait LockGuard: Send {}
+
+/// Runs a write that can block in the kernel (unbind, reset, remove) on a helper thread and
+/// gives up waiting after `timeout`. A timed-out write leaves its thread blocked in the kernel;
+/// the caller reports ETIMEDOUT and moves on, so the hook itself always returns.
+pub fn write_with_deadline(
+    host: &Arc<dyn Host>,
+    rel: &str,
+    data: &str,
+    timeout: Duration,
+) -> io::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let h = Arc::clone(host);
+    let rel_owned = rel.to_string();
+    let data_owned = data.to_string();
+    std::thread::Builder::new()
+        .name("sysfs-write".into())
+        .spawn(move || {
+            let r = h.write(&rel_owned, &data_owned);
+            let _ = tx.send(r);
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+    }
+}
+
+/// Polls `check` until it returns Some or the deadline passes. The interval starts at 1 ms and
+/// doubles up to 50 ms, like the kernel's own readiness polls.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    let mut delays = retry::delay::Exponential::from_millis(1)
+        .map(|d| d.min(Duration::from_millis(50)))
+        .peekable();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            return None;
+        }
+        let d = delays.next().unwrap_or(Duration::from_millis(50));
+        std::thread::sleep(d.min(timeout - elapsed));
+    }
+}
+
+/// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let name = nix::errno::Errno::from_raw(code);
+            let desc = nix::errno::Errno::desc(name);
+            format!("{desc} ({name:?})")
+        }
+        None => e.to_string(),
+    }
+}

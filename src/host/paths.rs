@@ -1,0 +1,141 @@
+//! The only place host paths are built. Every component that comes from input is a validated
+//! type (`Bdf`), a name checked by `safe_name`, or a constant.
+
+use crate::pci::Bdf;
+
+pub const PCI_DEVICES: &str = "sys/bus/pci/devices";
+pub const PCI_DRIVERS: &str = "sys/bus/pci/drivers";
+pub const PCI_DRIVERS_PROBE: &str = "sys/bus/pci/drivers_probe";
+pub const PCI_RESCAN: &str = "sys/bus/pci/rescan";
+pub const IOMMU_GROUPS: &str = "sys/kernel/iommu_groups";
+pub const IOMMU_CLASS: &str = "sys/class/iommu";
+pub const VTCONSOLE: &str = "sys/class/vtconsole";
+pub const PLATFORM_DRIVERS: &str = "sys/bus/platform/drivers";
+pub const SYS_MODULE: &str = "sys/module";
+pub const RUN_DIR: &str = "run/pt-hook";
+pub const LOCK_DIR: &str = "run/pt-hook/lock";
+pub const RESERVATIONS: &str = "run/qemu-server/pci-id-reservations";
+pub const MAPPING_PCI: &str = "etc/pve/mapping/pci.cfg";
+pub const DEFAULT_CONFIG: &str = "etc/pt-hook/pt-hook.toml";
+pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
+pub const PROC_CMDLINE: &str = "proc/cmdline";
+pub const PROC_MODULES: &str = "proc/modules";
+
+/// Files pt-hook may touch in a PCI device directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevFile {
+    Vendor,
+    Device,
+    SubsystemVendor,
+    SubsystemDevice,
+    Class,
+    Driver,
+    DriverOverride,
+    IommuGroup,
+    Reset,
+    ResetMethod,
+    ResetSubordinate,
+    BootVga,
+    Config,
+    Remove,
+    D3coldAllowed,
+    PowerControl,
+    CurrentLinkSpeed,
+    CurrentLinkWidth,
+    MaxLinkSpeed,
+    MaxLinkWidth,
+    Enable,
+    Drm,
+    Graphics,
+}
+
+impl DevFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            DevFile::Vendor => "vendor",
+            DevFile::Device => "device",
+            DevFile::SubsystemVendor => "subsystem_vendor",
+            DevFile::SubsystemDevice => "subsystem_device",
+            DevFile::Class => "class",
+            DevFile::Driver => "driver",
+            DevFile::DriverOverride => "driver_override",
+            DevFile::IommuGroup => "iommu_group",
+            DevFile::Reset => "reset",
+            DevFile::ResetMethod => "reset_method",
+            DevFile::ResetSubordinate => "reset_subordinate",
+            DevFile::BootVga => "boot_vga",
+            DevFile::Config => "config",
+            DevFile::Remove => "remove",
+            DevFile::D3coldAllowed => "d3cold_allowed",
+            DevFile::PowerControl => "power/control",
+            DevFile::CurrentLinkSpeed => "current_link_speed",
+            DevFile::CurrentLinkWidth => "current_link_width",
+            DevFile::MaxLinkSpeed => "max_link_speed",
+            DevFile::MaxLinkWidth => "max_link_width",
+            DevFile::Enable => "enable",
+            DevFile::Drm => "drm",
+            DevFile::Graphics => "graphics",
+        }
+    }
+}
+
+pub fn dev_dir(bdf: &Bdf) -> String {
+    format!("{PCI_DEVICES}/{bdf}")
+}
+
+pub fn dev(bdf: &Bdf, f: DevFile) -> String {
+    format!("{PCI_DEVICES}/{bdf}/{}", f.name())
+}
+
+/// A kernel driver, module or unit name: the only characters such names use.
+pub fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'))
+        && !name.contains("..")
+        && !name.starts_with('-')
+}
+
+pub fn driver_dir(driver: &str) -> Option<String> {
+    safe_name(driver).then(|| format!("{PCI_DRIVERS}/{driver}"))
+}
+
+pub fn driver_file(driver: &str, file: &str) -> Option<String> {
+    safe_name(driver).then(|| format!("{PCI_DRIVERS}/{driver}/{file}"))
+}
+
+pub fn module_dir(module: &str) -> Option<String> {
+    safe_name(module).then(|| format!("{SYS_MODULE}/{}", module.replace('-', "_")))
+}
+
+pub fn iommu_group_devices(group: u32) -> String {
+    format!("{IOMMU_GROUPS}/{group}/devices")
+}
+
+pub fn state_file(vmid: u32) -> String {
+    format!("{RUN_DIR}/vm-{vmid}.json")
+}
+
+pub fn lock_file(bdf: &Bdf) -> String {
+    format!("{LOCK_DIR}/{bdf}.lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_paths() {
+        assert!(safe_name("vfio-pci"));
+        assert!(safe_name("snd_hda_intel"));
+        assert!(safe_name("display-manager.service"));
+        for bad in ["", "..", "a/b", "../x", "a b", "-rf", "x\n", "a..b"] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+        assert_eq!(driver_dir("../../etc"), None);
+    }
+}

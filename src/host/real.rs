@@ -1,0 +1,205 @@
+//! The host as files under a root directory: `/` in production, a sysfs-shaped tree in tests.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{poll_until, CmdOutput, Host, LockGuard};
+
+pub struct RealHost {
+    root: PathBuf,
+}
+
+impl RealHost {
+    pub fn new(root: impl Into<PathBuf>) -> RealHost {
+        RealHost { root: root.into() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        debug_assert!(!rel.starts_with('/'), "host paths are relative: {rel}");
+        self.root.join(rel)
+    }
+
+    fn is_real_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+}
+
+struct FlockGuard {
+    _file: fs::File,
+}
+impl LockGuard for FlockGuard {}
+
+const BIN_DIRS: [&str; 4] = ["usr/sbin", "sbin", "usr/bin", "bin"];
+
+impl Host for RealHost {
+    fn read(&self, rel: &str) -> io::Result<String> {
+        let mut s = String::new();
+        fs::File::open(self.path(rel))?
+            .take(1 << 20)
+            .read_to_string(&mut s)?;
+        Ok(s)
+    }
+
+    fn read_bytes(&self, rel: &str, max: usize) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        fs::File::open(self.path(rel))?
+            .take(max as u64)
+            .read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn write(&self, rel: &str, data: &str) -> io::Result<()> {
+        // sysfs attributes: no create, no truncate semantics beyond what the kernel does,
+        // one write call so the kernel sees the whole value at once.
+        let mut f = fs::OpenOptions::new().write(true).open(self.path(rel))?;
+        let n = f.write(data.as_bytes())?;
+        if n != data.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        Ok(())
+    }
+
+    fn link_name(&self, rel: &str) -> io::Result<String> {
+        let t = fs::read_link(self.path(rel))?;
+        t.file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "odd link"))
+    }
+
+    fn list(&self, rel: &str) -> io::Result<Vec<String>> {
+        let mut v: Vec<String> = fs::read_dir(self.path(rel))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        fs::symlink_metadata(self.path(rel)).is_ok()
+    }
+
+    fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        let p = self.path(rel);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+        {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &p)?;
+        if let Some(dir) = p.parent() {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, rel: &str) -> io::Result<()> {
+        fs::remove_file(self.path(rel))
+    }
+
+    fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)> {
+        let m = fs::metadata(self.path(rel))?;
+        Ok((m.uid(), m.mode()))
+    }
+
+    fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
+        if !self.is_real_root() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("not running {prog} on a host under --root"),
+            ));
+        }
+        let exe = BIN_DIRS
+            .iter()
+            .map(|d| self.path(d).join(prog))
+            .find(|p| p.exists())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            .spawn()?;
+        let mut out = child.stdout.take();
+        let mut err = child.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut o = String::new();
+            let mut e = String::new();
+            if let Some(s) = out.as_mut() {
+                let _ = s.read_to_string(&mut o);
+            }
+            if let Some(s) = err.as_mut() {
+                let _ = s.read_to_string(&mut e);
+            }
+            (o, e)
+        });
+        let status = poll_until(timeout, || child.try_wait().ok().flatten());
+        match status {
+            Some(st) => {
+                let (stdout, stderr) = reader.join().unwrap_or_default();
+                Ok(CmdOutput {
+                    code: st.code(),
+                    stdout,
+                    stderr,
+                })
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+            }
+        }
+    }
+
+    fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
+        let p = self.path(rel);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&p)?;
+        let fd = f.as_raw_fd();
+        let mut last = None;
+        let got = poll_until(timeout, || {
+            // SAFETY: fd is a valid open descriptor owned by `f` for the whole call.
+            let r = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                Some(())
+            } else {
+                last = Some(io::Error::last_os_error());
+                None
+            }
+        });
+        match got {
+            Some(()) => Ok(Box::new(FlockGuard { _file: f })),
+            None => Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK))),
+        }
+    }
+
+    fn display(&self, rel: &str) -> String {
+        self.path(rel).display().to_string()
+    }
+}

@@ -1,0 +1,1 @@
+//! Simulated kernel (being written).

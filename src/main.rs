@@ -1,0 +1,3 @@
+mod host;
+mod pci;
+fn main() {}
