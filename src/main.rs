@@ -1,3 +1,26 @@
+//! pt-hook: dependable GPU and PCIe passthrough for Proxmox VE.
+//!
+//! Exit codes: 0 ok; 1 the operation failed (pre-start: the VM start is aborted); 2 usage or
+//! configuration error; 3 a device is left in a state only a host reboot fixes.
+
+mod cli;
+mod config;
+mod console;
+mod device;
+mod error;
+mod exec;
+mod handoff;
 mod host;
+mod lifecycle;
+mod log;
 mod pci;
-fn main() {}
+mod plan;
+mod pve;
+mod quirks;
+mod reset;
+mod resolve;
+mod state;
+
+fn main() {
+    std::process::exit(cli::main());
+}

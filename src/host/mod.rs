@@ -36,6 +36,11 @@ pub trait Host: Send + Sync {
     fn write(&self, rel: &str, data: &str) -> io::Result<()>;
     /// The last path component of a symlink's target (`driver` → "vfio-pci").
     fn link_name(&self, rel: &str) -> io::Result<String>;
+    /// The whole target of a symlink (a device node's place in the PCI tree).
+    fn link_target(&self, rel: &str) -> io::Result<String> {
+        let _ = rel;
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
     /// Names in a directory, sorted.
     fn list(&self, rel: &str) -> io::Result<Vec<String>>;
     fn exists(&self, rel: &str) -> bool;

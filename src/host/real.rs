@@ -72,6 +72,13 @@ impl Host for RealHost {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "odd link"))
     }
 
+    fn link_target(&self, rel: &str) -> io::Result<String> {
+        let t = fs::read_link(self.path(rel))?;
+        t.into_os_string()
+            .into_string()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "odd link"))
+    }
+
     fn list(&self, rel: &str) -> io::Result<Vec<String>> {
         let mut v: Vec<String> = fs::read_dir(self.path(rel))?
             .filter_map(|e| e.ok())

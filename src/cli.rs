@@ -1,0 +1,338 @@
+//! The command line: hookscript mode (`pt-hook VMID PHASE`) and the operator commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::host::real::RealHost;
+use crate::host::Host;
+use crate::lifecycle::{self, Ctx};
+use crate::log::Logger;
+use crate::pci::Bdf;
+
+const AFTER_HELP: &str = "\
+Hookscript mode (what Proxmox runs):
+  pt-hook <VMID> <PHASE>    PHASE is pre-start, post-start, pre-stop or post-stop;
+                            other phases are logged and accepted (exit 0).
+  Install: qm set <VMID> --hookscript local:snippets/pt-hook
+
+Exit codes: 0 ok; 1 the operation failed (in pre-start the VM start is aborted);
+            2 usage or configuration error (nothing was touched);
+            3 a device is left in a state only a host reboot (or power cycle) fixes.
+
+Environment: PT_HOOK_ROOT (same as --root), PT_HOOK_NODE (node name for PCI mappings;
+default: the short host name), PVE_MIGRATED_FROM (set by Proxmox on migration).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pt-hook",
+    version,
+    about = "Dependable GPU and PCIe passthrough for Proxmox VE: a hookscript that gives a VM's PCI devices to vfio-pci at pre-start and back to their host drivers at post-stop.",
+    after_help = AFTER_HELP,
+    subcommand_value_name = "COMMAND | VMID PHASE"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Print every write instead of doing it.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// pt-hook's config [default: /etc/pt-hook/pt-hook.toml, optional].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<String>,
+    /// More output (debug lines).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Show what pre-start and post-stop would do for a VM; writes nothing.
+    Plan {
+        /// The VM id (e.g. 100).
+        vmid: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore what a VM's pre-start left behind when no post-stop came (failed start, host
+    /// crash). Without VMID: every VM with pt-hook state that is not running.
+    Cleanup {
+        /// The VM id; all when omitted.
+        vmid: Option<String>,
+    },
+    /// Recover stuck devices with the escalation ladder (function reset, bus/slot reset,
+    /// remove+rescan), checking each device after every step. Exit 3 when a device needs a
+    /// host reboot.
+    Reset {
+        /// Devices (DDDD:BB:DD.F); several reset in parallel where they share no slot or bus.
+        #[arg(required = true, value_name = "BDF")]
+        bdfs: Vec<String>,
+        /// Force one kernel reset method for the first rung (flr, pm, bus, device_specific...).
+        #[arg(long, value_name = "NAME")]
+        method: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hookscript mode: pt-hook <VMID> <PHASE>.
+    #[command(external_subcommand)]
+    Hook(Vec<String>),
+}
+
+pub fn parse_vmid(s: &str) -> Result<u32> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Usage(format!(
+            "invalid VM id {s:?}: expected a number such as 100"
+        )));
+    }
+    let n: u32 = s
+        .parse()
+        .map_err(|_| Error::Usage(format!("invalid VM id {s:?}")))?;
+    if n < 100 {
+        return Err(Error::Usage(format!(
+            "invalid VM id {s:?}: Proxmox VM ids start at 100"
+        )));
+    }
+    Ok(n)
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let root = cli
+        .global
+        .root
+        .clone()
+        .or_else(|| std::env::var_os("PT_HOOK_ROOT").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let real_root = root == std::path::Path::new("/");
+    let verbosity = if cli.global.quiet {
+        -1
+    } else {
+        cli.global.verbose as i8
+    };
+    let mut log = Logger::new(verbosity, real_root);
+    let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
+    match run(&cli, host, &mut log) {
+        Ok(()) => 0,
+        Err(e) => {
+            log.error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
+    let load_cfg = |host: &dyn Host| -> Result<Config> {
+        config::load(host, cli.global.config.as_deref())
+    };
+    match &cli.cmd {
+        Cmd::Hook(args) => {
+            let (vmid, phase) = match args.as_slice() {
+                [v, p] => (v, p),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "unknown command {:?}; expected `pt-hook <VMID> <PHASE>` or a command (see --help)",
+                        args.join(" ")
+                    )))
+                }
+            };
+            let vmid = parse_vmid(vmid)?;
+            log.set_context(&format!("VM {vmid} {phase}"));
+            let cfg = load_cfg(&*host)?;
+            let ctx = Ctx {
+                host,
+                cfg: &cfg,
+                log,
+                dry_run: cli.global.dry_run,
+                node: crate::resolve::node_name(),
+            };
+            let start = std::time::Instant::now();
+            let r = match phase.as_str() {
+                "pre-start" => lifecycle::pre_start(&ctx, vmid),
+                "post-stop" => lifecycle::post_stop(&ctx, vmid, true),
+                "post-start" | "pre-stop" => {
+                    log.info("nothing to do in this phase");
+                    Ok(())
+                }
+                other => {
+                    log.info(&format!("unknown phase {other:?}: nothing to do"));
+                    Ok(())
+                }
+            };
+            if r.is_ok() {
+                log.info(&format!(
+                    "done in {}",
+                    crate::log::fmt_dur(start.elapsed())
+                ));
+            }
+            r
+        }
+        Cmd::Plan { vmid, json } => {
+            let vmid = parse_vmid(vmid)?;
+            let cfg = load_cfg(&*host)?;
+            let ctx = Ctx {
+                host,
+                cfg: &cfg,
+                log,
+                dry_run: true,
+                node: crate::resolve::node_name(),
+            };
+            let p = lifecycle::plan_vm(&ctx, vmid)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&plan_json(&p)).unwrap_or_default());
+            } else {
+                print_plan(&p, &ctx.node);
+            }
+            Ok(())
+        }
+        Cmd::Cleanup { vmid } => {
+            let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
+            log.set_context("cleanup");
+            let cfg = load_cfg(&*host)?;
+            let ctx = Ctx {
+                host,
+                cfg: &cfg,
+                log,
+                dry_run: cli.global.dry_run,
+                node: crate::resolve::node_name(),
+            };
+            lifecycle::cleanup(&ctx, vmid)
+        }
+        Cmd::Reset {
+            bdfs,
+            method,
+            json,
+        } => {
+            let mut list = Vec::new();
+            for b in bdfs {
+                list.push(Bdf::parse(b).map_err(|e| Error::Usage(e.to_string()))?);
+            }
+            log.set_context("reset");
+            let cfg = load_cfg(&*host)?;
+            let ctx = Ctx {
+                host,
+                cfg: &cfg,
+                log,
+                dry_run: cli.global.dry_run,
+                node: crate::resolve::node_name(),
+            };
+            crate::reset::command(&ctx, &list, method.as_deref(), *json)
+        }
+    }
+}
+
+fn plan_json(p: &lifecycle::VmPlan) -> serde_json::Value {
+    let devices: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| {
+            json!({
+                "bdf": d.info.bdf,
+                "vendor": d.info.vendor_hex(),
+                "device": d.info.device_hex(),
+                "class": d.info.class_hex(),
+                "driver": d.info.driver,
+                "driver_override": d.info.driver_override,
+                "iommu_group": d.info.iommu_group,
+                "quirk": d.quirk,
+                "reset_method": d.reset_method,
+                "current_reset_method": d.info.reset_method,
+                "power": d.power.iter().map(|(f, v)| json!({"file": f, "value": v})).collect::<Vec<_>>(),
+                "keep": d.keep,
+                "origin": d.origin,
+                "warnings": d.warnings,
+            })
+        })
+        .collect();
+    let steps: Vec<_> = p
+        .steps
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("description".into(), json!(s.to_string()));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "vmid": p.vmid,
+        "devices": devices,
+        "steps": steps,
+        "post_stop": p.post_stop,
+        "warnings": p.warnings,
+    })
+}
+
+fn print_plan(p: &lifecycle::VmPlan, node: &str) {
+    println!("VM {} on node {node}", p.vmid);
+    if p.devices.is_empty() {
+        println!("  no PCI devices passed through");
+        return;
+    }
+    println!("devices:");
+    for d in &p.devices {
+        println!(
+            "  {}  {}:{}  class {}  driver {:<14} group {:<4} {}{}{}",
+            d.info.bdf,
+            d.info.vendor_hex(),
+            d.info.device_hex(),
+            d.info.class_hex(),
+            d.info.driver.as_deref().unwrap_or("(none)"),
+            d.info
+                .iommu_group
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into()),
+            d.origin,
+            if d.keep { "  [driver=keep]" } else { "" },
+            d.quirk
+                .as_ref()
+                .map(|q| format!("  quirk {q}"))
+                .unwrap_or_default(),
+        );
+        if let Some(rm) = &d.reset_method {
+            println!("      reset_method -> {rm:?}");
+        }
+        for w in &d.warnings {
+            println!("      warning: {w}");
+        }
+    }
+    println!("pre-start:");
+    if p.steps.is_empty() {
+        println!("  (nothing to do)");
+    }
+    for (i, s) in p.steps.iter().enumerate() {
+        println!("  {:>2}. {s}", i + 1);
+    }
+    println!("post-stop:");
+    for (i, s) in p.post_stop.iter().enumerate() {
+        println!("  {:>2}. {s}", i + 1);
+    }
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+}

@@ -1,0 +1,50 @@
+//! Errors and the exit codes they map to.
+
+use std::io;
+
+use crate::host::errno_text;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line or input: exit 2, nothing touched.
+    #[error("{0}")]
+    Usage(String),
+    /// Bad configuration (VM config, pci.cfg, pt-hook.toml): exit 2, nothing touched.
+    #[error("{0}")]
+    Config(String),
+    /// A host file operation failed. Names the device, the file and the errno.
+    #[error("{what}: {action} {file}: {}", errno_text(.err))]
+    Host {
+        what: String,
+        action: String,
+        file: String,
+        err: io::Error,
+    },
+    /// The operation failed (pre-start: the start is aborted).
+    #[error("{0}")]
+    Failed(String),
+    /// A device is left in a state only a host reboot (or power cycle) fixes.
+    #[error("{0}")]
+    NeedsReboot(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config(_) => 2,
+            Error::Host { .. } | Error::Failed(_) => 1,
+            Error::NeedsReboot(_) => 3,
+        }
+    }
+
+    pub fn host(what: impl ToString, action: &str, file: String, err: io::Error) -> Error {
+        Error::Host {
+            what: what.to_string(),
+            action: action.to_string(),
+            file,
+            err,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

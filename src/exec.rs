@@ -1,0 +1,284 @@
+//! Steps → kernel. Every step checks whether its effect is already there first (so undo is
+//! idempotent and a crash-interrupted journal can be replayed), runs every write that can
+//! block under a deadline, and verifies its effect by polling with a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Timeouts;
+use crate::device;
+use crate::error::{Error, Result};
+use crate::host::paths::{self, DevFile};
+use crate::host::{poll_until, write_with_deadline, Host};
+use crate::log::Logger;
+use crate::pci::Bdf;
+use crate::plan::Step;
+
+pub struct Exec<'a> {
+    pub host: Arc<dyn Host>,
+    pub t: &'a Timeouts,
+    pub dry_run: bool,
+    pub log: &'a Logger,
+    /// The phase deadline: no step waits beyond it.
+    pub deadline: Instant,
+}
+
+fn module_loaded(host: &dyn Host, module: &str) -> bool {
+    paths::module_dir(module).is_some_and(|d| host.exists(&d))
+}
+
+/// The PCI driver a module provides, where the names differ (`vfio_pci` → `vfio-pci`).
+pub fn driver_for_module(module: &str) -> String {
+    match module {
+        "vfio_pci" => "vfio-pci".into(),
+        m => m.to_string(),
+    }
+}
+
+impl<'a> Exec<'a> {
+    pub fn new(host: Arc<dyn Host>, t: &'a Timeouts, dry_run: bool, log: &'a Logger) -> Self {
+        Exec {
+            host,
+            t,
+            dry_run,
+            log,
+            deadline: Instant::now() + t.phase,
+        }
+    }
+
+    fn h(&self) -> &dyn Host {
+        &*self.host
+    }
+
+    /// The time a step may take: its own budget, capped by what is left of the phase.
+    fn budget(&self, d: Duration) -> Duration {
+        d.min(self.deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
+    }
+
+    pub fn write(&self, what: &Bdf, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        self.write_named(&what.to_string(), rel, data, timeout)
+    }
+
+    pub fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        if self.dry_run {
+            println!(
+                "dry-run: write {:?} to {}",
+                data.trim_end(),
+                self.h().display(rel)
+            );
+            return Ok(());
+        }
+        write_with_deadline(&self.host, rel, data, self.budget(timeout)).map_err(|e| {
+            Error::host(
+                what,
+                &format!("writing {:?} to", data.trim_end()),
+                self.h().display(rel),
+                e,
+            )
+        })
+    }
+
+    /// Waits for a device's driver link to become `want` (None: unbound).
+    pub fn wait_driver(&self, bdf: &Bdf, want: Option<&str>, timeout: Duration) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let h = self.h();
+        let got = poll_until(self.budget(timeout), || {
+            let d = device::driver_of(h, bdf);
+            (d.as_deref() == want).then_some(())
+        });
+        got.ok_or_else(|| {
+            let now = device::driver_of(h, bdf);
+            Error::Failed(format!(
+                "{bdf}: driver is {} after {}, expected {} ({})",
+                now.as_deref().unwrap_or("none"),
+                humantime::format_duration(timeout),
+                want.unwrap_or("none"),
+                h.display(&paths::dev(bdf, DevFile::Driver))
+            ))
+        })
+    }
+
+    fn modprobe(&self, args: &[&str]) -> Result<()> {
+        let shown = format!("modprobe {}", args.join(" "));
+        if self.dry_run {
+            println!("dry-run: run {shown}");
+            return Ok(());
+        }
+        let out = self
+            .h()
+            .run("modprobe", args, self.budget(self.t.module))
+            .map_err(|e| Error::host("module", "running", shown.clone(), e))?;
+        if !out.success() {
+            return Err(Error::Failed(format!(
+                "{shown} failed (exit {}): {}",
+                out.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                out.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, step: &Step) -> Result<()> {
+        let start = Instant::now();
+        let r = self.apply_inner(step);
+        let desc = step.to_string();
+        match &r {
+            Ok(()) => self.log.step(&desc, start.elapsed(), Ok(())),
+            Err(e) => self.log.step(&desc, start.elapsed(), Err(&e.to_string())),
+        }
+        r
+    }
+
+    fn apply_inner(&self, step: &Step) -> Result<()> {
+        let h = self.h();
+        match step {
+            Step::LoadModules { modules, .. } => {
+                for m in modules {
+                    if !paths::safe_name(m) {
+                        return Err(Error::Config(format!("bad module name {m:?}")));
+                    }
+                    if module_loaded(h, m) {
+                        continue;
+                    }
+                    self.modprobe(&[m])?;
+                    if !self.dry_run {
+                        let drv = driver_for_module(m);
+                        let dir = paths::module_dir(m).unwrap_or_default();
+                        let ddir = paths::driver_dir(&drv).unwrap_or_default();
+                        poll_until(self.budget(self.t.module), || {
+                            (h.exists(&dir) || h.exists(&ddir)).then_some(())
+                        })
+                        .ok_or_else(|| {
+                            Error::Failed(format!(
+                                "module {m}: modprobe succeeded but {} did not appear",
+                                h.display(&dir)
+                            ))
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            Step::UnloadModules { modules } => {
+                for m in modules {
+                    if !paths::safe_name(m) {
+                        return Err(Error::Config(format!("bad module name {m:?}")));
+                    }
+                    if !module_loaded(h, m) {
+                        continue;
+                    }
+                    self.modprobe(&["-r", m])?;
+                }
+                Ok(())
+            }
+            Step::SetResetMethod { bdf, to, .. } => {
+                let rel = paths::dev(bdf, DevFile::ResetMethod);
+                if device::reset_method_of(h, bdf).as_deref() == Some(to.as_str()) {
+                    return Ok(());
+                }
+                // An empty list is written as a bare newline: the kernel then disables all.
+                let data = if to.is_empty() { "\n" } else { to.as_str() };
+                self.write(bdf, &rel, data, self.t.step)?;
+                if !self.dry_run {
+                    let now = device::reset_method_of(h, bdf).unwrap_or_default();
+                    if now != *to {
+                        return Err(Error::Failed(format!(
+                            "{bdf}: {} reads {now:?} after writing {to:?}",
+                            h.display(&rel)
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Step::SetAttr { bdf, file, to, .. } => {
+                let f = match file.as_str() {
+                    "d3cold_allowed" => DevFile::D3coldAllowed,
+                    "power/control" => DevFile::PowerControl,
+                    other => return Err(Error::Config(format!("unknown attribute {other}"))),
+                };
+                let rel = paths::dev(bdf, f);
+                let now = h.read(&rel).map(|s| s.trim().to_string()).ok();
+                if now.as_deref() == Some(to.as_str()) {
+                    return Ok(());
+                }
+                self.write(bdf, &rel, to, self.t.step)
+            }
+            Step::Unbind { bdf, driver } => {
+                if device::driver_of(h, bdf).as_deref() != Some(driver.as_str()) {
+                    return Ok(());
+                }
+                let rel = paths::driver_file(driver, "unbind")
+                    .ok_or_else(|| Error::Config(format!("bad driver name {driver:?}")))?;
+                self.write(bdf, &rel, &bdf.to_string(), self.t.step)?;
+                self.wait_driver(bdf, None, self.t.driver_bind)
+            }
+            Step::Bind { bdf, driver } => self.bind(bdf, driver),
+            Step::SetOverride { bdf, to, .. } => {
+                let rel = paths::dev(bdf, DevFile::DriverOverride);
+                if device::override_of(h, bdf) == *to {
+                    return Ok(());
+                }
+                let data = to.as_deref().unwrap_or("\n");
+                if let Some(t) = to {
+                    if !paths::safe_name(t) {
+                        return Err(Error::Config(format!("bad driver name {t:?}")));
+                    }
+                }
+                self.write(bdf, &rel, data, self.t.step)?;
+                if !self.dry_run && device::override_of(h, bdf) != *to {
+                    return Err(Error::Failed(format!(
+                        "{bdf}: {} did not take {:?}",
+                        h.display(&rel),
+                        data.trim()
+                    )));
+                }
+                Ok(())
+            }
+            Step::Probe { bdf, driver } => {
+                if device::driver_of(h, bdf).as_deref() == Some(driver.as_str()) {
+                    return Ok(());
+                }
+                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), self.t.step)?;
+                self.wait_driver(bdf, Some(driver), self.t.driver_bind)
+            }
+            Step::StopUnit { .. }
+            | Step::StartUnit { .. }
+            | Step::Vtcon { .. }
+            | Step::UnbindPlatform { .. } => crate::console::apply(self, step),
+        }
+    }
+
+    /// Gives a device to `driver`: explicit bind, falling back to the normal probe.
+    fn bind(&self, bdf: &Bdf, driver: &str) -> Result<()> {
+        let h = self.h();
+        let now = device::driver_of(h, bdf);
+        if now.as_deref() == Some(driver) {
+            return Ok(());
+        }
+        if let Some(other) = now {
+            return Err(Error::Failed(format!(
+                "{bdf}: cannot give it back to {driver}: still bound to {other}"
+            )));
+        }
+        let dir = paths::driver_dir(driver)
+            .ok_or_else(|| Error::Config(format!("bad driver name {driver:?}")))?;
+        if !h.exists(&dir) {
+            // The module is not loaded (yet): a later step (console handoff undo) loads it
+            // and the kernel binds the device then; the final verification checks it.
+            self.log
+                .info(&format!("{bdf}: driver {driver} not loaded yet; bind deferred"));
+            return Ok(());
+        }
+        let rel = format!("{dir}/bind");
+        match self.write(bdf, &rel, &bdf.to_string(), self.t.step) {
+            Ok(()) => {}
+            Err(e) => {
+                self.log.debug(&format!("{e}; trying drivers_probe"));
+                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), self.t.step)?;
+            }
+        }
+        self.wait_driver(bdf, Some(driver), self.t.driver_bind)
+    }
+}

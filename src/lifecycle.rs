@@ -1,0 +1,356 @@
+//! The hookscript phases: pre-start takes a VM's devices from the host, post-stop (and
+//! cleanup) gives them back from pt-hook's own state.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::device;
+use crate::error::{Error, Result};
+use crate::exec::Exec;
+use crate::host::{paths, Host, LockGuard};
+use crate::log::Logger;
+use crate::pci::Bdf;
+use crate::plan::{self, HostFacts, PlannedDevice, Step};
+use crate::resolve::{self, Resolved};
+use crate::state::{self, DeviceRecord, VmState};
+
+pub struct Ctx<'a> {
+    pub host: Arc<dyn Host>,
+    pub cfg: &'a Config,
+    pub log: &'a Logger,
+    pub dry_run: bool,
+    pub node: String,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn exec(&self) -> Exec<'a> {
+        Exec::new(
+            Arc::clone(&self.host),
+            &self.cfg.timeouts,
+            self.dry_run,
+            self.log,
+        )
+    }
+    fn h(&self) -> &dyn Host {
+        &*self.host
+    }
+}
+
+/// What `plan` prints and pre-start executes.
+#[derive(Debug, serde::Serialize)]
+pub struct VmPlan {
+    pub vmid: u32,
+    pub devices: Vec<PlannedDevice>,
+    pub steps: Vec<Step>,
+    pub post_stop: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
+    let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
+    let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
+    let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
+    let mut warnings = Vec::new();
+    crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
+    let facts = HostFacts {
+        vfio_loaded: ctx.h().exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
+    };
+    let mut steps = Vec::new();
+    let handoff = crate::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
+    steps.extend(handoff);
+    steps.extend(plan::pre_start_steps(&devices, &facts));
+    let mut post_stop: Vec<String> = Vec::new();
+    let active: Vec<&PlannedDevice> = devices.iter().filter(|d| !d.keep).collect();
+    if !active.is_empty() {
+        post_stop.push(format!(
+            "reset and verify {}",
+            active
+                .iter()
+                .map(|d| d.info.bdf.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    post_stop.extend(plan::restore_steps(&steps).iter().map(|s| s.to_string()));
+    for d in &active {
+        post_stop.push(format!(
+            "{}: verify driver {}",
+            d.info.bdf,
+            d.info.driver.as_deref().unwrap_or("(none)")
+        ));
+    }
+    Ok(VmPlan {
+        vmid,
+        devices,
+        steps,
+        post_stop,
+        warnings,
+    })
+}
+
+fn planned(r: Resolved) -> PlannedDevice {
+    PlannedDevice {
+        info: r.info,
+        origin: r.origin,
+        keep: r.keep,
+        quirk: None,
+        reset_method: None,
+        power: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Per-device flocks, taken in BDF order so two hooks never deadlock.
+fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
+    if ctx.dry_run {
+        return Ok(Vec::new());
+    }
+    let mut v: Vec<Bdf> = bdfs.to_vec();
+    v.sort();
+    v.dedup();
+    let mut guards = Vec::new();
+    for b in v {
+        let rel = paths::lock_file(&b);
+        let g = ctx.h().lock(&rel, ctx.cfg.timeouts.lock).map_err(|e| {
+            Error::host(
+                b,
+                "locking (another pt-hook holds the device)",
+                ctx.h().display(&rel),
+                e,
+            )
+        })?;
+        guards.push(g);
+    }
+    Ok(guards)
+}
+
+pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
+    let p = plan_vm(ctx, vmid)?;
+    for w in &p.warnings {
+        ctx.log.warn(w);
+    }
+    let active: Vec<&PlannedDevice> = p.devices.iter().filter(|d| !d.keep).collect();
+    for d in p.devices.iter().filter(|d| d.keep) {
+        ctx.log
+            .info(&format!("{}: driver=keep, leaving it alone", d.info.bdf));
+    }
+    if active.is_empty() {
+        ctx.log.info("no PCI devices to prepare");
+        return Ok(());
+    }
+    let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
+    let _locks = lock_devices(ctx, &bdfs)?;
+    for b in &bdfs {
+        if let Some(owner) = state::owner_of(ctx.h(), b, vmid) {
+            return Err(Error::Failed(format!(
+                "{b}: in use by VM {owner} (state {}); stop VM {owner} or run `pt-hook cleanup {owner}` first",
+                ctx.h().display(&paths::state_file(owner))
+            )));
+        }
+    }
+    let p = if let Some(old) = state::load(ctx.h(), vmid)? {
+        if let Some(pid) = state::vm_running(ctx.h(), vmid) {
+            return Err(Error::Failed(format!(
+                "VM {vmid} is running (QEMU pid {pid}) and already holds its devices"
+            )));
+        }
+        ctx.log.warn(&format!(
+            "found state of an earlier pre-start (pid {}, phase {}) without post-stop: restoring the host first",
+            old.pid, old.phase
+        ));
+        if ctx.dry_run {
+            println!("dry-run: would restore the earlier state first; the plan below assumes the current host state");
+            p
+        } else {
+            restore(ctx, old, false)?;
+            // The host changed: plan again from what it is now.
+            plan_vm(ctx, vmid)?
+        }
+    } else {
+        p
+    };
+    let active: Vec<PlannedDevice> = p.devices.iter().filter(|d| !d.keep).cloned().collect();
+    let records = active
+        .iter()
+        .map(|d| DeviceRecord {
+            original: d.info.clone(),
+            origin: d.origin.clone(),
+            quirk: d.quirk.clone(),
+        })
+        .collect();
+    let mut st = VmState::new(vmid, records);
+    let exec = ctx.exec();
+    if ctx.dry_run {
+        println!("dry-run: write state {}", ctx.h().display(&paths::state_file(vmid)));
+        for s in &p.steps {
+            exec.apply(s)?;
+        }
+        return Ok(());
+    }
+    state::save(ctx.h(), &st)?;
+    for s in &p.steps {
+        st.journal.push(s.clone());
+        let r = state::save(ctx.h(), &st).and_then(|_| exec.apply(s));
+        if let Err(e) = r {
+            ctx.log.error(&format!("pre-start failed: {e}; rolling back"));
+            match restore(ctx, st, false) {
+                Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
+                Err(re) => {
+                    return Err(Error::Failed(format!(
+                        "{e}; rollback incomplete: {re}; run `pt-hook cleanup {vmid}`"
+                    )))
+                }
+            }
+            return Err(e);
+        }
+    }
+    st.phase = "prepared".into();
+    state::save(ctx.h(), &st)?;
+    ctx.log.info(&format!(
+        "{} device(s) on vfio-pci: {}",
+        bdfs.len(),
+        bdfs.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    Ok(())
+}
+
+/// post-stop and cleanup: reset (post-stop), undo the journal, verify, drop the state.
+pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
+    let Some(st) = state::load(ctx.h(), vmid)? else {
+        ctx.log
+            .info(&format!("no pt-hook state for VM {vmid}: nothing to restore"));
+        return Ok(());
+    };
+    let _locks = lock_devices(ctx, &st.bdfs())?;
+    restore(ctx, st, with_reset)
+}
+
+/// Puts the host back as the state records it. Undo steps run in reverse order and each is
+/// idempotent, so a journal cut short by a crash replays safely. Devices whose reset failed
+/// stay on vfio-pci (safe) and keep their state; the result is then exit 3.
+pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
+    let vmid = st.vmid;
+    if ctx.dry_run {
+        for s in plan::restore_steps(&st.journal) {
+            println!("dry-run: {s}");
+        }
+        return Ok(());
+    }
+    st.phase = "post-stop".into();
+    st.pid = std::process::id();
+    state::save(ctx.h(), &st)?;
+    let exec = ctx.exec();
+    let mut failed: Vec<String> = Vec::new();
+    let mut unrecovered: Vec<Bdf> = st.unrecovered.clone();
+    if with_reset {
+        let outcome = crate::reset::post_stop_reset(ctx, &st);
+        for (b, msg) in outcome.failed {
+            ctx.log.error(&format!(
+                "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"
+            ));
+            if !unrecovered.contains(&b) {
+                unrecovered.push(b);
+            }
+        }
+    }
+    // Functions of an unrecovered slot stay together on vfio-pci.
+    let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
+    for s in plan::restore_steps(&st.journal) {
+        if s.bdf().is_some_and(|b| held(&b)) {
+            continue;
+        }
+        if let Err(e) = exec.apply(&s) {
+            failed.push(e.to_string());
+        }
+    }
+    for d in &st.devices {
+        let b = d.original.bdf;
+        if held(&b) {
+            continue;
+        }
+        let want = d.original.driver.as_deref();
+        if !device::exists(ctx.h(), &b) {
+            failed.push(format!("{b}: device is gone from {}", ctx.h().display(&paths::dev_dir(&b))));
+            continue;
+        }
+        if let Err(e) = exec.wait_driver(&b, want, ctx.cfg.timeouts.driver_bind) {
+            failed.push(e.to_string());
+        }
+        let ov = device::override_of(ctx.h(), &b);
+        if ov != d.original.driver_override {
+            failed.push(format!(
+                "{b}: driver_override is {:?}, was {:?}",
+                ov, d.original.driver_override
+            ));
+        }
+        if d.original.reset_method.is_some() {
+            let rm = device::reset_method_of(ctx.h(), &b);
+            if rm != d.original.reset_method {
+                failed.push(format!(
+                    "{b}: reset_method is {:?}, was {:?}",
+                    rm, d.original.reset_method
+                ));
+            }
+        }
+    }
+    if !unrecovered.is_empty() {
+        st.unrecovered = unrecovered.clone();
+        st.journal.retain(|s| s.bdf().is_some_and(|b| held(&b)));
+        st.devices.retain(|d| held(&d.original.bdf));
+        st.phase = "unrecovered".into();
+        state::save(ctx.h(), &st)?;
+        return Err(Error::NeedsReboot(format!(
+            "VM {vmid}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
+            unrecovered.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
+            if failed.is_empty() { String::new() } else { format!("also: {}; ", failed.join("; ")) }
+        )));
+    }
+    if !failed.is_empty() {
+        st.phase = "restore-failed".into();
+        state::save(ctx.h(), &st)?;
+        return Err(Error::Failed(format!(
+            "VM {vmid}: restore incomplete: {}; state kept in {} for `pt-hook cleanup {vmid}`",
+            failed.join("; "),
+            ctx.h().display(&paths::state_file(vmid))
+        )));
+    }
+    state::remove(ctx.h(), vmid)?;
+    ctx.log.info(&format!(
+        "VM {vmid}: {} device(s) back on their host drivers",
+        st.devices.len()
+    ));
+    Ok(())
+}
+
+/// `pt-hook cleanup [VMID]`: restore what pre-starts left behind without a post-stop.
+pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
+    let vms = match vmid {
+        Some(v) => vec![v],
+        None => state::list_vms(ctx.h()),
+    };
+    if vms.is_empty() {
+        ctx.log.info("no pt-hook state: nothing to clean up");
+    }
+    let mut worst: Option<Error> = None;
+    for vm in vms {
+        if let Some(pid) = state::vm_running(ctx.h(), vm) {
+            ctx.log.warn(&format!(
+                "VM {vm} is running (QEMU pid {pid}): leaving its devices alone"
+            ));
+            continue;
+        }
+        match post_stop(ctx, vm, true) {
+            Ok(()) => {}
+            Err(e) => {
+                ctx.log.error(&e.to_string());
+                if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    worst.map_or(Ok(()), Err)
+}

@@ -1,0 +1,216 @@
+//! VM config → the PCI functions pt-hook prepares: hostpci addresses and prefixes, mappings
+//! for this node, and every other non-bridge member of their IOMMU groups.
+
+use std::collections::BTreeSet;
+
+use crate::config::MAX_FILE_BYTES;
+use crate::device::{self, DeviceInfo};
+use crate::error::{Error, Result};
+use crate::host::{paths, Host};
+use crate::pci::{Bdf, PciAddr};
+use crate::pve::config::{parse_vm_config, vm_config_path, VmConfig};
+use crate::pve::hostpci::{DriverMode, HostSource};
+use crate::pve::mapping::{choose_entry, parse_mappings, parse_reservations, PciMapping};
+use crate::state;
+
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub info: DeviceInfo,
+    pub origin: String,
+    pub keep: bool,
+}
+
+pub fn read_text(host: &dyn Host, rel: &str) -> Result<String> {
+    let bytes = host
+        .read_bytes(rel, MAX_FILE_BYTES + 1)
+        .map_err(|e| Error::host("config", "reading", host.display(rel), e))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Error::Config(format!(
+            "{}: refusing: larger than {MAX_FILE_BYTES} bytes",
+            host.display(rel)
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Config(format!("{}: not valid UTF-8", host.display(rel))))
+}
+
+pub fn load_vm_config(host: &dyn Host, vmid: u32) -> Result<VmConfig> {
+    let migrated = std::env::var("PVE_MIGRATED_FROM").ok();
+    let rel = vm_config_path(vmid, migrated.as_deref().filter(|s| !s.is_empty()))
+        .map_err(Error::Config)?;
+    if !host.exists(&rel) {
+        return Err(Error::Config(format!(
+            "VM {vmid}: no config at {}",
+            host.display(&rel)
+        )));
+    }
+    let text = read_text(host, &rel)?;
+    parse_vm_config(&text, &host.display(&rel), vmid).map_err(|e| Error::Config(e.to_string()))
+}
+
+fn expand(host: &dyn Host, all: &[Bdf], addr: &PciAddr, what: &str) -> Result<Vec<Bdf>> {
+    let v: Vec<Bdf> = all.iter().filter(|b| addr.matches(b)).copied().collect();
+    if v.is_empty() {
+        return Err(Error::Config(format!(
+            "{what}: PCI device {addr} does not exist on this host ({})",
+            host.display(paths::PCI_DEVICES)
+        )));
+    }
+    Ok(v)
+}
+
+fn load_mappings(host: &dyn Host) -> Result<Vec<PciMapping>> {
+    let rel = paths::MAPPING_PCI;
+    if !host.exists(rel) {
+        return Ok(Vec::new());
+    }
+    let text = read_text(host, rel)?;
+    parse_mappings(&text, &host.display(rel)).map_err(|e| Error::Config(e.to_string()))
+}
+
+pub fn node_name() -> String {
+    if let Ok(n) = std::env::var("PT_HOOK_NODE") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(|s| s.to_string()))
+        .map(|n| n.split('.').next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Resolves a VM's devices. Errors here are configuration errors (exit 2): nothing has been
+/// touched yet.
+pub fn resolve(host: &dyn Host, cfg: &VmConfig, node: &str, log: &crate::log::Logger) -> Result<Vec<Resolved>> {
+    let all = device::list_all(host);
+    let mut out: Vec<Resolved> = Vec::new();
+    let mut seen: BTreeSet<Bdf> = BTreeSet::new();
+    let mut mappings: Option<Vec<PciMapping>> = None;
+    let reservations = host
+        .read(paths::RESERVATIONS)
+        .map(|t| parse_reservations(&t))
+        .unwrap_or_default();
+
+    for hp in &cfg.hostpci {
+        let what = format!("{}: hostpci{}", cfg_file(host, cfg.vmid), hp.index);
+        let keep = hp.driver == DriverMode::Keep || hp.mdev.is_some();
+        let (bdfs, origin) = match &hp.source {
+            HostSource::Host(addrs) => {
+                let mut v = Vec::new();
+                for a in addrs {
+                    v.extend(expand(host, &all, a, &what)?);
+                }
+                (v, format!("hostpci{}", hp.index))
+            }
+            HostSource::Mapping(name) => {
+                if mappings.is_none() {
+                    mappings = Some(load_mappings(host)?);
+                }
+                let m = mappings
+                    .as_ref()
+                    .and_then(|ms| ms.iter().find(|m| &m.name == name))
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "{what}: mapping {name} not found in {}",
+                            host.display(paths::MAPPING_PCI)
+                        ))
+                    })?;
+                let vmid = cfg.vmid;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let taken = |e: &crate::pve::mapping::MapEntry| -> Option<String> {
+                    for p in &e.paths {
+                        for r in &reservations {
+                            if !p.matches(&r.bdf) {
+                                continue;
+                            }
+                            if let Some(why) = r.blocks(vmid, now, &|v| state::vm_running(host, v)) {
+                                return Some(format!("{}: {why}", r.bdf));
+                            }
+                        }
+                        for b in all.iter().filter(|b| p.matches(b)) {
+                            if seen.contains(b) {
+                                return Some(format!("{b} already used by this VM"));
+                            }
+                            if let Some(o) = state::owner_of(host, b, vmid) {
+                                return Some(format!("{b} in use by VM {o}"));
+                            }
+                        }
+                    }
+                    None
+                };
+                let e = choose_entry(m, node, &taken)
+                    .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+                let mut v = Vec::new();
+                for p in &e.paths {
+                    v.extend(expand(host, &all, p, &what)?);
+                }
+                for b in &v {
+                    if let Some(info) = device::read_device(host, b) {
+                        if info.vendor != e.id.vendor || info.device != e.id.device {
+                            return Err(Error::Config(format!(
+                                "{what}: mapping {name} expects {} at {b}, found {:04x}:{:04x}",
+                                e.id, info.vendor, info.device
+                            )));
+                        }
+                    }
+                }
+                log.info(&format!(
+                    "hostpci{}: mapping {name} on node {node} -> {}",
+                    hp.index,
+                    v.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" ")
+                ));
+                (v, format!("hostpci{} (mapping {name})", hp.index))
+            }
+        };
+        for b in bdfs {
+            if !seen.insert(b) {
+                continue;
+            }
+            let info = device::read_device(host, &b).ok_or_else(|| {
+                Error::Config(format!("{what}: PCI device {b} vanished while reading it"))
+            })?;
+            if info.is_bridge() {
+                return Err(Error::Config(format!(
+                    "{what}: {b} is a PCI bridge; bridges cannot be passed through"
+                )));
+            }
+            out.push(Resolved {
+                info,
+                origin: origin.clone(),
+                keep,
+            });
+        }
+    }
+
+    // Proxmox moves the whole IOMMU group to vfio-pci: record and prepare every member.
+    let mut extra = Vec::new();
+    for r in out.iter().filter(|r| !r.keep) {
+        let Some(g) = r.info.iommu_group else { continue };
+        for m in device::group_members(host, g) {
+            if seen.contains(&m) {
+                continue;
+            }
+            let Some(info) = device::read_device(host, &m) else { continue };
+            if info.is_bridge() {
+                continue;
+            }
+            seen.insert(m);
+            extra.push(Resolved {
+                info,
+                origin: format!("IOMMU group {g} (with {})", r.info.bdf),
+                keep: false,
+            });
+        }
+    }
+    out.extend(extra);
+    Ok(out)
+}
+
+fn cfg_file(_host: &dyn Host, vmid: u32) -> String {
+    format!("VM {vmid}")
+}
