@@ -146,9 +146,8 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
-    let load_cfg = |host: &dyn Host| -> Result<Config> {
-        config::load(host, cli.global.config.as_deref())
-    };
+    let load_cfg =
+        |host: &dyn Host| -> Result<Config> { config::load(host, cli.global.config.as_deref()) };
     match &cli.cmd {
         Cmd::Hook(args) => {
             let (vmid, phase) = match args.as_slice() {
@@ -184,10 +183,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 }
             };
             if r.is_ok() {
-                log.info(&format!(
-                    "done in {}",
-                    crate::log::fmt_dur(start.elapsed())
-                ));
+                log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
             r
         }
@@ -203,7 +199,10 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             };
             let p = lifecycle::plan_vm(&ctx, vmid)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&plan_json(&p)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan_json(&p)).unwrap_or_default()
+                );
             } else {
                 print_plan(&p, &ctx.node);
             }
@@ -222,11 +221,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             };
             lifecycle::cleanup(&ctx, vmid)
         }
-        Cmd::Reset {
-            bdfs,
-            method,
-            json,
-        } => {
+        Cmd::Reset { bdfs, method, json } => {
             let mut list = Vec::new();
             for b in bdfs {
                 list.push(Bdf::parse(b).map_err(|e| Error::Usage(e.to_string()))?);

@@ -102,14 +102,16 @@ pub fn apply(exec: &Exec, step: &Step) -> Result<()> {
                 return Ok(());
             }
             // The kernel reports success even when nothing happened: read it back.
-            poll_until(exec.t.driver_bind, || (read().as_deref() == Some(want)).then_some(()))
-                .ok_or_else(|| {
-                    Error::Failed(format!(
-                        "{vtcon}: wrote {want} to {} and the kernel said yes, but it reads {}",
-                        h.display(&rel),
-                        read().unwrap_or_else(|| "nothing".into())
-                    ))
-                })
+            poll_until(exec.t.driver_bind, || {
+                (read().as_deref() == Some(want)).then_some(())
+            })
+            .ok_or_else(|| {
+                Error::Failed(format!(
+                    "{vtcon}: wrote {want} to {} and the kernel said yes, but it reads {}",
+                    h.display(&rel),
+                    read().unwrap_or_else(|| "nothing".into())
+                ))
+            })
         }
         Step::UnbindPlatform { driver, device } => {
             if !paths::safe_name(driver) || !paths::safe_name(device) {
@@ -124,9 +126,9 @@ pub fn apply(exec: &Exec, step: &Step) -> Result<()> {
             if exec.dry_run {
                 return Ok(());
             }
-            poll_until(exec.t.driver_bind, || (!h.exists(&dev)).then_some(())).ok_or_else(
-                || Error::Failed(format!("{device}: still bound to {driver} after unbind")),
-            )
+            poll_until(exec.t.driver_bind, || (!h.exists(&dev)).then_some(())).ok_or_else(|| {
+                Error::Failed(format!("{device}: still bound to {driver} after unbind"))
+            })
         }
         _ => Err(Error::Failed(format!("not a console step: {step}"))),
     }

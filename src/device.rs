@@ -46,7 +46,9 @@ impl DeviceInfo {
 }
 
 fn read_trim(host: &dyn Host, rel: &str) -> Option<String> {
-    host.read(rel).ok().map(|s| s.trim_end_matches('\n').to_string())
+    host.read(rel)
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
 }
 
 fn read_hex(host: &dyn Host, bdf: &Bdf, f: DevFile) -> Option<u32> {

@@ -267,8 +267,9 @@ impl<'a> Exec<'a> {
         if !h.exists(&dir) {
             // The module is not loaded (yet): a later step (console handoff undo) loads it
             // and the kernel binds the device then; the final verification checks it.
-            self.log
-                .info(&format!("{bdf}: driver {driver} not loaded yet; bind deferred"));
+            self.log.info(&format!(
+                "{bdf}: driver {driver} not loaded yet; bind deferred"
+            ));
             return Ok(());
         }
         let rel = format!("{dir}/bind");

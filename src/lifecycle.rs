@@ -53,7 +53,9 @@ pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let mut warnings = Vec::new();
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
     let facts = HostFacts {
-        vfio_loaded: ctx.h().exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
+        vfio_loaded: ctx
+            .h()
+            .exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
     };
     let mut steps = Vec::new();
     let handoff = crate::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
@@ -181,7 +183,10 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let mut st = VmState::new(vmid, records);
     let exec = ctx.exec();
     if ctx.dry_run {
-        println!("dry-run: write state {}", ctx.h().display(&paths::state_file(vmid)));
+        println!(
+            "dry-run: write state {}",
+            ctx.h().display(&paths::state_file(vmid))
+        );
         for s in &p.steps {
             exec.apply(s)?;
         }
@@ -192,7 +197,8 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
         st.journal.push(s.clone());
         let r = state::save(ctx.h(), &st).and_then(|_| exec.apply(s));
         if let Err(e) = r {
-            ctx.log.error(&format!("pre-start failed: {e}; rolling back"));
+            ctx.log
+                .error(&format!("pre-start failed: {e}; rolling back"));
             match restore(ctx, st, false) {
                 Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
                 Err(re) => {
@@ -220,8 +226,9 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
 /// post-stop and cleanup: reset (post-stop), undo the journal, verify, drop the state.
 pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
     let Some(st) = state::load(ctx.h(), vmid)? else {
-        ctx.log
-            .info(&format!("no pt-hook state for VM {vmid}: nothing to restore"));
+        ctx.log.info(&format!(
+            "no pt-hook state for VM {vmid}: nothing to restore"
+        ));
         return Ok(());
     };
     let _locks = lock_devices(ctx, &st.bdfs())?;
@@ -273,7 +280,10 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         }
         let want = d.original.driver.as_deref();
         if !device::exists(ctx.h(), &b) {
-            failed.push(format!("{b}: device is gone from {}", ctx.h().display(&paths::dev_dir(&b))));
+            failed.push(format!(
+                "{b}: device is gone from {}",
+                ctx.h().display(&paths::dev_dir(&b))
+            ));
             continue;
         }
         if let Err(e) = exec.wait_driver(&b, want, ctx.cfg.timeouts.driver_bind) {

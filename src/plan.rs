@@ -22,7 +22,9 @@ pub enum Step {
         unload_on_undo: bool,
     },
     /// Unload modules in the given order (modprobe -r); undo loads them in reverse.
-    UnloadModules { modules: Vec<String> },
+    UnloadModules {
+        modules: Vec<String>,
+    },
     SetResetMethod {
         bdf: Bdf,
         from: String,
@@ -35,22 +37,41 @@ pub enum Step {
         from: String,
         to: String,
     },
-    Unbind { bdf: Bdf, driver: String },
-    Bind { bdf: Bdf, driver: String },
+    Unbind {
+        bdf: Bdf,
+        driver: String,
+    },
+    Bind {
+        bdf: Bdf,
+        driver: String,
+    },
     SetOverride {
         bdf: Bdf,
         from: Option<String>,
         to: Option<String>,
     },
     /// drivers_probe, then wait for `driver` to be bound.
-    Probe { bdf: Bdf, driver: String },
-    StopUnit { unit: String },
-    StartUnit { unit: String },
+    Probe {
+        bdf: Bdf,
+        driver: String,
+    },
+    StopUnit {
+        unit: String,
+    },
+    StartUnit {
+        unit: String,
+    },
     /// Write 0 (bind=false) or 1 to a vtconsole's bind file, verified by reading it back.
-    Vtcon { vtcon: String, bind: bool },
+    Vtcon {
+        vtcon: String,
+        bind: bool,
+    },
     /// Unbind a firmware framebuffer platform device; it never comes back (the kernel drops it
     /// once a real driver claims the GPU), so it has no inverse.
-    UnbindPlatform { driver: String, device: String },
+    UnbindPlatform {
+        driver: String,
+        device: String,
+    },
 }
 
 impl Step {
@@ -78,7 +99,12 @@ impl Step {
                 from: to,
                 to: from,
             },
-            Step::SetAttr { bdf, file, from, to } => Step::SetAttr {
+            Step::SetAttr {
+                bdf,
+                file,
+                from,
+                to,
+            } => Step::SetAttr {
                 bdf,
                 file,
                 from: to,

@@ -1,23 +1,719 @@
-//! The reset ladder (being written).
+//! The reset ladder: function reset → bus/slot reset → remove + rescan → give up (exit 3).
+//! Every rung is followed by a check of every function of the slot: present, config space
+//! readable with a sane vendor id, link as wide and fast as before, driver as before.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::device::{self, DeviceInfo};
+use crate::error::{Error, Result};
+use crate::host::paths::{self, DevFile};
+use crate::host::{errno_text, poll_until, write_with_deadline, Host};
 use crate::lifecycle::Ctx;
+use crate::log::fmt_dur;
 use crate::pci::Bdf;
+use crate::plan::VFIO;
 use crate::state::VmState;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// `pt-hook reset`: the operator asked; refuse what is unsafe.
+    Manual,
+    /// A VM's post-stop: the devices belong to the stopped VM (on vfio-pci).
+    PostStop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rung {
+    pub rung: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Reset and verified.
+    Reset,
+    /// Not reset (no safe method), but healthy and untouched.
+    Refused,
+    /// Still unhealthy after every rung: needs a host reboot or power cycle.
+    Unrecovered,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotReport {
+    pub functions: Vec<Bdf>,
+    pub verdict: Verdict,
+    pub rungs: Vec<Rung>,
+    pub message: String,
+    pub ms: u64,
+}
+
+/// What a function looked like before the ladder: the reference for every check.
+#[derive(Debug, Clone)]
+struct Before {
+    info: DeviceInfo,
+}
+
+fn link_rank(speed: &Option<String>) -> f64 {
+    speed
+        .as_deref()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+struct Ladder<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    mode: Mode,
+    method: Option<&'a str>,
+    /// Every function that belongs to the same owner as the slot being reset.
+    owned: &'a [Bdf],
+}
+
+impl Ladder<'_, '_> {
+    fn h(&self) -> &dyn Host {
+        &*self.ctx.host
+    }
+
+    fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
+        write_with_deadline(&self.ctx.host, rel, data, t).map_err(|e| {
+            Error::host(
+                what,
+                &format!("writing {data:?} to"),
+                self.h().display(rel),
+                e,
+            )
+        })
+    }
+
+    /// The checks after every rung.
+    fn verify(&self, before: &[Before]) -> std::result::Result<(), String> {
+        let h = self.h();
+        let t = self.ctx.cfg.timeouts.driver_bind;
+        for b in before {
+            let bdf = &b.info.bdf;
+            if !device::exists(h, bdf) {
+                return Err(format!(
+                    "{bdf} is missing from {}",
+                    h.display(paths::PCI_DEVICES)
+                ));
+            }
+            // A device coming out of reset may read 0x0001 (CRS) for a while: poll.
+            let cfg = poll_until(t, || device::config_healthy(h, bdf).ok());
+            if cfg.is_none() {
+                let why = device::config_healthy(h, bdf).unwrap_err();
+                return Err(format!("{bdf}: {why}"));
+            }
+            let now_w = device::read_device(h, bdf);
+            if let Some(now) = &now_w {
+                if let (Some(w0), Some(w1)) = (&b.info.link_width, &now.link_width) {
+                    let (a, c) = (
+                        w0.parse::<u32>().unwrap_or(0),
+                        w1.parse::<u32>().unwrap_or(0),
+                    );
+                    if c < a {
+                        return Err(format!("{bdf}: link came back at x{c}, was x{a}"));
+                    }
+                }
+                if b.info.link_speed.is_some()
+                    && link_rank(&now.link_speed) < link_rank(&b.info.link_speed)
+                {
+                    return Err(format!(
+                        "{bdf}: link speed {} after reset, was {}",
+                        now.link_speed.as_deref().unwrap_or("?"),
+                        b.info.link_speed.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            let want = b.info.driver.as_deref();
+            if poll_until(t, || {
+                (device::driver_of(h, bdf).as_deref() == want).then_some(())
+            })
+            .is_none()
+            {
+                return Err(format!(
+                    "{bdf}: driver is {}, was {}",
+                    device::driver_of(h, bdf).as_deref().unwrap_or("none"),
+                    want.unwrap_or("none")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rung 1: the function's own reset methods.
+    fn function_reset(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+        let h = self.h();
+        let t = self.ctx.cfg.timeouts.flr;
+        let mut done = Vec::new();
+        let mut skipped = Vec::new();
+        for b in before {
+            let bdf = &b.info.bdf;
+            if !b.info.has_reset {
+                skipped.push(format!("{bdf} has no reset method"));
+                continue;
+            }
+            let rm_rel = paths::dev(bdf, DevFile::ResetMethod);
+            let old = device::reset_method_of(h, bdf);
+            if let Some(m) = self.method {
+                if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, m, t) {
+                    return Err((
+                        false,
+                        format!(
+                            "{bdf}: the kernel refuses reset method {m:?} ({}: {})",
+                            h.display(&rm_rel),
+                            errno_text(&e)
+                        ),
+                    ));
+                }
+            }
+            let r = write_with_deadline(&self.ctx.host, &paths::dev(bdf, DevFile::Reset), "1", t);
+            if self.method.is_some() {
+                if let Some(old) = &old {
+                    let data = if old.is_empty() { "\n" } else { old.as_str() };
+                    if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, t) {
+                        self.ctx.log.error(&format!(
+                            "{bdf}: restoring reset_method {old:?} in {}: {}",
+                            h.display(&rm_rel),
+                            errno_text(&e)
+                        ));
+                    }
+                }
+            }
+            match r {
+                Ok(()) => done.push(format!(
+                    "{bdf} ({})",
+                    self.method.map(str::to_string).or(old).unwrap_or_default()
+                )),
+                Err(e) => {
+                    let timed_out = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                    let msg = format!(
+                        "{bdf}: writing 1 to {}: {}{}",
+                        h.display(&paths::dev(bdf, DevFile::Reset)),
+                        errno_text(&e),
+                        if e.raw_os_error() == Some(libc::ENOTTY) {
+                            " (no reset method worked)"
+                        } else if timed_out {
+                            " (the reset did not return)"
+                        } else {
+                            ""
+                        }
+                    );
+                    // (touched?, why): a reset that never returned may have done anything.
+                    return Err((timed_out || !done.is_empty(), msg));
+                }
+            }
+        }
+        if done.is_empty() {
+            return Err((false, skipped.join("; ")));
+        }
+        let mut s = format!("reset {}", done.join(", "));
+        if !skipped.is_empty() {
+            s.push_str(&format!("; {}", skipped.join("; ")));
+        }
+        Ok(s)
+    }
+
+    /// Why a reset of everything below `bridge` is not safe, or None when it is.
+    fn bus_unsafe(&self, bridge: &Bdf, below: &[Bdf]) -> Option<String> {
+        let h = self.h();
+        for b in below {
+            let info = device::read_device(h, b)?;
+            let drv = info.driver.as_deref();
+            let console = info.is_display()
+                && (info.boot_vga == Some(true) || h.exists(&paths::dev(b, DevFile::Drm)))
+                && drv.is_some_and(|d| d != VFIO);
+            if console {
+                return Some(format!(
+                    "{b} below {bridge} drives the host console ({})",
+                    drv.unwrap_or("?")
+                ));
+            }
+            let ours = self.owned.contains(b);
+            if !ours && drv.is_some_and(|d| d != VFIO) {
+                return Some(format!(
+                    "{b} below {bridge} is in use by the host ({}) and was not asked for",
+                    drv.unwrap_or("?")
+                ));
+            }
+        }
+        None
+    }
+
+    /// Rung 2: reset everything below the parent bridge.
+    fn bus_reset(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+        let h = self.h();
+        let first = &before[0].info.bdf;
+        let Some(bridge) = device::parent_bridge(h, first) else {
+            return Err((
+                false,
+                format!("{first} has no parent bridge (root complex device)"),
+            ));
+        };
+        let below: Vec<Bdf> = device::list_all(h)
+            .into_iter()
+            .filter(|b| device::parent_bridge(h, b) == Some(bridge))
+            .collect();
+        if let Some(why) = self.bus_unsafe(&bridge, &below) {
+            return Err((false, format!("bus reset refused: {why}")));
+        }
+        let t = self.ctx.cfg.timeouts.bus_reset;
+        let sub = paths::dev(&bridge, DevFile::ResetSubordinate);
+        if h.exists(&sub) {
+            // EAGAIN: the bus lock is busy; poll until the deadline.
+            let mut last: Option<io::Error> = None;
+            let ok = poll_until(t, || {
+                match write_with_deadline(&self.ctx.host, &sub, "1", t) {
+                    Ok(()) => Some(true),
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        last = Some(e);
+                        None
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        Some(false)
+                    }
+                }
+            });
+            return match ok {
+                Some(true) => Ok(format!(
+                    "reset_subordinate on {bridge} (resets {})",
+                    list(&below)
+                )),
+                _ => {
+                    let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                    let touched = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                    Err((
+                        touched,
+                        format!("writing 1 to {}: {}", h.display(&sub), errno_text(&e)),
+                    ))
+                }
+            };
+        }
+        // Older kernels: the kernel's bus reset, which works only when the function is alone
+        // on its bus.
+        if below.len() != 1 || below[0] != *first {
+            return Err((
+                false,
+                format!(
+                    "no reset_subordinate on {bridge} (kernel before 6.13) and {first} shares its bus with {}",
+                    list(&below.iter().filter(|b| *b != first).copied().collect::<Vec<_>>())
+                ),
+            ));
+        }
+        if !h.exists(&paths::dev(first, DevFile::Reset)) {
+            return Err((false, format!("{first} has no reset file")));
+        }
+        let rm = paths::dev(first, DevFile::ResetMethod);
+        let old = device::reset_method_of(h, first).unwrap_or_default();
+        if let Err(e) = write_with_deadline(&self.ctx.host, &rm, "bus", t) {
+            return Err((
+                false,
+                format!(
+                    "{first}: bus reset not offered ({}: {})",
+                    h.display(&rm),
+                    errno_text(&e)
+                ),
+            ));
+        }
+        let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
+        let _ = write_with_deadline(
+            &self.ctx.host,
+            &rm,
+            if old.is_empty() { "\n" } else { &old },
+            t,
+        );
+        match r {
+            Ok(()) => Ok(format!("bus reset of {first}")),
+            Err(e) => Err((
+                e.raw_os_error() == Some(libc::ETIMEDOUT),
+                format!("{first}: bus reset: {}", errno_text(&e)),
+            )),
+        }
+    }
+
+    /// Rung 3: remove the functions, rescan, wait for them, restore override/reset_method and
+    /// the driver they had.
+    fn remove_rescan(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+        let h = self.h();
+        let t = self.ctx.cfg.timeouts.rescan;
+        let first = before[0].info.bdf;
+        let bridge = device::parent_bridge(h, &first);
+        // Highest function first, function 0 last, like a hot-unplug.
+        for b in before.iter().rev() {
+            let bdf = &b.info.bdf;
+            if device::exists(h, bdf) {
+                if let Err(e) = self.write(bdf, &paths::dev(bdf, DevFile::Remove), "1", t) {
+                    return Err((true, e.to_string()));
+                }
+            }
+        }
+        if poll_until(t, || {
+            before
+                .iter()
+                .all(|b| !device::exists(h, &b.info.bdf))
+                .then_some(())
+        })
+        .is_none()
+        {
+            return Err((true, "functions did not go away after remove".into()));
+        }
+        let rescan = match bridge {
+            Some(br) if h.exists(&format!("{}/rescan", paths::dev_dir(&br))) => {
+                format!("{}/rescan", paths::dev_dir(&br))
+            }
+            _ => paths::PCI_RESCAN.to_string(),
+        };
+        if let Err(e) = self.write(&first, &rescan, "1", t) {
+            return Err((true, e.to_string()));
+        }
+        if poll_until(t, || {
+            before
+                .iter()
+                .all(|b| device::exists(h, &b.info.bdf))
+                .then_some(())
+        })
+        .is_none()
+        {
+            let missing: Vec<Bdf> = before
+                .iter()
+                .map(|b| b.info.bdf)
+                .filter(|b| !device::exists(h, b))
+                .collect();
+            return Err((
+                true,
+                format!("{} did not come back after rescan", list(&missing)),
+            ));
+        }
+        // A rescanned device has fresh state: no override, default reset_method, and whatever
+        // driver matched. Put back what it had.
+        let step_t = self.ctx.cfg.timeouts.step;
+        for b in before {
+            let bdf = &b.info.bdf;
+            if let Some(rm) = &b.info.reset_method {
+                if device::reset_method_of(h, bdf).as_ref() != Some(rm) {
+                    let data = if rm.is_empty() { "\n" } else { rm.as_str() };
+                    let _ = self.write(bdf, &paths::dev(bdf, DevFile::ResetMethod), data, step_t);
+                }
+            }
+            if device::override_of(h, bdf) != b.info.driver_override {
+                let data = b.info.driver_override.as_deref().unwrap_or("\n");
+                let _ = self.write(bdf, &paths::dev(bdf, DevFile::DriverOverride), data, step_t);
+            }
+            let now = device::driver_of(h, bdf);
+            if now != b.info.driver {
+                if let Some(cur) = &now {
+                    if let Some(rel) = paths::driver_file(cur, "unbind") {
+                        let _ = self.write(bdf, &rel, &bdf.to_string(), step_t);
+                    }
+                }
+                if let Some(want) = &b.info.driver {
+                    if let Some(rel) = paths::driver_file(want, "bind") {
+                        if self.write(bdf, &rel, &bdf.to_string(), step_t).is_err() {
+                            let _ =
+                                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), step_t);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(format!(
+            "removed and rescanned {}",
+            list(&before.iter().map(|b| b.info.bdf).collect::<Vec<_>>())
+        ))
+    }
+
+    fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
+        let start = Instant::now();
+        let h = self.h();
+        let mut rungs = Vec::new();
+        let before: Vec<Before> = funcs
+            .iter()
+            .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
+            .collect();
+        let report = |verdict, rungs, message: String| SlotReport {
+            functions: funcs.to_vec(),
+            verdict,
+            rungs,
+            message,
+            ms: start.elapsed().as_millis() as u64,
+        };
+        if before.len() != funcs.len() {
+            let missing: Vec<Bdf> = funcs
+                .iter()
+                .copied()
+                .filter(|b| !device::exists(h, b))
+                .collect();
+            return report(
+                Verdict::Refused,
+                rungs,
+                format!("{} does not exist on this host", list(&missing)),
+            );
+        }
+        // Was it healthy before we started? A refusal then leaves it healthy.
+        let healthy_before = self.verify(&before).is_ok();
+        type RungFn<'x, 'y, 'z> =
+            fn(&Ladder<'x, 'y>, &[Before]) -> std::result::Result<String, (bool, String)>;
+        let ladder: [(&'static str, RungFn); 3] = [
+            ("function-reset", Ladder::function_reset),
+            ("bus-reset", Ladder::bus_reset),
+            ("remove-rescan", Ladder::remove_rescan),
+        ];
+        let mut reasons: Vec<String> = Vec::new();
+        for (name, f) in ladder {
+            // remove+rescan is a recovery for a device that is broken, not a reset of a
+            // healthy one.
+            if name == "remove-rescan" && healthy_before && self.verify(&before).is_ok() {
+                break;
+            }
+            let t0 = Instant::now();
+            let r = f(self, &before);
+            let (ran, detail) = match r {
+                Ok(d) => (true, d),
+                Err((touched, why)) => (touched, why),
+            };
+            let check = if ran { self.verify(&before) } else { Ok(()) };
+            let ok = ran && check.is_ok();
+            let detail = match &check {
+                Err(c) if ran => format!("{detail}; check failed: {c}"),
+                _ => detail,
+            };
+            self.ctx.log.info(&format!(
+                "{}: {name}: {} ({})",
+                list(funcs),
+                if ok {
+                    format!("ok: {detail}")
+                } else {
+                    format!("no: {detail}")
+                },
+                fmt_dur(t0.elapsed())
+            ));
+            rungs.push(Rung {
+                rung: name,
+                ok,
+                detail: detail.clone(),
+                ms: t0.elapsed().as_millis() as u64,
+            });
+            if ok {
+                return report(Verdict::Reset, rungs, format!("{name}: {detail}"));
+            }
+            reasons.push(format!("{name}: {detail}"));
+            if !ran && healthy_before && name == "bus-reset" {
+                // Nothing was done and nothing is wrong: refuse rather than escalate.
+                break;
+            }
+        }
+        if self.verify(&before).is_ok() {
+            let msg = format!("not reset: {}", reasons.join("; "));
+            return report(
+                if self.mode == Mode::PostStop {
+                    Verdict::Refused
+                } else {
+                    Verdict::Refused
+                },
+                rungs,
+                msg,
+            );
+        }
+        report(
+            Verdict::Unrecovered,
+            rungs,
+            format!(
+                "{} did not recover; tried: {}; it needs a host reboot (or a power cycle)",
+                list(funcs),
+                reasons.join("; ")
+            ),
+        )
+    }
+}
+
+fn list(v: &[Bdf]) -> String {
+    v.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Resets many devices: functions of one slot together, slots on different buses in
+/// parallel, slots on one bus one after another.
+pub fn reset_many(
+    ctx: &Ctx,
+    bdfs: &[Bdf],
+    method: Option<&str>,
+    mode: Mode,
+    owned: &[Bdf],
+) -> Vec<SlotReport> {
+    let mut by_bus: BTreeMap<(u16, u8), BTreeMap<(u16, u8, u8), Vec<Bdf>>> = BTreeMap::new();
+    for b in bdfs {
+        let slot = by_bus
+            .entry((b.domain, b.bus))
+            .or_default()
+            .entry(b.slot())
+            .or_default();
+        if !slot.contains(b) {
+            slot.push(*b);
+        }
+    }
+    let ladder = Ladder {
+        ctx,
+        mode,
+        method,
+        owned,
+    };
+    let mut out = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = by_bus
+            .values()
+            .map(|slots| {
+                let ladder = &ladder;
+                s.spawn(move || {
+                    slots
+                        .values()
+                        .map(|funcs| {
+                            let mut f = funcs.clone();
+                            f.sort();
+                            ladder.run_slot(&f)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(r) = h.join() {
+                out.extend(r);
+            }
+        }
+    });
+    out
+}
 
 #[derive(Default)]
 pub struct Outcome {
     pub failed: Vec<(Bdf, String)>,
 }
 
+/// post-stop: reset every device the VM had, with the VM as owner of all of them.
 pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
     let mut o = Outcome::default();
-    for d in &st.devices {
-        if let Err(e) = crate::device::config_healthy(&*ctx.host, &d.original.bdf) {
-            o.failed.push((d.original.bdf, e));
+    let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
+    let bdfs: Vec<Bdf> = st
+        .bdfs()
+        .into_iter()
+        .filter(|b| !st.unrecovered.contains(b) || device::exists(&*ctx.host, b))
+        .collect();
+    if !reset_on {
+        // Still check health: a dead device must not go back to its host driver.
+        for b in &bdfs {
+            if let Err(e) = device::config_healthy(&*ctx.host, b) {
+                o.failed.push((*b, e));
+            }
+        }
+        return o;
+    }
+    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs) {
+        match r.verdict {
+            Verdict::Unrecovered => {
+                for b in &r.functions {
+                    o.failed.push((*b, r.message.clone()));
+                }
+            }
+            Verdict::Refused => ctx
+                .log
+                .warn(&format!("{}: {}", list(&r.functions), r.message)),
+            Verdict::Reset => {}
         }
     }
     o
 }
 
-pub fn command(_ctx: &Ctx, _bdfs: &[Bdf], _method: Option<&str>, _json: bool) -> crate::error::Result<()> {
-    Err(crate::error::Error::Failed("reset: not built yet".into()))
+/// `pt-hook reset BDF…`
+pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Result<()> {
+    if let Some(m) = method {
+        const KNOWN: [&str; 7] = [
+            "device_specific",
+            "acpi",
+            "flr",
+            "af_flr",
+            "pm",
+            "bus",
+            "cxl_bus",
+        ];
+        if !KNOWN.contains(&m) {
+            return Err(Error::Usage(format!(
+                "unknown reset method {m:?}; the kernel knows {}",
+                KNOWN.join(", ")
+            )));
+        }
+    }
+    for b in bdfs {
+        if !device::exists(&*ctx.host, b) {
+            return Err(Error::Usage(format!(
+                "{b}: no such PCI device ({})",
+                ctx.host.display(&paths::dev_dir(b))
+            )));
+        }
+        if device::read_device(&*ctx.host, b).is_some_and(|i| i.is_bridge()) {
+            return Err(Error::Usage(format!(
+                "{b} is a PCI bridge; name the device below it"
+            )));
+        }
+    }
+    if ctx.dry_run {
+        for b in bdfs {
+            println!("dry-run: would reset {b} (function reset, then bus reset, then remove+rescan, checking after each)");
+        }
+        return Ok(());
+    }
+    // The devices asked for, plus whatever a VM's state says belongs with them.
+    let mut owned: Vec<Bdf> = bdfs.to_vec();
+    for b in bdfs {
+        for vm in crate::state::list_vms(&*ctx.host) {
+            if let Ok(Some(st)) = crate::state::load(&*ctx.host, vm) {
+                if st.owns(b) {
+                    owned.extend(st.bdfs());
+                }
+            }
+        }
+    }
+    let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
+    let reports = reset_many(ctx, bdfs, method, Mode::Manual, &owned);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "results": reports }))
+                .unwrap_or_default()
+        );
+    } else {
+        for r in &reports {
+            println!(
+                "{}: {} ({} ms): {}",
+                list(&r.functions),
+                match r.verdict {
+                    Verdict::Reset => "reset",
+                    Verdict::Refused => "NOT reset",
+                    Verdict::Unrecovered => "UNRECOVERED",
+                },
+                r.ms,
+                r.message
+            );
+        }
+    }
+    if let Some(r) = reports.iter().find(|r| r.verdict == Verdict::Unrecovered) {
+        return Err(Error::NeedsReboot(r.message.clone()));
+    }
+    if let Some(r) = reports.iter().find(|r| r.verdict == Verdict::Refused) {
+        return Err(Error::Failed(format!(
+            "{}: {}",
+            list(&r.functions),
+            r.message
+        )));
+    }
+    Ok(())
 }

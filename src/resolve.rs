@@ -83,7 +83,12 @@ pub fn node_name() -> String {
 
 /// Resolves a VM's devices. Errors here are configuration errors (exit 2): nothing has been
 /// touched yet.
-pub fn resolve(host: &dyn Host, cfg: &VmConfig, node: &str, log: &crate::log::Logger) -> Result<Vec<Resolved>> {
+pub fn resolve(
+    host: &dyn Host,
+    cfg: &VmConfig,
+    node: &str,
+    log: &crate::log::Logger,
+) -> Result<Vec<Resolved>> {
     let all = device::list_all(host);
     let mut out: Vec<Resolved> = Vec::new();
     let mut seen: BTreeSet<Bdf> = BTreeSet::new();
@@ -128,7 +133,8 @@ pub fn resolve(host: &dyn Host, cfg: &VmConfig, node: &str, log: &crate::log::Lo
                             if !p.matches(&r.bdf) {
                                 continue;
                             }
-                            if let Some(why) = r.blocks(vmid, now, &|v| state::vm_running(host, v)) {
+                            if let Some(why) = r.blocks(vmid, now, &|v| state::vm_running(host, v))
+                            {
                                 return Some(format!("{}: {why}", r.bdf));
                             }
                         }
@@ -147,22 +153,25 @@ pub fn resolve(host: &dyn Host, cfg: &VmConfig, node: &str, log: &crate::log::Lo
                     .map_err(|e| Error::Config(format!("{what}: {e}")))?;
                 let mut v = Vec::new();
                 for p in &e.paths {
-                    v.extend(expand(host, &all, p, &what)?);
-                }
-                for b in &v {
-                    if let Some(info) = device::read_device(host, b) {
+                    let funcs = expand(host, &all, p, &what)?;
+                    // Proxmox checks the id once per path item: its first function.
+                    if let Some(info) = funcs.first().and_then(|b| device::read_device(host, b)) {
                         if info.vendor != e.id.vendor || info.device != e.id.device {
                             return Err(Error::Config(format!(
-                                "{what}: mapping {name} expects {} at {b}, found {:04x}:{:04x}",
-                                e.id, info.vendor, info.device
+                                "{what}: mapping {name} expects {} at {}, found {:04x}:{:04x}",
+                                e.id, info.bdf, info.vendor, info.device
                             )));
                         }
                     }
+                    v.extend(funcs);
                 }
                 log.info(&format!(
                     "hostpci{}: mapping {name} on node {node} -> {}",
                     hp.index,
-                    v.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" ")
+                    v.iter()
+                        .map(|b| b.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ));
                 (v, format!("hostpci{} (mapping {name})", hp.index))
             }
@@ -190,12 +199,16 @@ pub fn resolve(host: &dyn Host, cfg: &VmConfig, node: &str, log: &crate::log::Lo
     // Proxmox moves the whole IOMMU group to vfio-pci: record and prepare every member.
     let mut extra = Vec::new();
     for r in out.iter().filter(|r| !r.keep) {
-        let Some(g) = r.info.iommu_group else { continue };
+        let Some(g) = r.info.iommu_group else {
+            continue;
+        };
         for m in device::group_members(host, g) {
             if seen.contains(&m) {
                 continue;
             }
-            let Some(info) = device::read_device(host, &m) else { continue };
+            let Some(info) = device::read_device(host, &m) else {
+                continue;
+            };
             if info.is_bridge() {
                 continue;
             }
