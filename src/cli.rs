@@ -91,6 +91,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the quirk profiles, or show which one applies to a device and what it does.
+    Quirks {
+        /// A device (DDDD:BB:DD.F) on this host, or an id (vvvv:dddd).
+        target: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -221,6 +229,10 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             };
             lifecycle::cleanup(&ctx, vmid)
         }
+        Cmd::Quirks { target, json } => {
+            let cfg = load_cfg(&*host)?;
+            quirks_cmd(&*host, &cfg, target.as_deref(), *json)
+        }
         Cmd::Reset { bdfs, method, json } => {
             let mut list = Vec::new();
             for b in bdfs {
@@ -330,4 +342,136 @@ fn print_plan(p: &lifecycle::VmPlan, node: &str) {
     for w in &p.warnings {
         println!("warning: {w}");
     }
+}
+
+fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -> Result<()> {
+    use crate::device::{self, DeviceInfo};
+    use crate::quirks;
+    let all = quirks::load_all(host, cfg)?;
+    let Some(t) = target else {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "quirks": all })).unwrap_or_default()
+            );
+        } else {
+            for p in &all {
+                println!(
+                    "{:<22} {}:{}  {}",
+                    p.name,
+                    p.vendor,
+                    p.devices.join(","),
+                    p.description
+                );
+            }
+        }
+        return Ok(());
+    };
+    let info: DeviceInfo = if let Some(id) = crate::pci::PciId::parse(t) {
+        DeviceInfo {
+            bdf: Bdf::parse("0000:00:00.0").map_err(|e| Error::Usage(e.to_string()))?,
+            vendor: id.vendor,
+            device: id.device,
+            subsystem_vendor: None,
+            subsystem_device: None,
+            class: 0x030000,
+            driver: None,
+            driver_override: None,
+            iommu_group: None,
+            reset_method: None,
+            has_reset: false,
+            boot_vga: None,
+            d3cold_allowed: None,
+            power_control: None,
+            link_speed: None,
+            link_width: None,
+        }
+    } else {
+        let b = Bdf::parse(t).map_err(|e| {
+            Error::Usage(format!(
+                "{e}; expected a device (0000:01:00.0) or an id (10de:2b85)"
+            ))
+        })?;
+        device::read_device(host, &b).ok_or_else(|| {
+            Error::Usage(format!(
+                "{b}: no such PCI device ({})",
+                host.display(&crate::host::paths::dev_dir(&b))
+            ))
+        })?
+    };
+    let p = quirks::find(&all, &info);
+    let planned = p.and_then(|p| p.planned_reset_method(info.reset_method.as_deref()));
+    let missing = p.and_then(|p| quirks::module_missing(host, p));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "target": t,
+                "vendor": info.vendor_hex(),
+                "device": info.device_hex(),
+                "quirk": p,
+                "current_reset_method": info.reset_method,
+                "reset_method": planned,
+                "missing_module": missing,
+            }))
+            .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    match p {
+        None => println!(
+            "{t} ({}:{}): no quirk profile; pt-hook uses the kernel's reset methods as they are",
+            info.vendor_hex(),
+            info.device_hex()
+        ),
+        Some(p) => {
+            println!(
+                "{t} ({}:{}): quirk {} ({})",
+                info.vendor_hex(),
+                info.device_hex(),
+                p.name,
+                p.source
+            );
+            println!("  {}", p.description);
+            match (&info.reset_method, &planned) {
+                (Some(cur), Some(new)) => {
+                    println!("  pre-start: reset_method {cur:?} -> {new:?} (restored at post-stop)")
+                }
+                (_, None) if !p.reset_method.is_empty() || !p.reset_method_remove.is_empty() => {
+                    println!(
+                        "  pre-start: reset_method: first {:?}, without {:?}",
+                        p.reset_method, p.reset_method_remove
+                    )
+                }
+                _ => println!("  pre-start: reset_method left alone"),
+            }
+            if let Some(v) = &p.d3cold_allowed {
+                println!("  pre-start: d3cold_allowed = {v}");
+            }
+            if let Some(v) = &p.power_control {
+                println!("  pre-start: power/control = {v}");
+            }
+            if !p.skip_rungs.is_empty() {
+                println!(
+                    "  post-stop: reset ladder skips {}",
+                    p.skip_rungs.join(", ")
+                );
+            }
+            if let Some(w) = &p.host_rebind_wait {
+                println!(
+                    "  post-stop: the host driver's rebind is the reset; waits up to {w} for it"
+                );
+            }
+            if p.companion {
+                println!("  companion function: moves with its GPU");
+            }
+            if let Some(m) = &missing {
+                println!("  MISSING: {m}");
+            }
+            for w in &p.warnings {
+                println!("  warning: {w}");
+            }
+        }
+    }
+    Ok(())
 }

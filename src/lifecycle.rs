@@ -273,6 +273,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             failed.push(e.to_string());
         }
     }
+    let profiles =
+        crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
     for d in &st.devices {
         let b = d.original.bdf;
         if held(&b) {
@@ -286,7 +288,15 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             ));
             continue;
         }
-        if let Err(e) = exec.wait_driver(&b, want, ctx.cfg.timeouts.driver_bind) {
+        // A host-rebind profile: the host driver's probe is the reset, and it takes a while.
+        let wait = d
+            .quirk
+            .as_deref()
+            .and_then(|q| crate::quirks::by_name(&profiles, q))
+            .and_then(|p| p.rebind_wait())
+            .unwrap_or(ctx.cfg.timeouts.driver_bind)
+            .max(ctx.cfg.timeouts.driver_bind);
+        if let Err(e) = exec.wait_driver(&b, want, wait) {
             failed.push(e.to_string());
         }
         let ov = device::override_of(ctx.h(), &b);

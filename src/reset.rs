@@ -75,6 +75,8 @@ struct Ladder<'a, 'b> {
     method: Option<&'a str>,
     /// Every function that belongs to the same owner as the slot being reset.
     owned: &'a [Bdf],
+    /// Rungs a quirk profile says not to use, per function.
+    skip: &'a [(Bdf, Vec<String>)],
 }
 
 impl Ladder<'_, '_> {
@@ -468,6 +470,25 @@ impl Ladder<'_, '_> {
         ];
         let mut reasons: Vec<String> = Vec::new();
         for (name, f) in ladder {
+            if let Some((b, _)) = self
+                .skip
+                .iter()
+                .find(|(b, rungs)| funcs.contains(b) && rungs.iter().any(|r| r == name))
+            {
+                let detail =
+                    format!("skipped: the quirk profile of {b} says this rung does not work");
+                self.ctx
+                    .log
+                    .info(&format!("{}: {name}: {detail}", list(funcs)));
+                rungs.push(Rung {
+                    rung: name,
+                    ok: false,
+                    detail: detail.clone(),
+                    ms: 0,
+                });
+                reasons.push(format!("{name}: {detail}"));
+                continue;
+            }
             // remove+rescan is a recovery for a device that is broken, not a reset of a
             // healthy one.
             if name == "remove-rescan" && healthy_before && self.verify(&before).is_ok() {
@@ -549,6 +570,7 @@ pub fn reset_many(
     method: Option<&str>,
     mode: Mode,
     owned: &[Bdf],
+    skip: &[(Bdf, Vec<String>)],
 ) -> Vec<SlotReport> {
     let mut by_bus: BTreeMap<(u16, u8), BTreeMap<(u16, u8, u8), Vec<Bdf>>> = BTreeMap::new();
     for b in bdfs {
@@ -566,6 +588,7 @@ pub fn reset_many(
         mode,
         method,
         owned,
+        skip,
     };
     let mut out = Vec::new();
     std::thread::scope(|s| {
@@ -617,7 +640,17 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
         }
         return o;
     }
-    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs) {
+    let all =
+        crate::quirks::load_all(&*ctx.host, ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
+    let skip: Vec<(Bdf, Vec<String>)> = st
+        .devices
+        .iter()
+        .filter_map(|d| {
+            let p = crate::quirks::by_name(&all, d.quirk.as_deref()?)?;
+            Some((d.original.bdf, p.skip_rungs.clone()))
+        })
+        .collect();
+    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &skip) {
         match r.verdict {
             Verdict::Unrecovered => {
                 for b in &r.functions {
@@ -683,7 +716,19 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
         }
     }
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
-    let reports = reset_many(ctx, bdfs, method, Mode::Manual, &owned);
+    let all = crate::quirks::load_all(&*ctx.host, ctx.cfg)?;
+    let skip: Vec<(Bdf, Vec<String>)> = if method.is_some() {
+        Vec::new()
+    } else {
+        bdfs.iter()
+            .filter_map(|b| {
+                let info = device::read_device(&*ctx.host, b)?;
+                let p = crate::quirks::find(&all, &info)?;
+                Some((*b, p.skip_rungs.clone()))
+            })
+            .collect()
+    };
+    let reports = reset_many(ctx, bdfs, method, Mode::Manual, &owned, &skip);
     if json {
         println!(
             "{}",
