@@ -91,6 +91,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner VM.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the quirk profiles, or show which one applies to a device and what it does.
     Quirks {
         /// A device (DDDD:BB:DD.F) on this host, or an id (vvvv:dddd).
@@ -137,7 +143,16 @@ pub fn main() -> i32 {
         .or_else(|| std::env::var_os("PT_HOOK_ROOT").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/"));
     let real_root = root == std::path::Path::new("/");
-    let verbosity = if cli.global.quiet {
+    // With --json, stdout is the document; progress lines would only clutter a captured
+    // stream, so they go to syslog only (errors still reach stderr). -v brings them back.
+    let json = matches!(
+        cli.cmd,
+        Cmd::Plan { json: true, .. }
+            | Cmd::Reset { json: true, .. }
+            | Cmd::Status { json: true }
+            | Cmd::Quirks { json: true, .. }
+    );
+    let verbosity = if cli.global.quiet || (json && cli.global.verbose == 0) {
         -1
     } else {
         cli.global.verbose as i8
@@ -228,6 +243,10 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 node: crate::resolve::node_name(),
             };
             lifecycle::cleanup(&ctx, vmid)
+        }
+        Cmd::Status { json } => {
+            let cfg = load_cfg(&*host)?;
+            status_cmd(&*host, &cfg, *json)
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
@@ -472,6 +491,119 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
                 println!("  warning: {w}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Which VM each device belongs to: running state first, then VM configs (host addresses).
+fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str)> {
+    use crate::pve::hostpci::HostSource;
+    let mut m = std::collections::BTreeMap::new();
+    for vm in crate::state::list_vms(host) {
+        if let Ok(Some(st)) = crate::state::load(host, vm) {
+            for b in st.bdfs() {
+                m.insert(b, (vm, "state"));
+            }
+        }
+    }
+    let all = crate::device::list_all(host);
+    let dir = "etc/pve/qemu-server";
+    for f in host.list(dir).unwrap_or_default() {
+        let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = crate::resolve::read_text(host, &format!("{dir}/{f}")) else {
+            continue;
+        };
+        let Ok(cfg) = crate::pve::config::parse_vm_config(&text, &f, id) else {
+            continue;
+        };
+        for hp in &cfg.hostpci {
+            if let HostSource::Host(addrs) = &hp.source {
+                for a in addrs {
+                    for b in all.iter().filter(|b| a.matches(b)) {
+                        m.entry(*b).or_insert((id, "config"));
+                    }
+                }
+            }
+        }
+    }
+    m
+}
+
+fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
+    use crate::device;
+    let profiles = crate::quirks::load_all(host, cfg)?;
+    let owners = owners(host);
+    let mut rows = Vec::new();
+    for b in device::list_all(host) {
+        let Some(d) = device::read_device(host, &b) else {
+            continue;
+        };
+        let members: Vec<Bdf> = d
+            .iommu_group
+            .map(|g| device::group_members(host, g))
+            .unwrap_or_default();
+        let quirk = crate::quirks::find(&profiles, &d).map(|p| p.name.clone());
+        let vm = owners.get(&b).copied();
+        rows.push((d, members, quirk, vm));
+    }
+    if json {
+        let devices: Vec<_> = rows
+            .iter()
+            .map(|(d, members, quirk, vm)| {
+                json!({
+                    "bdf": d.bdf,
+                    "vendor": d.vendor_hex(),
+                    "device": d.device_hex(),
+                    "class": d.class_hex(),
+                    "driver": d.driver,
+                    "driver_override": d.driver_override,
+                    "iommu_group": d.iommu_group,
+                    "iommu_group_members": members,
+                    "reset_methods": d.reset_method.as_ref().map(|r| r.split_whitespace().collect::<Vec<_>>()),
+                    "boot_vga": d.boot_vga,
+                    "link_speed": d.link_speed,
+                    "link_width": d.link_width,
+                    "quirk": quirk,
+                    "vm": vm.map(|v| v.0),
+                    "vm_source": vm.map(|v| v.1),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "devices": devices })).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<13} {:<9} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} VM",
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "RESET", "LINK", "QUIRK"
+    );
+    for (d, _members, quirk, vm) in &rows {
+        println!(
+            "{:<13} {}:{} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} {}",
+            d.bdf,
+            d.vendor_hex(),
+            d.device_hex(),
+            &d.class_hex()[..4],
+            d.driver.as_deref().unwrap_or("-"),
+            d.iommu_group
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into()),
+            d.reset_method
+                .as_deref()
+                .map(|r| if r.is_empty() { "(none)" } else { r })
+                .unwrap_or("-"),
+            d.link_width
+                .as_deref()
+                .map(|w| format!("x{w}"))
+                .unwrap_or_else(|| "-".into()),
+            quirk.as_deref().unwrap_or("-"),
+            vm.map(|(v, src)| format!("{v} ({src})"))
+                .unwrap_or_else(|| "-".into()),
+        );
     }
     Ok(())
 }
