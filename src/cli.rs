@@ -152,7 +152,9 @@ pub fn main() -> i32 {
             | Cmd::Status { json: true }
             | Cmd::Quirks { json: true, .. }
     );
-    let verbosity = if cli.global.quiet || (json && cli.global.verbose == 0) {
+    let verbosity = if cli.global.quiet {
+        -2
+    } else if json && cli.global.verbose == 0 {
         -1
     } else {
         cli.global.verbose as i8

@@ -195,8 +195,16 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     state::save(ctx.h(), &st)?;
     for s in &p.steps {
         st.journal.push(s.clone());
-        let r = state::save(ctx.h(), &st).and_then(|_| exec.apply(s));
+        let r = state::save(ctx.h(), &st).and_then(|_| {
+            crash_point()?;
+            exec.apply(s)?;
+            crash_point()
+        });
         if let Err(e) = r {
+            if matches!(&e, Error::Failed(m) if m == SIMULATED_CRASH) {
+                // The process "died" here: no rollback, the state file is all that is left.
+                return Err(e);
+            }
             ctx.log
                 .error(&format!("pre-start failed: {e}; rolling back"));
             match restore(ctx, st, false) {
@@ -373,4 +381,32 @@ pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
         }
     }
     worst.map_or(Ok(()), Err)
+}
+
+pub const SIMULATED_CRASH: &str = "simulated crash";
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to N to make pre-start "die" at its Nth step boundary.
+    pub static CRASH_AT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// A step boundary. In tests it can simulate the process being killed there.
+fn crash_point() -> Result<()> {
+    #[cfg(test)]
+    {
+        let hit = CRASH_AT.with(|c| match c.get() {
+            Some(0) => true,
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        if hit {
+            CRASH_AT.with(|c| c.set(None));
+            return Err(Error::Failed(SIMULATED_CRASH.into()));
+        }
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! Exit codes: 0 ok; 1 the operation failed (pre-start: the VM start is aborted); 2 usage or
 //! configuration error; 3 a device is left in a state only a host reboot fixes.
 
+#[cfg(test)]
+mod behaviour_tests;
 mod cli;
 mod config;
 mod console;

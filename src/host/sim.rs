@@ -1222,7 +1222,7 @@ impl State {
         Ok(())
     }
 
-    fn unload_module(&mut self, name: &str) -> Result<(), ModErr> {
+    fn unload_module(&mut self, name: &str, first_time: bool) -> Result<(), ModErr> {
         let key = norm_module(name);
         let Some(m) = self.modules.get(&key) else {
             if self
@@ -1239,9 +1239,14 @@ impl State {
             )));
         };
         if !m.spec.loaded {
-            return Err(ModErr::Msg(format!(
-                "modprobe: FATAL: Module {key} is not in kernel.\n"
-            )));
+            // kmod: silent success unless --first-time.
+            return if first_time {
+                Err(ModErr::Msg(format!(
+                    "modprobe: FATAL: Module {key} is not in kernel.\n"
+                )))
+            } else {
+                Ok(())
+            };
         }
         if self.module_in_use(&key) {
             return Err(ModErr::Msg(format!(
@@ -1279,7 +1284,7 @@ impl State {
         // modprobe -r also removes dependencies nothing else uses.
         for dep in deps {
             if self.module_loaded(&dep) && !self.module_in_use(&dep) {
-                let _ = self.unload_module(&dep);
+                let _ = self.unload_module(&dep, false);
             }
         }
         Ok(())
@@ -2637,37 +2642,49 @@ impl SimHost {
     fn modprobe(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
         let mut remove = false;
         let mut all = false;
+        let mut quiet = false;
+        let mut first_time = false;
         let mut names = Vec::new();
         for a in args {
             if let Some(long) = a.strip_prefix("--") {
                 match long {
                     "remove" => remove = true,
                     "all" => all = true,
+                    "quiet" => quiet = true,
+                    "first-time" => first_time = true,
                     _ => {}
                 }
             } else if let Some(short) = a.strip_prefix('-') {
                 remove |= short.contains('r');
                 all |= short.contains('a');
+                quiet |= short.contains('q');
             } else {
                 names.push(*a);
             }
         }
+        let fail = |msg: &str| out(1, "", if quiet { "" } else { msg });
         if names.is_empty() {
-            return Ok(out(1, "", "modprobe: ERROR: missing parameters. See -h.\n"));
+            return Ok(fail("modprobe: ERROR: missing parameters. See -h.\n"));
         }
         let mut g = self.st();
         if remove {
+            // Every name is tried; the exit code says whether any failed.
+            let mut errors = String::new();
             for n in &names {
-                match g.unload_module(n) {
+                match g.unload_module(n, first_time) {
                     Ok(()) => {}
-                    Err(ModErr::Msg(m)) => return Ok(out(1, "", &m)),
+                    Err(ModErr::Msg(m)) => errors.push_str(&m),
                     Err(ModErr::Hang) => {
                         drop(g);
                         return Err(self.run_timeout(timeout));
                     }
                 }
             }
-            return Ok(out(0, "", ""));
+            return Ok(if errors.is_empty() {
+                out(0, "", "")
+            } else {
+                fail(&errors)
+            });
         }
         let (mods, params): (Vec<&str>, Vec<(String, String)>) = if all {
             (names, Vec::new())
@@ -2681,7 +2698,7 @@ impl SimHost {
         };
         for m in mods {
             if let Err(msg) = g.load_module(m, &params, 0) {
-                return Ok(out(1, "", &msg));
+                return Ok(fail(&msg));
             }
         }
         Ok(out(0, "", ""))
@@ -2927,5 +2944,785 @@ impl Host for SimHost {
 
     fn display(&self, rel: &str) -> String {
         self.root.join(rel).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::write_with_deadline;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    const VGA: &str = "0000:01:00.0";
+    const AUDIO: &str = "0000:01:00.1";
+    const NVME: &str = "0000:02:00.0";
+    const NVME2: &str = "0000:03:00.0";
+    const VIRTIO: &str = "0000:04:00.0";
+    const E1000E: &str = "0000:05:00.0";
+    const T: Duration = Duration::from_secs(5);
+
+    fn dev(b: &str, f: &str) -> String {
+        format!("sys/bus/pci/devices/{b}/{f}")
+    }
+
+    fn errno(r: io::Result<()>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    fn rd(s: &SimHost, p: &str) -> String {
+        s.read(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    #[test]
+    fn preset_reads_like_sysfs() {
+        let s = SimHost::gpu_host();
+        assert_eq!(rd(&s, &dev(VGA, "vendor")), "0x1234\n");
+        assert_eq!(rd(&s, &dev(VGA, "class")), "0x030000\n");
+        assert_eq!(rd(&s, &dev(VGA, "boot_vga")), "1\n");
+        assert_eq!(rd(&s, &dev(VGA, "reset_method")), "bus\n");
+        assert_eq!(rd(&s, &dev(NVME, "reset_method")), "flr bus\n");
+        assert_eq!(rd(&s, &dev(VIRTIO, "reset_method")), "flr pm bus\n");
+        assert_eq!(rd(&s, &dev(NVME, "driver_override")), "(null)\n");
+        assert_eq!(rd(&s, &dev(VGA, "current_link_speed")), "16.0 GT/s PCIe\n");
+        assert_eq!(rd(&s, &dev(VGA, "current_link_width")), "16\n");
+        assert_eq!(rd(&s, &dev(NVME, "d3cold_allowed")), "1\n");
+        assert_eq!(rd(&s, &dev(NVME, "power/control")), "on\n");
+        assert!(!s.exists(&dev(AUDIO, "reset")));
+        assert!(!s.exists(&dev(AUDIO, "reset_method")));
+        assert!(s.exists(&dev(VGA, "reset")));
+        assert!(!s.exists(&dev(NVME, "boot_vga")));
+        assert!(s.exists(&dev("0000:00:1c.0", "reset_subordinate")));
+        assert_eq!(s.link_name(&dev(VGA, "driver")).unwrap(), "bochs-drm");
+        assert_eq!(s.link_name(&dev(AUDIO, "iommu_group")).unwrap(), "1");
+        assert_eq!(
+            s.list("sys/kernel/iommu_groups/1/devices").unwrap(),
+            vec![VGA, AUDIO]
+        );
+        assert_eq!(s.list("sys/bus/pci/devices").unwrap().len(), 11);
+        let drivers = s.list("sys/bus/pci/drivers").unwrap();
+        assert!(drivers.contains(&"nvme".to_string()));
+        assert!(!drivers.contains(&"vfio-pci".to_string()));
+        assert!(!s.exists("sys/module/vfio_pci"));
+        assert!(s.exists("sys/module/nvme"));
+        assert!(s.exists("sys/class/iommu/dmar0"));
+        let nvme_dir = s.list("sys/bus/pci/drivers/nvme").unwrap();
+        for f in [NVME, NVME2, "bind", "unbind", "new_id", "module"] {
+            assert!(nvme_dir.contains(&f.to_string()), "{f}");
+        }
+        assert_eq!(
+            s.link_name("sys/bus/pci/drivers/nvme/module").unwrap(),
+            "nvme"
+        );
+        assert_eq!(
+            s.link_name(&format!("{}/module", dev(NVME, "driver")))
+                .unwrap(),
+            "nvme"
+        );
+        let cfg = s.read_bytes(&dev(NVME, "config"), 4).unwrap();
+        assert_eq!(cfg, vec![0x36, 0x1b, 0x10, 0x00]);
+        assert_eq!(s.read_bytes(&dev(NVME, "config"), 4096).unwrap().len(), 256);
+        assert_eq!(
+            s.link_target(&format!("sys/bus/pci/devices/{VGA}"))
+                .unwrap(),
+            "../../../devices/pci0000:00/0000:00:1c.0/0000:01:00.0"
+        );
+        assert_eq!(
+            rd(&s, "sys/class/vtconsole/vtcon1/name"),
+            "(M) frame buffer device\n"
+        );
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon1/bind"), "1\n");
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon0/bind"), "0\n");
+        assert_eq!(
+            s.read(&dev(NVME, "reset")).unwrap_err().raw_os_error(),
+            Some(libc::EACCES)
+        );
+        assert_eq!(
+            errno(s.write(&dev(NVME, "vendor"), "0x1")),
+            Some(libc::EACCES)
+        );
+        assert_eq!(
+            errno(s.write(&dev("0000:09:00.0", "reset"), "1")),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn unbind_override_probe_round_trip() {
+        let s = SimHost::gpu_host();
+        let start = s.snapshot();
+        s.write("sys/bus/pci/drivers/nvme/unbind", NVME).unwrap();
+        assert!(!s.exists(&dev(NVME, "driver")));
+        s.write(&dev(NVME, "driver_override"), "vfio-pci\n")
+            .unwrap();
+        assert_eq!(rd(&s, &dev(NVME, "driver_override")), "vfio-pci\n");
+        // vfio-pci not loaded: probing finds nothing, and says nothing.
+        s.write("sys/bus/pci/drivers_probe", NVME).unwrap();
+        assert_eq!(s.driver_of(NVME), None);
+        let o = s.run("modprobe", &["vfio-pci"], T).unwrap();
+        assert!(o.success());
+        assert!(s.exists("sys/module/vfio_pci"));
+        // Loading binds the overridden device, and only it.
+        assert_eq!(s.link_name(&dev(NVME, "driver")).unwrap(), "vfio-pci");
+        assert_eq!(s.driver_of(NVME2).as_deref(), Some("nvme"));
+        // Back.
+        s.write("sys/bus/pci/drivers/vfio-pci/unbind", NVME)
+            .unwrap();
+        s.write(&dev(NVME, "driver_override"), "\n").unwrap();
+        assert_eq!(rd(&s, &dev(NVME, "driver_override")), "(null)\n");
+        s.write("sys/bus/pci/drivers_probe", NVME).unwrap();
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("nvme"));
+        assert_ne!(s.snapshot(), start);
+        assert!(s.run("modprobe", &["-r", "vfio_pci"], T).unwrap().success());
+        assert_eq!(s.snapshot(), start);
+        assert_eq!(s.write_count(), 6);
+        let ops = s.ops();
+        assert_eq!(ops.len(), 8);
+        assert_eq!(ops[0].path, "sys/bus/pci/drivers/nvme/unbind");
+        assert_eq!(ops[0].result, OpResult::Ok);
+        assert_eq!(ops[3].kind, OpKind::Run);
+        assert_eq!(ops[3].result, OpResult::Exit(Some(0)));
+        assert_eq!(s.writes_to("/driver_override"), vec!["vfio-pci\n", "\n"]);
+    }
+
+    #[test]
+    fn bind_errors() {
+        let s = SimHost::gpu_host();
+        // Already bound, driver matches → EBUSY.
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/nvme/bind", NVME)),
+            Some(libc::EBUSY)
+        );
+        // Driver does not match the device → ENODEV (even though it is bound elsewhere).
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/e1000e/bind", NVME)),
+            Some(libc::ENODEV)
+        );
+        // Unbind from a driver it is not bound to → ENODEV; unknown device → ENODEV.
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/e1000e/unbind", NVME)),
+            Some(libc::ENODEV)
+        );
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/nvme/unbind", "0000:09:00.0")),
+            Some(libc::ENODEV)
+        );
+        // An override naming another driver makes the id table irrelevant.
+        s.write("sys/bus/pci/drivers/nvme/unbind", NVME).unwrap();
+        s.write(&dev(NVME, "driver_override"), "vfio-pci").unwrap();
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/nvme/bind", NVME)),
+            Some(libc::ENODEV)
+        );
+        // vfio-pci is not loaded: no bind file at all.
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/bind", NVME)),
+            Some(libc::ENOENT)
+        );
+        s.run("modprobe", &["vfio_pci"], T).unwrap();
+        s.write("sys/bus/pci/drivers/vfio-pci/unbind", NVME)
+            .unwrap();
+        // A deferred probe comes back as EAGAIN and leaves the device unbound.
+        s.set_probe_error(NVME, "vfio-pci", Some(libc::EAGAIN));
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/bind", NVME)),
+            Some(libc::EAGAIN)
+        );
+        assert_eq!(s.driver_of(NVME), None);
+        s.set_probe_error(NVME, "vfio-pci", None);
+        s.write("sys/bus/pci/drivers/vfio-pci/bind", NVME).unwrap();
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("vfio-pci"));
+        // vfio-pci refuses bridges.
+        s.write("sys/bus/pci/drivers/pcieport/unbind", "0000:00:1c.4")
+            .unwrap();
+        s.write(&dev("0000:00:1c.4", "driver_override"), "vfio-pci")
+            .unwrap();
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/bind", "0000:00:1c.4")),
+            Some(libc::EINVAL)
+        );
+        // drivers_probe on a bound device is a no-op; on an unknown one ENODEV.
+        s.write("sys/bus/pci/drivers_probe", NVME2).unwrap();
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers_probe", "0000:09:00.0")),
+            Some(libc::ENODEV)
+        );
+    }
+
+    #[test]
+    fn new_id_grabs_matching_devices() {
+        let s = SimHost::gpu_host();
+        s.run("modprobe", &["vfio-pci"], T).unwrap();
+        s.write("sys/bus/pci/drivers/nvme/unbind", NVME).unwrap();
+        s.write("sys/bus/pci/drivers/vfio-pci/new_id", "1b36 0010")
+            .unwrap();
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("vfio-pci"));
+        assert_eq!(s.driver_of(NVME2).as_deref(), Some("nvme"));
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/new_id", "1b36 0010")),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/new_id", "1b36")),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(s.snapshot().dynamic_ids["vfio-pci"].len(), 1);
+        s.write("sys/bus/pci/drivers/vfio-pci/remove_id", "1b36 0010")
+            .unwrap();
+        assert!(s.snapshot().dynamic_ids.is_empty());
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/vfio-pci/remove_id", "1b36 0010")),
+            Some(libc::ENODEV)
+        );
+    }
+
+    #[test]
+    fn reset_method_einval_keeps_old_list() {
+        let s = SimHost::gpu_host();
+        for bad in ["bogus", "acpi", "flr bogus", "flr acpi"] {
+            assert_eq!(
+                errno(s.write(&dev(NVME, "reset_method"), bad)),
+                Some(libc::EINVAL),
+                "{bad}"
+            );
+            assert_eq!(rd(&s, &dev(NVME, "reset_method")), "flr bus\n");
+        }
+        s.write(&dev(VIRTIO, "reset_method"), "pm\n").unwrap();
+        assert_eq!(rd(&s, &dev(VIRTIO, "reset_method")), "pm\n");
+        s.write(&dev(VIRTIO, "reset_method"), "bus  flr").unwrap();
+        assert_eq!(rd(&s, &dev(VIRTIO, "reset_method")), "bus flr\n");
+        s.write(&dev(VIRTIO, "reset_method"), "default").unwrap();
+        assert_eq!(rd(&s, &dev(VIRTIO, "reset_method")), "flr pm bus\n");
+    }
+
+    #[test]
+    fn reset_enotty_when_emptied() {
+        let s = SimHost::gpu_host();
+        s.write(&dev(NVME, "reset"), "1").unwrap();
+        s.write(&dev(NVME, "reset_method"), "").unwrap();
+        assert_eq!(rd(&s, &dev(NVME, "reset_method")), "\n");
+        assert!(s.exists(&dev(NVME, "reset")));
+        assert_eq!(errno(s.write(&dev(NVME, "reset"), "1")), Some(libc::ENOTTY));
+        for bad in ["0", "2", "yes", ""] {
+            assert_eq!(
+                errno(s.write(&dev(NVME, "reset"), bad)),
+                Some(libc::EINVAL),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reset_ladder_follows_method_order() {
+        let s = SimHost::gpu_host();
+        // ENOTTY from flr moves on to bus; another error stops.
+        s.set_reset_behaviour(NVME, "flr", ResetBehaviour::Enotty);
+        s.write(&dev(NVME, "reset"), "1\n").unwrap();
+        s.set_reset_behaviour(NVME, "flr", ResetBehaviour::Errno(libc::EIO));
+        assert_eq!(errno(s.write(&dev(NVME, "reset"), "1")), Some(libc::EIO));
+        // e1000e: pm works, bus alone fails ENOTTY as on the test bed.
+        s.write(&dev(E1000E, "reset"), "1").unwrap();
+        s.write(&dev(E1000E, "reset_method"), "bus").unwrap();
+        assert_eq!(
+            errno(s.write(&dev(E1000E, "reset"), "1")),
+            Some(libc::ENOTTY)
+        );
+        // A wedging FLR "succeeds"; config reads 0xff until a working reset.
+        s.set_reset_behaviour(NVME2, "flr", ResetBehaviour::Wedge);
+        s.write(&dev(NVME2, "reset"), "1").unwrap();
+        assert_eq!(
+            s.read_bytes(&dev(NVME2, "config"), 4).unwrap(),
+            vec![0xff; 4]
+        );
+        assert_eq!(rd(&s, &dev(NVME2, "vendor")), "0x1b36\n");
+        s.write(&dev(NVME2, "reset_method"), "bus").unwrap();
+        s.write(&dev(NVME2, "reset"), "1").unwrap();
+        assert_eq!(
+            s.read_bytes(&dev(NVME2, "config"), 2).unwrap(),
+            vec![0x36, 0x1b]
+        );
+        // A narrowed link shows in current_link_width, max stays.
+        s.set_reset_behaviour(VGA, "bus", ResetBehaviour::NarrowLink(8));
+        s.write("sys/bus/pci/drivers/snd_hda_intel/unbind", AUDIO)
+            .unwrap();
+        s.write(&dev("0000:00:1c.0", "reset_subordinate"), "1")
+            .unwrap();
+        assert_eq!(rd(&s, &dev(VGA, "current_link_width")), "8\n");
+        assert_eq!(rd(&s, &dev(VGA, "max_link_width")), "16\n");
+    }
+
+    #[test]
+    fn bus_reset_refused_on_multifunction() {
+        let s = SimHost::gpu_host();
+        // Listed at enumeration, refused at reset time: the audio function shares the bus.
+        assert_eq!(errno(s.write(&dev(VGA, "reset"), "1")), Some(libc::ENOTTY));
+        assert_eq!(
+            errno(s.write(&dev(VGA, "reset_method"), "bus")),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(rd(&s, &dev(VGA, "reset_method")), "bus\n");
+        // Re-probing drops bus for the same reason.
+        s.write(&dev(VGA, "reset_method"), "default").unwrap();
+        assert_eq!(rd(&s, &dev(VGA, "reset_method")), "\n");
+        // The bridge can still reset both at once.
+        s.write(&dev("0000:00:1c.0", "reset_subordinate"), "1")
+            .unwrap();
+        // A single-function device behind its own port takes bus.
+        s.write(&dev(NVME, "reset_method"), "bus").unwrap();
+        s.write(&dev(NVME, "reset"), "1").unwrap();
+        // Blocked bus reset and a busy bus lock.
+        s.set_no_bus_reset(VGA, true);
+        assert_eq!(
+            errno(s.write(&dev("0000:00:1c.0", "reset_subordinate"), "1")),
+            Some(libc::ENOTTY)
+        );
+        s.set_subordinate_error("0000:00:1c.1", Some(libc::EAGAIN));
+        assert_eq!(
+            errno(s.write(&dev("0000:00:1c.1", "reset_subordinate"), "1")),
+            Some(libc::EAGAIN)
+        );
+        let old = SimHost::gpu_host();
+        old.add_device(
+            SimDevice::bridge("0000:00:1c.0")
+                .group(6)
+                .with_reset_subordinate(false),
+        );
+        assert!(!old.exists(&dev("0000:00:1c.0", "reset_subordinate")));
+    }
+
+    #[test]
+    fn rescan_after_remove_gives_fresh_state() {
+        let s = SimHost::gpu_host();
+        s.write(&dev(NVME, "driver_override"), "vfio-pci").unwrap();
+        s.write(&dev(NVME, "reset_method"), "flr").unwrap();
+        s.write(&dev(NVME, "power/control"), "auto").unwrap();
+        s.write(&dev(NVME, "remove"), "1").unwrap();
+        assert!(!s.exists(&format!("sys/bus/pci/devices/{NVME}")));
+        assert!(!s.exists("sys/bus/pci/drivers/nvme/0000:02:00.0"));
+        assert_eq!(errno(s.write(&dev(NVME, "reset"), "1")), Some(libc::ENOENT));
+        assert!(!s.snapshot().device(NVME).unwrap().present);
+        s.write("sys/bus/pci/rescan", "1\n").unwrap();
+        assert_eq!(rd(&s, &dev(NVME, "driver_override")), "(null)\n");
+        assert_eq!(rd(&s, &dev(NVME, "reset_method")), "flr bus\n");
+        assert_eq!(rd(&s, &dev(NVME, "power/control")), "on\n");
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("nvme"));
+        // Removing a bridge takes its children along; rescan brings both.
+        s.write(&dev("0000:00:1c.0", "remove"), "1").unwrap();
+        assert!(!s.is_present(VGA) && !s.is_present(AUDIO));
+        assert!(!s.framebuffer_exists());
+        assert!(!s.exists("sys/class/vtconsole/vtcon1"));
+        s.write("sys/bus/pci/rescan", "1").unwrap();
+        assert_eq!(s.driver_of(VGA).as_deref(), Some("bochs-drm"));
+        assert_eq!(s.driver_of(AUDIO).as_deref(), Some("snd_hda_intel"));
+        assert_eq!(rd(&s, &dev(VGA, "reset_method")), "bus\n");
+        assert!(s.fbcon_bound());
+        // Function 0 re-enumerated alone sees its sibling: no bus, so no reset files.
+        s.write(&dev(VGA, "remove"), "1").unwrap();
+        s.write("sys/bus/pci/rescan", "1").unwrap();
+        assert!(!s.exists(&dev(VGA, "reset")));
+        // A wedged function is not found again.
+        s.wedge(NVME2);
+        s.write(&dev(NVME2, "remove"), "1").unwrap();
+        s.write("sys/bus/pci/rescan", "1").unwrap();
+        assert!(!s.is_present(NVME2));
+    }
+
+    #[test]
+    fn modprobe_and_modules() {
+        let s = SimHost::gpu_host();
+        s.write(&dev(NVME, "driver_override"), "vfio-pci").unwrap();
+        s.write(&dev(VIRTIO, "driver_override"), "vfio-pci")
+            .unwrap();
+        s.write("sys/bus/pci/drivers/nvme/unbind", NVME).unwrap();
+        // Still bound devices are not taken.
+        s.run("modprobe", &["vfio-pci", "disable_vga=1"], T)
+            .unwrap();
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("vfio-pci"));
+        assert_eq!(s.driver_of(VIRTIO).as_deref(), Some("virtio-pci"));
+        assert_eq!(rd(&s, "sys/module/vfio_pci/parameters/disable_vga"), "1\n");
+        s.write("sys/module/vfio_pci/parameters/disable_idle_d3", "Y")
+            .unwrap();
+        assert_eq!(
+            errno(s.write("sys/module/vfio_pci/parameters/disable_vga", "0")),
+            Some(libc::EACCES)
+        );
+        assert!(s
+            .read("proc/modules")
+            .unwrap()
+            .contains("vfio_pci 16384 0 - Live"));
+        // In use → exit 1.
+        s.set_module_in_use("vfio_pci", true);
+        let o = s.run("modprobe", &["-r", "vfio-pci"], T).unwrap();
+        assert_eq!(o.code, Some(1));
+        assert!(o.stderr.contains("is in use"), "{}", o.stderr);
+        s.set_module_in_use("vfio_pci", false);
+        // Unload unbinds.
+        assert!(s.run("modprobe", &["-r", "vfio_pci"], T).unwrap().success());
+        assert_eq!(s.driver_of(NVME), None);
+        assert!(s.run("modprobe", &["-r", "vfio_pci"], T).unwrap().success());
+        // -r goes on past a failure and reports it.
+        let o = s.run("modprobe", &["-r", "nosuch", "e1000e"], T).unwrap();
+        assert_eq!(o.code, Some(1));
+        assert!(o.stderr.contains("Module nosuch not found"));
+        assert_eq!(s.driver_of(E1000E), None);
+        s.run("modprobe", &["e1000e"], T).unwrap();
+        assert_eq!(s.driver_of(E1000E).as_deref(), Some("e1000e"));
+        // Not installed.
+        s.set_module_available("vfio_pci", false);
+        let o = s.run("modprobe", &["vfio-pci"], T).unwrap();
+        assert_eq!(o.code, Some(1));
+        assert!(o.stderr.contains("FATAL: Module vfio-pci not found"));
+        // Builtin.
+        let o = s.run("modprobe", &["-r", "pcieport"], T).unwrap();
+        assert!(o.stderr.contains("builtin"));
+        // Hanging unload: ETIMEDOUT after the caller's timeout.
+        s.set_module_unload_hangs("e1000e", true);
+        let t0 = Instant::now();
+        let e = s
+            .run("modprobe", &["-r", "e1000e"], Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        assert_eq!(s.driver_of(E1000E).as_deref(), Some("e1000e"));
+        // Unknown program.
+        assert_eq!(
+            s.run("nvidia-smi", &[], T).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn nvidia_stack_unloads_in_order() {
+        let s = SimHost::gpu_host();
+        s.add_module(SimModule::new("nvidia"));
+        s.add_module(SimModule::new("nvidia_modeset").depends(&["nvidia"]));
+        s.add_module(SimModule::new("nvidia_uvm").depends(&["nvidia"]));
+        s.add_module(SimModule::new("nvidia_drm").depends(&["nvidia_modeset"]));
+        s.add_unit("nvidia-persistenced", true);
+        s.unit_holds("nvidia-persistenced", "nvidia");
+        let o = s.run("modprobe", &["-r", "nvidia"], T).unwrap();
+        assert!(o.stderr.contains("nvidia is in use"));
+        assert_eq!(rd(&s, "sys/module/nvidia/refcnt"), "3\n");
+        assert_eq!(
+            s.list("sys/module/nvidia/holders").unwrap(),
+            vec!["nvidia_modeset", "nvidia_uvm"]
+        );
+        assert_eq!(
+            s.run("systemctl", &["stop", "nvidia-persistenced"], T)
+                .unwrap()
+                .code,
+            Some(0)
+        );
+        // nvidia_modeset goes with nvidia_drm (unused dependency); naming it again is fine.
+        let o = s
+            .run(
+                "modprobe",
+                &["-r", "nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia"],
+                T,
+            )
+            .unwrap();
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        assert!(!s.module_loaded("nvidia_drm") && !s.module_loaded("nvidia_modeset"));
+        assert!(!s.module_loaded("nvidia"));
+        let o = s
+            .run("modprobe", &["-r", "--first-time", "nvidia"], T)
+            .unwrap();
+        assert!(o.stderr.contains("is not in kernel"));
+        // Loading pulls dependencies in.
+        s.run("modprobe", &["nvidia_drm"], T).unwrap();
+        assert!(s.module_loaded("nvidia") && s.module_loaded("nvidia_modeset"));
+    }
+
+    #[test]
+    fn systemctl_units() {
+        let s = SimHost::new();
+        assert_eq!(
+            s.run("systemctl", &["is-active", "gdm"], T)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        s.add_unit("gdm", true);
+        let o = s
+            .run("systemctl", &["is-active", "gdm.service"], T)
+            .unwrap();
+        assert_eq!((o.code, o.stdout.as_str()), (Some(0), "active\n"));
+        assert!(s.run("systemctl", &["stop", "gdm"], T).unwrap().success());
+        let o = s.run("systemctl", &["is-active", "gdm"], T).unwrap();
+        assert_eq!((o.code, o.stdout.as_str()), (Some(3), "inactive\n"));
+        let o = s
+            .run("systemctl", &["is-active", "--quiet", "gdm"], T)
+            .unwrap();
+        assert_eq!((o.code, o.stdout.as_str()), (Some(3), ""));
+        s.set_unit_outcome("gdm", "start", UnitOutcome::Fail);
+        assert_eq!(
+            s.run("systemctl", &["start", "gdm"], T).unwrap().code,
+            Some(1)
+        );
+        assert!(!s.unit_active("gdm"));
+        s.set_unit_outcome("gdm", "start", UnitOutcome::Hang);
+        let e = s
+            .run("systemctl", &["start", "gdm"], Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert_eq!(
+            s.run("systemctl", &["stop", "nope"], T).unwrap().code,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn console_follows_framebuffers() {
+        let s = SimHost::gpu_host();
+        assert!(s.fbcon_bound());
+        // Unbinding fbcon; reading back tells the truth.
+        s.write("sys/class/vtconsole/vtcon1/bind", "0").unwrap();
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon1/bind"), "0\n");
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon0/bind"), "1\n");
+        // The DRM driver goes: no framebuffer, no vtcon1.
+        s.write("sys/bus/pci/drivers/bochs-drm/unbind", VGA)
+            .unwrap();
+        assert!(!s.exists("sys/class/vtconsole/vtcon1"));
+        assert!(!s.exists(&dev(VGA, "drm")));
+        // Back: fbcon takes over again on its own.
+        s.write("sys/bus/pci/drivers/bochs-drm/bind", VGA).unwrap();
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon1/bind"), "1\n");
+        assert!(s.exists(&dev(VGA, "drm")));
+
+        // A firmware framebuffer is removed for good once anything binds the boot GPU.
+        let s = SimHost::gpu_host();
+        s.set_driver(VGA, None);
+        s.set_firmware_fb(Some("efi-framebuffer"));
+        assert!(s.fbcon_bound());
+        assert!(s.exists("sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0"));
+        s.write(
+            "sys/bus/platform/drivers/efi-framebuffer/unbind",
+            "efi-framebuffer.0",
+        )
+        .unwrap();
+        assert!(!s.framebuffer_exists());
+        assert_eq!(
+            errno(s.write(
+                "sys/bus/platform/drivers/efi-framebuffer/unbind",
+                "efi-framebuffer.0"
+            )),
+            Some(libc::ENODEV)
+        );
+        s.write(
+            "sys/bus/platform/drivers/efi-framebuffer/bind",
+            "efi-framebuffer.0",
+        )
+        .unwrap();
+        assert!(s.fbcon_bound());
+        s.run("modprobe", &["vfio-pci"], T).unwrap();
+        s.write(&dev(VGA, "driver_override"), "vfio-pci").unwrap();
+        s.write("sys/bus/pci/drivers_probe", VGA).unwrap();
+        assert_eq!(s.driver_of(VGA).as_deref(), Some("vfio-pci"));
+        assert!(!s.firmware_fb_present());
+        assert!(!s.exists("sys/bus/platform/devices/efi-framebuffer.0"));
+        assert!(!s.exists("sys/class/vtconsole/vtcon1"));
+        // After the VM: the real driver brings the console back, not efifb.
+        s.write("sys/bus/pci/drivers/vfio-pci/unbind", VGA).unwrap();
+        s.write(&dev(VGA, "driver_override"), "").unwrap();
+        s.write("sys/bus/pci/drivers_probe", VGA).unwrap();
+        assert_eq!(s.driver_of(VGA).as_deref(), Some("bochs-drm"));
+        assert!(s.fbcon_bound());
+        assert!(!s.firmware_fb_present());
+    }
+
+    #[test]
+    fn unbind_hangs_while_console_bound() {
+        let s = Arc::new(SimHost::gpu_host());
+        s.add_driver(
+            SimDriver::new("bochs-drm")
+                .module("bochs")
+                .id(0x1234, 0x1111)
+                .provides_fb()
+                .unbind_hangs_with_console(),
+        );
+        let h: Arc<dyn Host> = s.clone();
+        let unbind = "sys/bus/pci/drivers/bochs-drm/unbind";
+        let r = write_with_deadline(&h, unbind, VGA, Duration::from_millis(50));
+        assert_eq!(errno(r), Some(libc::ETIMEDOUT));
+        s.release_hangs();
+        s.write("sys/class/vtconsole/vtcon1/bind", "0").unwrap();
+        s.write(unbind, VGA).unwrap();
+        assert_eq!(s.driver_of(VGA), None);
+    }
+
+    #[test]
+    fn fault_errno_and_nth() {
+        let s = SimHost::gpu_host();
+        s.inject(FaultPoint::write_suffix("/driver_override", Fault::Errno(libc::EBUSY)).nth(2));
+        s.write(&dev(NVME, "driver_override"), "vfio-pci").unwrap();
+        assert_eq!(
+            errno(s.write(&dev(NVME2, "driver_override"), "vfio-pci")),
+            Some(libc::EBUSY)
+        );
+        assert_eq!(rd(&s, &dev(NVME2, "driver_override")), "(null)\n");
+        s.write(&dev(NVME2, "driver_override"), "vfio-pci").unwrap();
+        assert_eq!(s.ops()[1].result, OpResult::Err(libc::EBUSY));
+
+        s.inject(FaultPoint::read(
+            &dev(VGA, "config"),
+            Fault::Errno(libc::EIO),
+        ));
+        assert!(s.read_bytes(&dev(VGA, "config"), 4).is_err());
+        s.inject(FaultPoint::run("modprobe", Fault::Exit(1, "boom\n".into())).args_contain("vfio"));
+        assert_eq!(s.run("modprobe", &["vfio-pci"], T).unwrap().code, Some(1));
+        assert!(!s.module_loaded("vfio_pci"));
+        assert!(s.run("modprobe", &["-r", "e1000e"], T).unwrap().success());
+        s.clear_faults();
+        assert!(s.run("modprobe", &["vfio-pci"], T).unwrap().success());
+    }
+
+    #[test]
+    fn fault_silent_noop_on_vtcon() {
+        let s = SimHost::gpu_host();
+        s.inject(FaultPoint::write_suffix("vtcon1/bind", Fault::SilentNoop));
+        s.write("sys/class/vtconsole/vtcon1/bind", "0").unwrap();
+        assert_eq!(rd(&s, "sys/class/vtconsole/vtcon1/bind"), "1\n");
+        assert!(s.fbcon_bound());
+    }
+
+    #[test]
+    fn fault_vanish_before_op() {
+        let s = SimHost::gpu_host();
+        s.inject(FaultPoint::write_suffix("/unbind", Fault::vanish(NVME)));
+        assert_eq!(
+            errno(s.write("sys/bus/pci/drivers/nvme/unbind", NVME)),
+            Some(libc::ENODEV)
+        );
+        assert!(!s.is_present(NVME));
+        assert!(!s
+            .list("sys/kernel/iommu_groups")
+            .unwrap()
+            .contains(&"2".into()));
+        s.write("sys/bus/pci/rescan", "1").unwrap();
+        assert_eq!(s.driver_of(NVME).as_deref(), Some("nvme"));
+    }
+
+    #[test]
+    fn fault_hang_with_deadline() {
+        let s = Arc::new(SimHost::gpu_host());
+        s.inject(FaultPoint::write(&dev(NVME, "reset"), Fault::Hang));
+        let h: Arc<dyn Host> = s.clone();
+        let t0 = Instant::now();
+        let r = write_with_deadline(&h, &dev(NVME, "reset"), "1", Duration::from_millis(100));
+        assert_eq!(errno(r), Some(libc::ETIMEDOUT));
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(s.ops()[0].result, OpResult::Pending);
+        // The hung reset holds the device lock: power/control blocks too, other devices don't.
+        let r = write_with_deadline(
+            &h,
+            &dev(NVME, "power/control"),
+            "on",
+            Duration::from_millis(50),
+        );
+        assert_eq!(errno(r), Some(libc::ETIMEDOUT));
+        s.write(&dev(NVME2, "power/control"), "auto").unwrap();
+        s.release_hangs();
+        assert!(poll(|| s.ops()[0].result == OpResult::Err(libc::ETIMEDOUT)));
+        assert!(poll(|| s.ops()[1].result == OpResult::Ok));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    fn poll(mut f: impl FnMut() -> bool) -> bool {
+        crate::host::poll_until(Duration::from_secs(3), || f().then_some(())).is_some()
+    }
+
+    #[test]
+    fn reset_behaviour_hang_and_slow() {
+        let s = Arc::new(SimHost::gpu_host());
+        s.set_reset_behaviour(NVME, "flr", ResetBehaviour::Hang);
+        let h: Arc<dyn Host> = s.clone();
+        let r = write_with_deadline(&h, &dev(NVME, "reset"), "1", Duration::from_millis(50));
+        assert_eq!(errno(r), Some(libc::ETIMEDOUT));
+        // The bus lock is taken: the port answers EAGAIN.
+        assert_eq!(
+            errno(s.write(&dev("0000:00:1c.1", "reset_subordinate"), "1")),
+            Some(libc::EAGAIN)
+        );
+        s.release_hangs();
+        // Slow resets of different devices run in parallel.
+        s.set_reset_behaviour(
+            NVME2,
+            "flr",
+            ResetBehaviour::Slow(Duration::from_millis(200)),
+        );
+        s.set_reset_behaviour(
+            VIRTIO,
+            "flr",
+            ResetBehaviour::Slow(Duration::from_millis(200)),
+        );
+        let t0 = Instant::now();
+        let a = {
+            let s = s.clone();
+            std::thread::spawn(move || s.write(&dev(NVME2, "reset"), "1"))
+        };
+        s.write(&dev(VIRTIO, "reset"), "1").unwrap();
+        a.join().unwrap().unwrap();
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_millis(390),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn snapshot_equality() {
+        let s = SimHost::gpu_host();
+        s.add_unit("display-manager", true);
+        let start = s.snapshot();
+        assert_eq!(start, s.snapshot());
+        s.write(&dev(NVME, "d3cold_allowed"), "0").unwrap();
+        assert_ne!(s.snapshot(), start);
+        assert_eq!(
+            s.snapshot().device(NVME).unwrap().d3cold_allowed,
+            Some(false)
+        );
+        s.write(&dev(NVME, "d3cold_allowed"), "1").unwrap();
+        s.write("sys/class/vtconsole/vtcon1/bind", "0").unwrap();
+        assert_ne!(s.snapshot(), start);
+        s.write("sys/class/vtconsole/vtcon1/bind", "1").unwrap();
+        s.run("systemctl", &["stop", "display-manager"], T).unwrap();
+        assert_ne!(s.snapshot(), start);
+        s.run("systemctl", &["start", "display-manager.service"], T)
+            .unwrap();
+        assert_eq!(s.snapshot(), start);
+        assert_eq!(
+            errno(s.write(&dev(NVME, "power/control"), "off")),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(s.snapshot(), start);
+    }
+
+    #[test]
+    fn other_paths_are_real_files() {
+        let s = SimHost::gpu_host();
+        s.write_atomic("etc/pve/qemu-server/100.conf", b"hostpci0: 0000:01:00\n")
+            .unwrap();
+        assert!(s.root_dir().join("etc/pve/qemu-server/100.conf").is_file());
+        assert_eq!(
+            s.read("etc/pve/qemu-server/100.conf").unwrap(),
+            "hostpci0: 0000:01:00\n"
+        );
+        assert_eq!(s.list("etc/pve/qemu-server").unwrap(), vec!["100.conf"]);
+        let _g = s.lock("run/pt-hook/lock/x.lock", T).unwrap();
+        s.remove_file("etc/pve/qemu-server/100.conf").unwrap();
+        assert!(!s.exists("etc/pve/qemu-server/100.conf"));
+        let root = s.root_dir().to_path_buf();
+        drop(_g);
+        drop(s);
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn iommu_off_hides_groups() {
+        let s = SimHost::gpu_host();
+        s.set_iommu(None);
+        assert!(!s.exists(&dev(VGA, "iommu_group")));
+        assert!(s.list("sys/kernel/iommu_groups").unwrap().is_empty());
+        assert!(!s.exists("sys/class/iommu/dmar0"));
     }
 }

@@ -1,0 +1,490 @@
+#!/bin/sh
+# Runs inside the test guest (busybox sh), started by /init. Prints
+#   PASS name | FAIL name (details) | INFO ... | SKIP name (why)
+# and finally SCENARIO-DONE. No `set -e`: one failing check must not stop the rest.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C
+. /run/vmtest.env
+KVER=$(uname -r)
+SYS=/sys/bus/pci/devices
+read -r T_START _ </proc/uptime
+SECTIONS=$(cat /etc/vmtest-sections 2>/dev/null || echo all)
+HOOK=/usr/sbin/pt-hook
+HOOK_TIMEOUT=120
+
+# ---------------------------------------------------------------- helpers
+WHY=""
+check() { # NAME CONDITION... ; the condition may set WHY
+    _name=$1
+    shift
+    WHY=""
+    if "$@"; then
+        echo "PASS $_name"
+    else
+        echo "FAIL $_name ($*${WHY:+: $WHY})"
+    fi
+}
+info() { echo "INFO [$KVER] $*"; }
+section() { # NAME: returns 1 when the section is filtered out
+    case " $SECTIONS " in
+        *" all "* | *" $1 "*) echo "== section $1" ;;
+        *) return 1 ;;
+    esac
+}
+now() { read -r _t _ </proc/uptime; echo "$_t"; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
+short() { echo "${1#0000:}"; }
+
+drv() { # BDF -> driver name or "none"
+    if [ -e "$SYS/$1/driver" ]; then basename "$(readlink "$SYS/$1/driver")"; else echo none; fi
+}
+ovr() { cat "$SYS/$1/driver_override" 2>/dev/null || echo missing; }
+rmeth() { cat "$SYS/$1/reset_method" 2>/dev/null || echo "<no file>"; }
+group() { basename "$(readlink "$SYS/$1/iommu_group" 2>/dev/null)"; }
+
+drv_is() { # BDF NAME (polls up to ~3 s: probes may finish asynchronously)
+    _i=0
+    while [ "$(drv "$1")" != "$2" ] && [ $_i -lt 30 ]; do
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    [ "$(drv "$1")" = "$2" ] || { WHY="$1 driver=$(drv "$1")"; return 1; }
+}
+drv_now_is() { # BDF NAME, no polling
+    [ "$(drv "$1")" = "$2" ] || { WHY="$1 driver=$(drv "$1")"; return 1; }
+}
+ovr_is() { [ "$(ovr "$1")" = "$2" ] || { WHY="$1 driver_override=$(ovr "$1")"; return 1; }; }
+rmeth_is() { [ "$(rmeth "$1")" = "$2" ] || { WHY="$1 reset_method='$(rmeth "$1")'"; return 1; }; }
+rmeth_has() { case " $(rmeth "$1") " in *" $2 "*) return 0 ;; esac; WHY="$1 reset_method='$(rmeth "$1")'"; return 1; }
+eq() { [ "$1" = "$2" ] || { WHY="'$1' != '$2'"; return 1; }; }
+ne() { [ "$1" != "$2" ] || { WHY="both '$1'"; return 1; }; }
+exists() { [ -e "$1" ] || { WHY="$1 missing"; return 1; }; }
+absent() { [ ! -e "$1" ] || { WHY="$1 exists"; return 1; }; }
+module_loaded() { [ -d "/sys/module/$1" ] || { WHY="module $1 not loaded"; return 1; }; }
+module_unloaded() { [ ! -d "/sys/module/$1" ] || { WHY="module $1 loaded"; return 1; }; }
+state_exists() {
+    ls /run/pt-hook 2>/dev/null | grep -q "$1" || { WHY="no file naming $1 in /run/pt-hook: $(ls /run/pt-hook 2>&1 | tr '\n' ' ')"; return 1; }
+}
+state_gone() {
+    ! ls /run/pt-hook 2>/dev/null | grep -q "$1" || { WHY="/run/pt-hook still has $(ls /run/pt-hook | grep "$1" | tr '\n' ' ')"; return 1; }
+}
+has_blockdev() { # BDF: an nvme namespace block device below it (polls ~5 s)
+    _i=0
+    while [ $_i -lt 50 ]; do
+        for _b in /sys/block/*; do
+            case "$(readlink -f "$_b")" in */"$1"/*) return 0 ;; esac
+        done
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    WHY="no block device below $1"
+    return 1
+}
+has_netdev() { # BDF: a network interface below it (polls ~5 s)
+    _i=0
+    while [ $_i -lt 50 ]; do
+        for _n in /sys/class/net/*; do
+            case "$(readlink -f "$_n")" in */"$1"/*) return 0 ;; esac
+        done
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    WHY="no net device below $1"
+    return 1
+}
+fbcon_vt() { # the vtconsole that is fbcon, if any
+    for _v in /sys/class/vtconsole/vtcon*; do
+        grep -q 'frame buffer' "$_v/name" 2>/dev/null && { echo "$_v"; return 0; }
+    done
+    return 1
+}
+fbcon_bound() { # polls ~3 s
+    _i=0
+    while [ $_i -lt 30 ]; do
+        _v=$(fbcon_vt) && [ "$(cat "$_v/bind")" = 1 ] && return 0
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    WHY="vtconsoles: $(for _v in /sys/class/vtconsole/vtcon*; do printf '%s=%s,bind=%s ' "${_v##*/}" "$(cat "$_v/name")" "$(cat "$_v/bind")"; done)"
+    return 1
+}
+
+# pt-hook call: sets RC and OUT, echoes a transcript (not PASS/FAIL lines).
+# Called like Proxmox does: stdin closed, cwd /, LC_ALL=C.
+RC=0
+OUT=""
+hook() {
+    _t0=$(now)
+    (cd / && exec timeout $HOOK_TIMEOUT $HOOK "$@" >/tmp/hook.stdout 2>/tmp/hook.stderr <&-)
+    RC=$?
+    STDOUT=$(cat /tmp/hook.stdout)
+    OUT=$(cat /tmp/hook.stdout /tmp/hook.stderr)
+    HOOK_SECS=$(elapsed "$_t0")
+    echo "  \$ pt-hook $* -> exit $RC ($HOOK_SECS s)"
+    [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
+    return 0
+}
+rc_is() { [ "$RC" = "$1" ] || { WHY="exit $RC, output: $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
+rc_nonzero() { [ "$RC" != 0 ] || { WHY="exit 0, output: $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
+out_has() { echo "$OUT" | grep -qi -- "$1" || { WHY="output lacks '$1': $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
+ok_and_has() { rc_is 0 && out_has "$1"; }
+out_json() { # stdout is a JSON object or array (stderr may carry progress)
+    case "$(echo "$STDOUT" | sed -n '/[^[:space:]]/{p;q;}')" in
+        \{* | \[*) return 0 ;;
+    esac
+    WHY="stdout not JSON: $(echo "$STDOUT" | head -c 200 | tr '\n' ' ')"
+    return 1
+}
+
+# Original state, read once before anything moves.
+DEVS="$VGA $AUDIO $NVME1 $NVME2 $VNET $E1000E"
+for d in $DEVS; do
+    eval "ORIG_DRV_$(echo "$d" | tr ':.' '__')=\$(drv $d)"
+    eval "ORIG_RM_$(echo "$d" | tr ':.' '__')=\"\$(rmeth $d)\""
+done
+orig_drv() { eval "echo \$ORIG_DRV_$(echo "$1" | tr ':.' '__')"; }
+orig_rm() { eval "echo \"\$ORIG_RM_$(echo "$1" | tr ':.' '__')\""; }
+info "devices: VGA=$VGA($(orig_drv $VGA)) AUDIO=$AUDIO($(orig_drv $AUDIO)) NVME1=$NVME1 NVME2=$NVME2 VNET=$VNET($(orig_drv $VNET)) E1000E=$E1000E"
+
+all_original() { # every device on its original driver, no override
+    for _d in $DEVS; do
+        drv_is "$_d" "$(orig_drv "$_d")" || return 1
+        ovr_is "$_d" "(null)" || return 1
+    done
+}
+
+# Put the bed back to the boot state whatever the previous section left, so
+# sections stay independent. Not a test of pt-hook.
+restore_bed() {
+    for _d in $DEVS; do
+        _o=$(orig_drv "$_d")
+        echo > "$SYS/$_d/driver_override" 2>/dev/null
+        if [ "$(drv "$_d")" != "$_o" ]; then
+            [ -e "$SYS/$_d/driver" ] && echo "$_d" > "$SYS/$_d/driver/unbind" 2>/dev/null
+            echo "$_d" > /sys/bus/pci/drivers_probe 2>/dev/null
+        fi
+        _rm=$(orig_rm "$_d")
+        [ "$_rm" != "<no file>" ] && [ "$(rmeth "$_d")" != "$_rm" ] && echo "$_rm" > "$SYS/$_d/reset_method" 2>/dev/null
+    done
+    for _d in $DEVS; do
+        drv_is "$_d" "$(orig_drv "$_d")" >/dev/null || echo "  restore_bed: $_d still on $(drv "$_d")"
+    done
+    _v=$(fbcon_vt) && [ "$(cat "$_v/bind")" != 1 ] && echo 1 > "$_v/bind" 2>/dev/null
+    rm -rf /run/pt-hook/* 2>/dev/null
+    return 0
+}
+
+# ================================================================= facts
+# Kernel truths the rest relies on, without pt-hook (also validate the bed).
+if section facts; then
+    check facts.bdfs-found test -n "$VGA" -a -n "$AUDIO" -a -n "$NVME1" -a -n "$NVME2" -a -n "$VNET" -a -n "$E1000E"
+    check facts.vga-audio-one-group eq "$(group $VGA)" "$(group $AUDIO)"
+    check facts.group-nonempty ne "$(group $VGA)" ""
+    check facts.nvme-separate-groups ne "$(group $NVME1)" "$(group $NVME2)"
+    check facts.nvme-not-in-gpu-group ne "$(group $NVME1)" "$(group $VGA)"
+    check facts.host-drivers-bound eq "$(drv $VGA) $(drv $AUDIO) $(drv $NVME1) $(drv $NVME2) $(drv $VNET) $(drv $E1000E)" \
+        "bochs-drm snd_hda_intel nvme nvme virtio-pci e1000e"
+    check facts.vfio-pci-not-loaded module_unloaded vfio_pci
+    check facts.vga-boot_vga eq "$(cat $SYS/$VGA/boot_vga 2>&1)" 1
+    check facts.vga-reset-method-bus rmeth_is $VGA bus
+    check facts.audio-no-reset_method absent $SYS/$AUDIO/reset_method
+    check facts.audio-no-reset absent $SYS/$AUDIO/reset
+    check facts.nvme-flr rmeth_has $NVME1 flr
+    check facts.nvme2-flr rmeth_has $NVME2 flr
+    check facts.virtio-flr-pm-bus rmeth_is $VNET "flr pm bus"
+    check facts.e1000e-pm-bus rmeth_is $E1000E "pm bus"
+    case "$KVER" in
+        6.12.*) check facts.rootport-reset_subordinate-6.12 exists $SYS/$RP_GPU/reset_subordinate ;;
+        *) if [ -e $SYS/$RP_GPU/reset_subordinate ]; then
+               info "reset_subordinate present on root port $RP_GPU (KERNEL.md expected none on 6.1)"
+           else
+               info "no reset_subordinate on root port $RP_GPU"
+           fi ;;
+    esac
+    check facts.fbcon-bound fbcon_bound
+    info "vtconsoles: $(for v in /sys/class/vtconsole/vtcon*; do printf '%s=%s,bind=%s ' "${v##*/}" "$(cat $v/name)" "$(cat $v/bind)"; done)"
+    check facts.nvme-blockdev has_blockdev $NVME1
+    check facts.virtio-netdev has_netdev $VNET
+
+    # sysfs FLR on an nvme: keeps its driver and namespace
+    t0=$(now)
+    echo 1 > $SYS/$NVME2/reset
+    r=$?
+    info "sysfs reset of nvme $NVME2: rc=$r in $(elapsed $t0) s"
+    check facts.nvme-sysfs-reset eq "$r" 0
+    check facts.nvme-after-reset drv_now_is $NVME2 nvme
+    check facts.nvme-blockdev-after-reset has_blockdev $NVME2
+
+    # manual move to vfio-pci and back
+    t0=$(now)
+    modprobe vfio-pci
+    check facts.modprobe-vfio-pci eq "$?" 0
+    info "modprobe vfio-pci took $(elapsed $t0) s"
+    t0=$(now)
+    echo $NVME2 > $SYS/$NVME2/driver/unbind
+    echo vfio-pci > $SYS/$NVME2/driver_override
+    echo $NVME2 > /sys/bus/pci/drivers_probe
+    check facts.manual-to-vfio drv_now_is $NVME2 vfio-pci
+    check facts.vfio-group-node exists /dev/vfio/$(group $NVME2)
+    info "unbind+override+probe to vfio-pci took $(elapsed $t0) s"
+    check facts.manual-reset_method-kept rmeth_is $NVME2 "$(orig_rm $NVME2)"
+    t0=$(now)
+    echo $NVME2 > $SYS/$NVME2/driver/unbind
+    echo > $SYS/$NVME2/driver_override
+    echo $NVME2 > /sys/bus/pci/drivers_probe
+    check facts.manual-back-to-nvme drv_now_is $NVME2 nvme
+    check facts.manual-override-cleared ovr_is $NVME2 "(null)"
+    check facts.manual-back-blockdev has_blockdev $NVME2
+    info "back to nvme took $(elapsed $t0) s"
+    rmmod vfio_pci
+    check facts.rmmod-vfio-pci module_unloaded vfio_pci
+
+    # writing an unknown reset method is refused and keeps the old list
+    echo bogus > $SYS/$E1000E/reset_method 2>/dev/null
+    check facts.reset_method-bogus-refused rmeth_is $E1000E "pm bus"
+
+    # GPU + audio by hand: unbind both (fbcon goes away), reset below the
+    # port where the kernel has reset_subordinate, rebind: fbcon comes back.
+    echo $VGA > $SYS/$VGA/driver/unbind
+    echo $AUDIO > $SYS/$AUDIO/driver/unbind
+    check facts.gpu-unbound eq "$(drv $VGA) $(drv $AUDIO)" "none none"
+    info "vtconsoles with GPU unbound: $(for v in /sys/class/vtconsole/vtcon*; do printf '%s=%s,bind=%s ' "${v##*/}" "$(cat $v/name)" "$(cat $v/bind)"; done)"
+    if [ -e $SYS/$RP_GPU/reset_subordinate ]; then
+        t0=$(now)
+        echo 1 > $SYS/$RP_GPU/reset_subordinate
+        r=$?
+        info "reset_subordinate on $RP_GPU: rc=$r in $(elapsed $t0) s"
+        check facts.reset_subordinate-works eq "$r" 0
+    fi
+    echo $VGA > /sys/bus/pci/drivers_probe
+    echo $AUDIO > /sys/bus/pci/drivers_probe
+    check facts.gpu-rebound-bochs drv_is $VGA bochs-drm
+    check facts.audio-rebound drv_is $AUDIO snd_hda_intel
+    check facts.fbcon-back fbcon_bound
+    restore_bed
+fi
+
+# ========================================================= pt-hook basics
+if section hook-basics; then
+    check hook.binary-runs exists $HOOK
+    hook 100 future-phase
+    check hook.unknown-phase-exit-0 rc_is 0
+    check hook.unknown-phase-changes-nothing all_original
+    hook 100 post-stop
+    check hook.post-stop-without-state-exit-0 rc_is 0
+    hook plan 100 --json
+    check hook.plan-json-exit-0 rc_is 0
+    check hook.plan-json-is-json out_json
+    check hook.plan-names-nvme out_has "$(short $NVME1)"
+    check hook.plan-names-virtio out_has "$(short $VNET)"
+    check hook.plan-changes-nothing all_original
+    hook plan 100
+    check hook.plan-text-exit-0 rc_is 0
+    hook status --json
+    check hook.status-json-exit-0 rc_is 0
+    check hook.status-json-is-json out_json
+    restore_bed
+fi
+
+# ============================================================ lifecycle
+if section lifecycle; then
+    RM_NVME1=$(rmeth $NVME1)
+    RM_VNET=$(rmeth $VNET)
+    hook 100 pre-start
+    check life.pre-start-exit-0 rc_is 0
+    info "pre-start 100 (nvme + virtio-net, loads vfio-pci) took $HOOK_SECS s"
+    check life.vfio-pci-loaded-by-hook module_loaded vfio_pci
+    check life.nvme-on-vfio drv_now_is $NVME1 vfio-pci
+    check life.virtio-on-vfio drv_now_is $VNET vfio-pci
+    check life.nvme-override ovr_is $NVME1 vfio-pci
+    check life.virtio-override ovr_is $VNET vfio-pci
+    check life.state-file state_exists 100
+    check life.snapshot-hostpci-ignored drv_now_is $E1000E e1000e
+    check life.other-nvme-untouched drv_now_is $NVME2 nvme
+    hook status --json
+    check life.status-exit-0 rc_is 0
+    check life.status-names-100 ok_and_has 100
+    hook 100 post-start
+    check life.post-start-exit-0 rc_is 0
+    hook 100 pre-stop
+    check life.pre-stop-exit-0 rc_is 0
+    hook 100 post-stop
+    check life.post-stop-exit-0 rc_is 0
+    info "post-stop 100 took $HOOK_SECS s"
+    check life.nvme-back drv_is $NVME1 nvme
+    check life.virtio-back drv_is $VNET "$(orig_drv $VNET)"
+    check life.nvme-override-cleared ovr_is $NVME1 "(null)"
+    check life.virtio-override-cleared ovr_is $VNET "(null)"
+    check life.nvme-reset_method-restored rmeth_is $NVME1 "$RM_NVME1"
+    check life.virtio-reset_method-restored rmeth_is $VNET "$RM_VNET"
+    check life.nvme-blockdev-back has_blockdev $NVME1
+    check life.virtio-netdev-back has_netdev $VNET
+    check life.state-file-gone state_gone 100
+    restore_bed
+
+    # a second pre-start (e.g. after a failed start) must not record vfio-pci
+    # as the "original" driver
+    hook 100 pre-start
+    check double.first-exit-0 rc_is 0
+    hook 100 pre-start
+    check double.second-exit-0 rc_is 0
+    check double.still-on-vfio drv_now_is $NVME1 vfio-pci
+    hook 100 post-stop
+    check double.post-stop-exit-0 rc_is 0
+    check double.nvme-original drv_is $NVME1 nvme
+    check double.virtio-original drv_is $VNET "$(orig_drv $VNET)"
+    check double.overrides-cleared ovr_is $NVME1 "(null)"
+    check double.state-gone state_gone 100
+    restore_bed
+
+    # cleanup without post-stop (start failed after pre-start)
+    hook 100 pre-start
+    check cleanup.pre-start-exit-0 rc_is 0
+    hook cleanup 100
+    check cleanup.vm-exit-0 rc_is 0
+    check cleanup.vm-nvme-back drv_is $NVME1 nvme
+    check cleanup.vm-virtio-back drv_is $VNET "$(orig_drv $VNET)"
+    check cleanup.vm-override-cleared ovr_is $NVME1 "(null)"
+    check cleanup.vm-state-gone state_gone 100
+    restore_bed
+    hook 100 pre-start
+    hook cleanup
+    check cleanup.all-exit-0 rc_is 0
+    check cleanup.all-restored all_original
+    check cleanup.all-state-gone state_gone 100
+    restore_bed
+fi
+
+# ============================================================ ownership
+if section ownership; then
+    hook 100 pre-start
+    check owner.first-exit-0 rc_is 0
+    hook 101 pre-start
+    check owner.second-exit-1 rc_is 1
+    check owner.message-names-vm-100 out_has 'vm[ id:#]*100'
+    check owner.shared-device-stays-with-100 drv_now_is $VNET vfio-pci
+    check owner.101-other-device-untouched drv_now_is $NVME2 nvme
+    check owner.101-other-override-untouched ovr_is $NVME2 "(null)"
+    check owner.100-state-kept state_exists 100
+    hook 100 post-stop
+    check owner.post-stop-100-exit-0 rc_is 0
+    check owner.all-restored all_original
+    # now 101 can start
+    hook 101 pre-start
+    check owner.101-after-100-exit-0 rc_is 0
+    check owner.101-nvme2-on-vfio drv_now_is $NVME2 vfio-pci
+    hook 101 post-stop
+    check owner.101-post-stop-exit-0 rc_is 0
+    check owner.101-restored all_original
+    restore_bed
+fi
+
+# ============================================================ bad input
+if section bad-input; then
+    hook 103 pre-start
+    check bad.unparsable-hostpci-exit-2 rc_is 2
+    check bad.unparsable-changes-nothing all_original
+    hook 104 pre-start
+    check bad.missing-device-exit-2 rc_is 2
+    check bad.missing-device-changes-nothing all_original
+    check bad.missing-device-no-state state_gone 104
+    hook reset ../../etc
+    check bad.reset-path-exit-2 rc_is 2
+    hook abc pre-start
+    check bad.vmid-abc-exit-2 rc_is 2
+    hook
+    check bad.no-args-exit-2 rc_is 2
+    hook reset 0000:09:00.0
+    check bad.reset-missing-device-nonzero rc_nonzero
+    hook reset $NVME1 --method nosuchmethod
+    check bad.reset-unknown-method-nonzero rc_nonzero
+    check bad.unknown-method-keeps-reset_method rmeth_is $NVME1 "$(orig_rm $NVME1)"
+    check bad.all-original all_original
+    restore_bed
+fi
+
+# ======================================================= vfio-pci missing
+if section no-vfio; then
+    rmmod vfio_pci 2>/dev/null
+    VF=$(find /lib/modules/$KVER -name 'vfio-pci.ko' -o -name 'vfio_pci.ko' | head -1)
+    if [ -n "$VF" ] && mv "$VF" /tmp/vfio-pci.ko.hidden; then
+        check novfio.module-hidden module_unloaded vfio_pci
+        hook 105 pre-start
+        check novfio.pre-start-exit-1 rc_is 1
+        check novfio.nvme2-kept drv_is $NVME2 nvme
+        check novfio.e1000e-kept drv_is $E1000E e1000e
+        check novfio.overrides-clean all_original
+        check novfio.nvme2-reset_method-kept rmeth_is $NVME2 "$(orig_rm $NVME2)"
+        check novfio.e1000e-reset_method-kept rmeth_is $E1000E "$(orig_rm $E1000E)"
+        mv /tmp/vfio-pci.ko.hidden "$VF"
+    else
+        echo "FAIL novfio.setup (cannot hide vfio-pci module: '$VF')"
+    fi
+    restore_bed
+fi
+
+# =============================================================== resets
+if section resets; then
+    hook reset $NVME1
+    check reset.nvme-exit-0 rc_is 0
+    check reset.nvme-still-nvme drv_now_is $NVME1 nvme
+    check reset.nvme-blockdev has_blockdev $NVME1
+    check reset.nvme-reset_method-kept rmeth_is $NVME1 "$(orig_rm $NVME1)"
+    hook reset $VNET --method flr
+    check reset.virtio-flr-exit-0 rc_is 0
+    check reset.virtio-still-bound drv_is $VNET "$(orig_drv $VNET)"
+    check reset.virtio-reset_method-kept rmeth_is $VNET "$(orig_rm $VNET)"
+    hook reset $E1000E --method pm
+    check reset.e1000e-pm-exit-0 rc_is 0
+    check reset.e1000e-still-bound drv_is $E1000E e1000e
+    check reset.e1000e-reset_method-kept rmeth_is $E1000E "$(orig_rm $E1000E)"
+    hook reset $E1000E
+    check reset.e1000e-default-exit-0 rc_is 0
+    hook reset $AUDIO
+    info "reset of the audio function (no reset_method) exited $RC"
+    check reset.audio-gpu-present exists $SYS/$VGA
+    check reset.audio-present exists $SYS/$AUDIO
+    check reset.audio-gpu-bound drv_is $VGA bochs-drm
+    check reset.audio-bound drv_is $AUDIO snd_hda_intel
+    hook reset $NVME1 $NVME2 $VNET
+    check reset.three-exit-0 rc_is 0
+    info "reset of three devices in one call took $HOOK_SECS s"
+    check reset.three-nvme1 drv_is $NVME1 nvme
+    check reset.three-nvme2 drv_is $NVME2 nvme
+    check reset.three-virtio drv_is $VNET "$(orig_drv $VNET)"
+    check reset.three-blockdevs has_blockdev $NVME2
+    hook reset $NVME1 --json
+    check reset.json-exit-0 rc_is 0
+    check reset.json-is-json out_json
+    check reset.all-original all_original
+    restore_bed
+fi
+
+# ======================================================= console handoff
+if section console; then
+    check console.fbcon-before fbcon_bound
+    hook 102 pre-start
+    check console.pre-start-exit-0 rc_is 0
+    info "pre-start 102 (GPU + audio, console handoff) took $HOOK_SECS s"
+    check console.vga-on-vfio drv_now_is $VGA vfio-pci
+    check console.audio-on-vfio drv_now_is $AUDIO vfio-pci
+    check console.state-file state_exists 102
+    info "vtconsoles with GPU on vfio-pci: $(for v in /sys/class/vtconsole/vtcon*; do printf '%s=%s,bind=%s ' "${v##*/}" "$(cat $v/name)" "$(cat $v/bind)"; done)"
+    hook 102 post-stop
+    check console.post-stop-exit-0 rc_is 0
+    info "post-stop 102 took $HOOK_SECS s"
+    check console.vga-back drv_is $VGA bochs-drm
+    check console.audio-back drv_is $AUDIO snd_hda_intel
+    check console.fbcon-after fbcon_bound
+    check console.overrides-cleared all_original
+    check console.state-gone state_gone 102
+    restore_bed
+fi
+
+# =============================================================== syslog
+if section syslog; then
+    n=$(grep -c 'pt-hook' /var/log/messages 2>/dev/null)
+    check syslog.pt-hook-lines test "${n:-0}" -gt 0
+    grep 'pt-hook' /var/log/messages 2>/dev/null | tail -n 5 | sed 's/^/  syslog: /'
+fi
+
+echo "SCENARIO-DONE seconds=$(elapsed "$T_START")"
