@@ -195,7 +195,6 @@ pub fn parse_sysfs_hex(s: &str) -> Option<u32> {
 }
 
 pub const CLASS_BRIDGE_PCI: u32 = 0x0604;
-pub const CLASS_DISPLAY: u32 = 0x03;
 
 #[cfg(test)]
 mod tests {

@@ -533,15 +533,12 @@ impl Ladder<'_, '_> {
         }
         if self.verify(&before).is_ok() {
             let msg = format!("not reset: {}", reasons.join("; "));
-            return report(
-                if self.mode == Mode::PostStop {
-                    Verdict::Refused
-                } else {
-                    Verdict::Refused
-                },
-                rungs,
-                msg,
-            );
+            let msg = if self.mode == Mode::PostStop {
+                format!("{msg} (healthy; vfio-pci already reset what it could on release)")
+            } else {
+                msg
+            };
+            return report(Verdict::Refused, rungs, msg);
         }
         report(
             Verdict::Unrecovered,
@@ -572,7 +569,8 @@ pub fn reset_many(
     owned: &[Bdf],
     skip: &[(Bdf, Vec<String>)],
 ) -> Vec<SlotReport> {
-    let mut by_bus: BTreeMap<(u16, u8), BTreeMap<(u16, u8, u8), Vec<Bdf>>> = BTreeMap::new();
+    type Slots = BTreeMap<(u16, u8, u8), Vec<Bdf>>;
+    let mut by_bus: BTreeMap<(u16, u8), Slots> = BTreeMap::new();
     for b in bdfs {
         let slot = by_bus
             .entry((b.domain, b.bus))

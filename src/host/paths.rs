@@ -8,7 +8,6 @@ pub const PCI_DRIVERS: &str = "sys/bus/pci/drivers";
 pub const PCI_DRIVERS_PROBE: &str = "sys/bus/pci/drivers_probe";
 pub const PCI_RESCAN: &str = "sys/bus/pci/rescan";
 pub const IOMMU_GROUPS: &str = "sys/kernel/iommu_groups";
-pub const IOMMU_CLASS: &str = "sys/class/iommu";
 pub const VTCONSOLE: &str = "sys/class/vtconsole";
 pub const PLATFORM_DRIVERS: &str = "sys/bus/platform/drivers";
 pub const SYS_MODULE: &str = "sys/module";
@@ -18,8 +17,6 @@ pub const RESERVATIONS: &str = "run/qemu-server/pci-id-reservations";
 pub const MAPPING_PCI: &str = "etc/pve/mapping/pci.cfg";
 pub const DEFAULT_CONFIG: &str = "etc/pt-hook/pt-hook.toml";
 pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
-pub const PROC_CMDLINE: &str = "proc/cmdline";
-pub const PROC_MODULES: &str = "proc/modules";
 
 /// Files pt-hook may touch in a PCI device directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +39,7 @@ pub enum DevFile {
     PowerControl,
     CurrentLinkSpeed,
     CurrentLinkWidth,
-    MaxLinkSpeed,
-    MaxLinkWidth,
-    Enable,
     Drm,
-    Graphics,
 }
 
 impl DevFile {
@@ -70,11 +63,7 @@ impl DevFile {
             DevFile::PowerControl => "power/control",
             DevFile::CurrentLinkSpeed => "current_link_speed",
             DevFile::CurrentLinkWidth => "current_link_width",
-            DevFile::MaxLinkSpeed => "max_link_speed",
-            DevFile::MaxLinkWidth => "max_link_width",
-            DevFile::Enable => "enable",
             DevFile::Drm => "drm",
-            DevFile::Graphics => "graphics",
         }
     }
 }
