@@ -156,7 +156,15 @@ fn dry_run_writes_nothing() {
     let t = T::new();
     lifecycle::pre_start(&t.ctx_dry(true), 102).unwrap();
     assert_eq!(t.sim.write_count(), 0);
-    assert!(t.sim.ops().is_empty(), "{:?}", t.sim.ops());
+    // Only queries ran (systemctl is-active): nothing that changes the host.
+    assert!(
+        t.sim
+            .ops()
+            .iter()
+            .all(|o| o.path == "systemctl" && o.data.starts_with("is-active")),
+        "{:?}",
+        t.sim.ops()
+    );
 }
 
 #[test]
@@ -458,4 +466,73 @@ fn wedged_card_stays_on_vfio_and_post_stop_exits_3() {
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
     assert_eq!(t.sim.driver_of(VNET).as_deref(), Some("virtio-pci"));
     assert!(t.has_state(100), "the unrecovered device keeps its state");
+}
+
+#[test]
+fn display_manager_is_stopped_and_restarted_only_if_it_was_running() {
+    let t = T::new();
+    t.sim.add_unit("display-manager.service", true);
+    t.sim.add_unit("nvidia-persistenced.service", false);
+    let before = t.devices();
+    lifecycle::pre_start(&t.ctx(), 102).unwrap();
+    assert!(!t.sim.unit_active("display-manager.service"));
+    lifecycle::post_stop(&t.ctx(), 102, true).unwrap();
+    assert!(t.sim.unit_active("display-manager.service"));
+    assert!(!t.sim.unit_active("nvidia-persistenced.service"));
+    assert_eq!(t.devices(), before);
+}
+
+#[test]
+fn a_unit_that_will_not_stop_aborts_the_start_and_keeps_the_console() {
+    use crate::host::sim::UnitOutcome;
+    let t = T::new();
+    t.sim.add_unit("display-manager.service", true);
+    t.sim
+        .set_unit_outcome("display-manager.service", "stop", UnitOutcome::Hang);
+    let before = t.devices();
+    let e = lifecycle::pre_start(&t.ctx(), 102).unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains("display-manager"), "{e}");
+    assert!(t.sim.fbcon_bound());
+    assert_eq!(t.devices(), before);
+}
+
+#[test]
+fn ebusy_from_flr_escalates_and_eagain_on_the_bridge_is_bounded() {
+    let t = T::new();
+    t.sim
+        .set_reset_behaviour(NVME, "flr", ResetBehaviour::Errno(libc::EBUSY));
+    let r = ctx_reset(&t, &[NVME]);
+    assert!(r[0].rungs[0].detail.contains("EBUSY"), "{r:?}");
+    assert_eq!(r[0].verdict, Verdict::Reset, "bus reset after EBUSY: {r:?}");
+
+    let t = T::new();
+    t.sim
+        .set_reset_behaviour(NVME, "flr", ResetBehaviour::Enotty);
+    t.sim
+        .set_reset_behaviour(NVME, "bus", ResetBehaviour::Enotty);
+    t.sim
+        .set_subordinate_error(bdf("0000:00:1c.1"), Some(libc::EAGAIN));
+    let r = ctx_reset(&t, &[NVME]);
+    assert_eq!(r[0].verdict, Verdict::Refused, "{r:?}");
+    assert!(r[0].message.contains("EAGAIN"), "{r:?}");
+    assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
+}
+
+#[test]
+fn three_devices_on_three_buses_reset_in_parallel() {
+    let t = T::new();
+    for b in [NVME, NVME2, VNET] {
+        t.sim
+            .set_reset_behaviour(b, "flr", ResetBehaviour::Slow(Duration::from_millis(400)));
+    }
+    let start = std::time::Instant::now();
+    let r = ctx_reset(&t, &[NVME, NVME2, VNET]);
+    assert!(r.iter().all(|r| r.verdict == Verdict::Reset), "{r:?}");
+    // Serially this is at least 1.2 s of simulated kernel time.
+    assert!(
+        start.elapsed() < Duration::from_millis(1150),
+        "{:?}",
+        start.elapsed()
+    );
 }

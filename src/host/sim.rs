@@ -1930,6 +1930,7 @@ impl SimHost {
 
     /// Adds a systemd unit ("gdm" means "gdm.service") and turns systemd on.
     pub fn add_unit(&self, name: &str, active: bool) {
+        let _ = std::fs::create_dir_all(self.root.join("run/systemd/system"));
         self.with(|s| {
             s.systemd = true;
             s.units.insert(
@@ -1967,7 +1968,15 @@ impl SimHost {
     }
 
     /// Without systemd, `systemctl` does not exist (ENOENT).
+    /// systemd on: `systemctl` runs, and run/systemd/system exists (how pt-hook, like
+    /// sd_booted(3), tells a systemd host).
     pub fn set_systemd(&self, on: bool) {
+        let dir = self.root.join("run/systemd/system");
+        if on {
+            let _ = std::fs::create_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+        }
         self.with(|s| s.systemd = on)
     }
 
