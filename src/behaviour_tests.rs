@@ -67,7 +67,7 @@ impl T {
         T {
             sim,
             cfg,
-            log: Logger::new(-2, false),
+            log: Logger::new(-3, false), // silent: tests assert on results
         }
     }
     fn ctx(&self) -> Ctx<'_> {

@@ -187,13 +187,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
             let cfg = load_cfg(&*host)?;
-            let ctx = Ctx {
-                host,
-                cfg: &cfg,
-                log,
-                dry_run: cli.global.dry_run,
-                node: crate::resolve::node_name(),
-            };
+            let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
             let r = match phase.as_str() {
                 "pre-start" => lifecycle::pre_start(&ctx, vmid),
@@ -215,13 +209,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;
             let cfg = load_cfg(&*host)?;
-            let ctx = Ctx {
-                host,
-                cfg: &cfg,
-                log,
-                dry_run: true,
-                node: crate::resolve::node_name(),
-            };
+            let ctx = make_ctx(host, &cfg, log, true);
             let p = lifecycle::plan_vm(&ctx, vmid)?;
             if *json {
                 println!(
@@ -237,13 +225,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
             log.set_context("cleanup");
             let cfg = load_cfg(&*host)?;
-            let ctx = Ctx {
-                host,
-                cfg: &cfg,
-                log,
-                dry_run: cli.global.dry_run,
-                node: crate::resolve::node_name(),
-            };
+            let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             lifecycle::cleanup(&ctx, vmid)
         }
         Cmd::Status { json } => {
@@ -261,15 +243,19 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             }
             log.set_context("reset");
             let cfg = load_cfg(&*host)?;
-            let ctx = Ctx {
-                host,
-                cfg: &cfg,
-                log,
-                dry_run: cli.global.dry_run,
-                node: crate::resolve::node_name(),
-            };
+            let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             crate::reset::command(&ctx, &list, method.as_deref(), *json)
         }
+    }
+}
+
+fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: bool) -> Ctx<'a> {
+    Ctx {
+        host,
+        cfg,
+        log,
+        dry_run,
+        node: crate::resolve::node_name(),
     }
 }
 

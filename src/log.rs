@@ -53,7 +53,7 @@ impl Logger {
 
     pub fn log(&self, level: Level, msg: &str) {
         let shown = match level {
-            Level::Error => true,
+            Level::Error => self.verbosity > -3,
             Level::Warn => self.verbosity >= -1,
             Level::Info => self.verbosity >= 0,
             Level::Debug => self.verbosity >= 1,

@@ -196,6 +196,17 @@ pub fn parse_sysfs_hex(s: &str) -> Option<u32> {
 
 pub const CLASS_BRIDGE_PCI: u32 = 0x0604;
 
+/// Reset method names the kernel knows, in its default priority order.
+pub const RESET_METHODS: [&str; 7] = [
+    "device_specific",
+    "acpi",
+    "flr",
+    "af_flr",
+    "pm",
+    "bus",
+    "cxl_bus",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,15 +77,7 @@ impl Profile {
                 return bad(&format!("device {d:?} is not a hex id or range a-b"));
             }
         }
-        const METHODS: [&str; 7] = [
-            "device_specific",
-            "acpi",
-            "flr",
-            "af_flr",
-            "pm",
-            "bus",
-            "cxl_bus",
-        ];
+        use crate::pci::RESET_METHODS as METHODS;
         for m in self.reset_method.iter().chain(&self.reset_method_remove) {
             if !METHODS.contains(&m.as_str()) {
                 return bad(&format!("unknown reset method {m:?}"));

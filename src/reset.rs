@@ -667,15 +667,7 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
 /// `pt-hook reset BDF…`
 pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Result<()> {
     if let Some(m) = method {
-        const KNOWN: [&str; 7] = [
-            "device_specific",
-            "acpi",
-            "flr",
-            "af_flr",
-            "pm",
-            "bus",
-            "cxl_bus",
-        ];
+        use crate::pci::RESET_METHODS as KNOWN;
         if !KNOWN.contains(&m) {
             return Err(Error::Usage(format!(
                 "unknown reset method {m:?}; the kernel knows {}",

@@ -26,15 +26,7 @@ use crate::pci::{Bdf, PciId};
 /// Kernel release shown in modprobe messages.
 const KVER: &str = "6.8.12-4-pve";
 /// Reset method names in the kernel's default priority order.
-pub const RESET_METHOD_NAMES: [&str; 7] = [
-    "device_specific",
-    "acpi",
-    "flr",
-    "af_flr",
-    "pm",
-    "bus",
-    "cxl_bus",
-];
+pub use crate::pci::RESET_METHODS as RESET_METHOD_NAMES;
 /// How long a hung op blocks unless `release_hangs` is called first.
 const DEFAULT_HANG_LIMIT: Duration = Duration::from_secs(10);
 
