@@ -500,7 +500,7 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
         let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(text) = crate::resolve::read_text(host, &format!("{dir}/{f}")) else {
+        let Ok(text) = crate::config::read_bounded(host, &format!("{dir}/{f}")) else {
             continue;
         };
         let Ok(cfg) = crate::pve::config::parse_vm_config(&text, &f, id) else {

@@ -139,6 +139,11 @@ pub fn check_trusted(host: &dyn Host, rel: &str) -> Result<()> {
 /// Reads a trusted text file of bounded size.
 pub fn read_trusted(host: &dyn Host, rel: &str) -> Result<String> {
     check_trusted(host, rel)?;
+    read_bounded(host, rel)
+}
+
+/// Reads a text file of at most `MAX_FILE_BYTES`, refusing larger ones.
+pub fn read_bounded(host: &dyn Host, rel: &str) -> Result<String> {
     let bytes = host
         .read_bytes(rel, MAX_FILE_BYTES + 1)
         .map_err(|e| Error::host("config", "reading", host.display(rel), e))?;
@@ -161,7 +166,8 @@ fn dur(file: &str, key: &str, v: &Option<String>, default: Duration) -> Result<D
     }
 }
 
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+/// The 1-based line of a TOML error span (0 when the error has none).
+pub fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
     span.map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1)
         .unwrap_or(0)
 }

@@ -72,6 +72,16 @@ pub fn reset_method_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
     read_trim(host, &paths::dev(bdf, DevFile::ResetMethod))
 }
 
+/// What to write to `reset_method` for a list: an empty list (all methods disabled) is
+/// written as a bare newline.
+pub fn reset_method_data(list: &str) -> &str {
+    if list.is_empty() {
+        "\n"
+    } else {
+        list
+    }
+}
+
 pub fn iommu_group_of(host: &dyn Host, bdf: &Bdf) -> Option<u32> {
     host.link_name(&paths::dev(bdf, DevFile::IommuGroup))
         .ok()

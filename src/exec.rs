@@ -178,8 +178,7 @@ impl<'a> Exec<'a> {
                 if device::reset_method_of(h, bdf).as_deref() == Some(to.as_str()) {
                     return Ok(());
                 }
-                // An empty list is written as a bare newline: the kernel then disables all.
-                let data = if to.is_empty() { "\n" } else { to.as_str() };
+                let data = device::reset_method_data(to);
                 self.write(bdf, &rel, data, self.t.step)?;
                 if !self.dry_run {
                     let now = device::reset_method_of(h, bdf).unwrap_or_default();

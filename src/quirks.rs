@@ -161,11 +161,11 @@ impl Profile {
 
 fn parse_file(text: &str, file: &str) -> Result<Vec<Profile>> {
     let f: File = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1)
-            .unwrap_or(0);
-        Error::Config(format!("{file}:{line}: {}", e.message()))
+        Error::Config(format!(
+            "{file}:{}: {}",
+            crate::config::line_of(text, e.span()),
+            e.message()
+        ))
     })?;
     let mut v = f.quirk;
     for p in &mut v {

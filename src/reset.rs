@@ -179,7 +179,7 @@ impl Ladder<'_, '_> {
             let r = write_with_deadline(&self.ctx.host, &paths::dev(bdf, DevFile::Reset), "1", t);
             if self.method.is_some() {
                 if let Some(old) = &old {
-                    let data = if old.is_empty() { "\n" } else { old.as_str() };
+                    let data = device::reset_method_data(old);
                     if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, t) {
                         self.ctx.log.error(&format!(
                             "{bdf}: restoring reset_method {old:?} in {}: {}",
@@ -326,12 +326,7 @@ impl Ladder<'_, '_> {
             ));
         }
         let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
-        let _ = write_with_deadline(
-            &self.ctx.host,
-            &rm,
-            if old.is_empty() { "\n" } else { &old },
-            t,
-        );
+        let _ = write_with_deadline(&self.ctx.host, &rm, device::reset_method_data(&old), t);
         match r {
             Ok(()) => Ok(format!("bus reset of {first}")),
             Err(e) => Err((
@@ -401,7 +396,7 @@ impl Ladder<'_, '_> {
             let bdf = &b.info.bdf;
             if let Some(rm) = &b.info.reset_method {
                 if device::reset_method_of(h, bdf).as_ref() != Some(rm) {
-                    let data = if rm.is_empty() { "\n" } else { rm.as_str() };
+                    let data = device::reset_method_data(rm);
                     let _ = self.write(bdf, &paths::dev(bdf, DevFile::ResetMethod), data, step_t);
                 }
             }

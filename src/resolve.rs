@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::MAX_FILE_BYTES;
+use crate::config::read_bounded;
 use crate::device::{self, DeviceInfo};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
@@ -20,20 +20,6 @@ pub struct Resolved {
     pub keep: bool,
 }
 
-pub fn read_text(host: &dyn Host, rel: &str) -> Result<String> {
-    let bytes = host
-        .read_bytes(rel, MAX_FILE_BYTES + 1)
-        .map_err(|e| Error::host("config", "reading", host.display(rel), e))?;
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(Error::Config(format!(
-            "{}: refusing: larger than {MAX_FILE_BYTES} bytes",
-            host.display(rel)
-        )));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| Error::Config(format!("{}: not valid UTF-8", host.display(rel))))
-}
-
 pub fn load_vm_config(host: &dyn Host, vmid: u32) -> Result<VmConfig> {
     let migrated = std::env::var("PVE_MIGRATED_FROM").ok();
     let rel = vm_config_path(vmid, migrated.as_deref().filter(|s| !s.is_empty()))
@@ -44,7 +30,7 @@ pub fn load_vm_config(host: &dyn Host, vmid: u32) -> Result<VmConfig> {
             host.display(&rel)
         )));
     }
-    let text = read_text(host, &rel)?;
+    let text = read_bounded(host, &rel)?;
     parse_vm_config(&text, &host.display(&rel), vmid).map_err(|e| Error::Config(e.to_string()))
 }
 
@@ -64,7 +50,7 @@ fn load_mappings(host: &dyn Host) -> Result<Vec<PciMapping>> {
     if !host.exists(rel) {
         return Ok(Vec::new());
     }
-    let text = read_text(host, rel)?;
+    let text = read_bounded(host, rel)?;
     parse_mappings(&text, &host.display(rel)).map_err(|e| Error::Config(e.to_string()))
 }
 
