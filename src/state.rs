@@ -128,10 +128,11 @@ pub fn owner_of(host: &dyn Host, bdf: &Bdf, except: u32) -> Option<u32> {
         if vm == except {
             continue;
         }
-        if let Ok(Some(st)) = load(host, vm) {
-            if st.owns(bdf) {
-                return Some(vm);
-            }
+        match load(host, vm) {
+            Ok(Some(st)) if st.owns(bdf) => return Some(vm),
+            Ok(_) => {}
+            // Unreadable or damaged: it may hold the device; refusing is the safe answer.
+            Err(_) => return Some(vm),
         }
     }
     None

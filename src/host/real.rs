@@ -34,6 +34,20 @@ struct FlockGuard {
 }
 impl LockGuard for FlockGuard {}
 
+/// "pid 1234 (pt-hook 100 pre-start)": what a lock file says about its holder.
+fn holder_text() -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--root" || a == "--config" {
+            it.next();
+        } else if !a.starts_with('-') && args.len() < 3 {
+            args.push(a.chars().filter(|c| !c.is_control()).take(40).collect());
+        }
+    }
+    format!("pid {} (pt-hook {})\n", std::process::id(), args.join(" "))
+}
+
 const BIN_DIRS: [&str; 4] = ["usr/sbin", "sbin", "usr/bin", "bin"];
 
 impl Host for RealHost {
@@ -201,8 +215,31 @@ impl Host for RealHost {
             }
         });
         match got {
-            Some(()) => Ok(Box::new(FlockGuard { _file: f })),
-            None => Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK))),
+            Some(()) => {
+                // Name the holder in the file for whoever waits next. flock belongs to the open
+                // file, so the kernel drops it when this process dies, however it dies; the
+                // text left behind then names a dead holder and the next taker overwrites it.
+                let mut f = f;
+                let _ = f.set_len(0);
+                let _ = f.write_all(holder_text().as_bytes());
+                Ok(Box::new(FlockGuard { _file: f }))
+            }
+            None => {
+                let e =
+                    last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+                let mut holder = String::new();
+                let _ = fs::File::open(&p).and_then(|f| f.take(512).read_to_string(&mut holder));
+                let holder = holder.trim();
+                Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} after {}; held by {}",
+                        super::errno_text(&e),
+                        humantime::format_duration(timeout),
+                        if holder.is_empty() { "a process that did not name itself" } else { holder }
+                    ),
+                ))
+            }
         }
     }
 
