@@ -21,15 +21,26 @@ pub struct BdfError {
     pub why: &'static str,
 }
 
+/// The input as shown in an error: at most 40 characters, so a hostile argument does not
+/// flood the log.
+fn echo(input: &str) -> String {
+    if input.chars().count() <= 40 {
+        input.to_string()
+    } else {
+        let head: String = input.chars().take(40).collect();
+        format!("{head}... ({} bytes)", input.len())
+    }
+}
+
 fn hex_field(s: &str, max_len: usize, input: &str, what: &'static str) -> Result<u32, BdfError> {
     if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(BdfError {
-            input: input.to_string(),
+            input: echo(input),
             why: what,
         });
     }
     u32::from_str_radix(s, 16).map_err(|_| BdfError {
-        input: input.to_string(),
+        input: echo(input),
         why: what,
     })
 }
@@ -47,7 +58,7 @@ pub struct PciAddr {
 impl PciAddr {
     pub fn parse(input: &str) -> Result<PciAddr, BdfError> {
         let err = |why| BdfError {
-            input: input.to_string(),
+            input: echo(input),
             why,
         };
         if input.is_empty() {
@@ -117,7 +128,7 @@ impl Bdf {
                 func,
             }),
             None => Err(BdfError {
-                input: input.to_string(),
+                input: echo(input),
                 why: "function missing (expected DDDD:BB:DD.F)",
             }),
         }

@@ -10,7 +10,7 @@ use crate::host::{paths, Host};
 use crate::pci::{Bdf, PciAddr};
 use crate::pve::config::{parse_vm_config, vm_config_path, VmConfig};
 use crate::pve::hostpci::{DriverMode, HostSource};
-use crate::pve::mapping::{choose_entry, parse_mappings, parse_reservations, PciMapping};
+use crate::pve::mapping::{choose_entry, parse_mapping_file, parse_reservations, MappingFile};
 use crate::state;
 
 #[derive(Debug, Clone)]
@@ -45,13 +45,33 @@ fn expand(host: &dyn Host, all: &[Bdf], addr: &PciAddr, what: &str) -> Result<Ve
     Ok(v)
 }
 
-fn load_mappings(host: &dyn Host) -> Result<Vec<PciMapping>> {
+fn load_mappings(host: &dyn Host) -> Result<MappingFile> {
     let rel = paths::MAPPING_PCI;
     if !host.exists(rel) {
-        return Ok(Vec::new());
+        return Ok(MappingFile {
+            mappings: Vec::new(),
+            warnings: Vec::new(),
+        });
     }
     let text = read_bounded(host, rel)?;
-    parse_mappings(&text, &host.display(rel)).map_err(|e| Error::Config(e.to_string()))
+    parse_mapping_file(&text, &host.display(rel)).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The lines of pci.cfg that were skipped (as Proxmox skips them) and concern mapping `name`:
+/// appended to "not found" / "no entry" errors so the operator sees file and line.
+fn skipped_lines(f: &MappingFile, name: &str) -> String {
+    let tag = format!("'{name}'");
+    let w: Vec<String> = f
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains(&tag))
+        .map(|w| w.to_string())
+        .collect();
+    if w.is_empty() {
+        String::new()
+    } else {
+        format!(" (skipped: {})", w.join("; "))
+    }
 }
 
 pub fn node_name() -> String {
@@ -78,7 +98,7 @@ pub fn resolve(
     let all = device::list_all(host);
     let mut out: Vec<Resolved> = Vec::new();
     let mut seen: BTreeSet<Bdf> = BTreeSet::new();
-    let mut mappings: Option<Vec<PciMapping>> = None;
+    let mut mappings: Option<MappingFile> = None;
     let reservations = host
         .read(paths::RESERVATIONS)
         .map(|t| parse_reservations(&t))
@@ -99,13 +119,16 @@ pub fn resolve(
                 if mappings.is_none() {
                     mappings = Some(load_mappings(host)?);
                 }
-                let m = mappings
-                    .as_ref()
-                    .and_then(|ms| ms.iter().find(|m| &m.name == name))
+                let mf = mappings.as_ref().expect("loaded above");
+                let m = mf
+                    .mappings
+                    .iter()
+                    .find(|m| &m.name == name)
                     .ok_or_else(|| {
                         Error::Config(format!(
-                            "{what}: mapping {name} not found in {}",
-                            host.display(paths::MAPPING_PCI)
+                            "{what}: mapping {name} not found in {}{}",
+                            host.display(paths::MAPPING_PCI),
+                            skipped_lines(mf, name)
                         ))
                     })?;
                 let vmid = cfg.vmid;
@@ -136,7 +159,7 @@ pub fn resolve(
                     None
                 };
                 let e = choose_entry(m, node, &taken)
-                    .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+                    .map_err(|e| Error::Config(format!("{what}: {e}{}", skipped_lines(mf, name))))?;
                 let mut v = Vec::new();
                 for p in &e.paths {
                     let funcs = expand(host, &all, p, &what)?;
