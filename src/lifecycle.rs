@@ -207,7 +207,20 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
             }
             ctx.log
                 .error(&format!("pre-start failed: {e}; rolling back"));
+            // A write that timed out is still pending in the kernel and may take effect after
+            // the rollback: keep the record so `cleanup` can undo it then.
+            let pending = matches!(&e, Error::Host { err, .. } if err.raw_os_error() == Some(libc::ETIMEDOUT));
+            let keep = pending.then(|| st.clone());
             match restore(ctx, st, false) {
+                Ok(()) if keep.is_some() => {
+                    let mut k = keep.expect("checked");
+                    k.phase = "rollback-pending".into();
+                    state::save(ctx.h(), &k)?;
+                    return Err(Error::Failed(format!(
+                        "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `pt-hook cleanup {vmid}` once the device responds",
+                        ctx.h().display(&paths::state_file(vmid))
+                    )));
+                }
                 Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
                 Err(re) => {
                     return Err(Error::Failed(format!(
@@ -314,8 +327,19 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                 ov, d.original.driver_override
             ));
         }
-        if d.original.reset_method.is_some() {
-            let rm = device::reset_method_of(ctx.h(), &b);
+        if let Some(orig) = &d.original.reset_method {
+            let mut rm = device::reset_method_of(ctx.h(), &b);
+            if rm.as_ref() != Some(orig) {
+                // Re-enumeration (remove/rescan, a vanished device back) resets the list to
+                // the kernel's default: put the recorded one back.
+                let _ = exec.write(
+                    &b,
+                    &paths::dev(&b, crate::host::paths::DevFile::ResetMethod),
+                    device::reset_method_data(orig),
+                    ctx.cfg.timeouts.step,
+                );
+                rm = device::reset_method_of(ctx.h(), &b);
+            }
             if rm != d.original.reset_method {
                 failed.push(format!(
                     "{b}: reset_method is {:?}, was {:?}",

@@ -5,6 +5,8 @@
 
 #[cfg(test)]
 mod behaviour_tests;
+#[cfg(test)]
+mod fault_tests;
 mod cli;
 mod config;
 mod console;

@@ -635,6 +635,29 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
     }
     let all =
         crate::quirks::load_all(&*ctx.host, ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
+    // A profile's reset_method (e.g. Blackwell: no FLR) must hold while the ladder runs, even
+    // when an earlier restore already put the original list back or a remove/rescan brought
+    // the kernel's default back: the original list is restored after the reset.
+    for d in &st.devices {
+        let Some(p) = d.quirk.as_deref().and_then(|q| crate::quirks::by_name(&all, q)) else {
+            continue;
+        };
+        let b = d.original.bdf;
+        let cur = device::reset_method_of(&*ctx.host, &b);
+        if let Some(want) = p.planned_reset_method(cur.as_deref()) {
+            if cur.as_deref() != Some(want.as_str()) {
+                let rel = paths::dev(&b, DevFile::ResetMethod);
+                let data = device::reset_method_data(&want);
+                if let Err(e) = write_with_deadline(&ctx.host, &rel, data, ctx.cfg.timeouts.step) {
+                    ctx.log.warn(&format!(
+                        "{b}: could not re-apply the {} reset_method {want:?}: {}",
+                        p.name,
+                        errno_text(&e)
+                    ));
+                }
+            }
+        }
+    }
     let skip: Vec<(Bdf, Vec<String>)> = st
         .devices
         .iter()
