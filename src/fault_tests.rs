@@ -85,8 +85,11 @@ impl T {
             (102, "hostpci0: 01:00,x-vga=1\n"),
             (120, "hostpci0: 06:00.0\n"),
         ] {
-            std::fs::write(dir.join(format!("{vm}.conf")), format!("machine: q35\n{body}"))
-                .unwrap();
+            std::fs::write(
+                dir.join(format!("{vm}.conf")),
+                format!("machine: q35\n{body}"),
+            )
+            .unwrap();
         }
         sim.set_hang_limit(Duration::from_millis(2500));
         T {
@@ -132,8 +135,15 @@ enum Phase {
     Cleanup(u32),
 }
 
-/// Puts the host into the state the phase starts from.
+/// Puts the host into the state the phase starts from (with default, generous timeouts: the
+/// setup is not under test and must not trip over a loaded machine).
 fn setup(t: &T, p: Phase) {
+    let cfg = Config::default();
+    let t = &T {
+        sim: Arc::clone(&t.sim),
+        cfg,
+        log: Logger::new(-3, false),
+    };
     match p {
         Phase::PreStart(_) | Phase::Reset(_) => {}
         Phase::PostStop(vm) => lifecycle::pre_start(&t.ctx(), vm).unwrap(),
@@ -251,10 +261,7 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
     tally
         .max_ms
         .fetch_max(took.as_millis() as usize, Ordering::Relaxed);
-    let id = format!(
-        "{:?} write #{} to {} {}",
-        c.phase, c.nth, c.path, c.name
-    );
+    let id = format!("{:?} write #{} to {} {}", c.phase, c.nth, c.path, c.name);
     if took > budget() {
         return Err(format!("{id}: took {took:?}"));
     }
@@ -289,7 +296,9 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
                 let b = device_of(&c.path, "").map(|b| b.to_string());
                 if !b.as_ref().is_some_and(|b| msg.contains(b.as_str())) && !msg.contains("ENODEV")
                 {
-                    return Err(format!("{id}: message names neither device nor ENODEV: {msg}"));
+                    return Err(format!(
+                        "{id}: message names neither device nor ENODEV: {msg}"
+                    ));
                 }
                 if !t.has_state(vm) {
                     return Err(format!("{id}: device gone but no state kept: {msg}"));
@@ -368,7 +377,9 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
                     t.sim.release_hangs();
                     let now = t.devices();
                     for (b, d) in &before.devices {
-                        let Some(n) = now.devices.get(b) else { continue };
+                        let Some(n) = now.devices.get(b) else {
+                            continue;
+                        };
                         if !n.present {
                             if vanished {
                                 continue;
@@ -445,7 +456,7 @@ fn run_phase(phases: &[Phase], vanish_recovery: bool) -> String {
     let next = AtomicUsize::new(0);
     // Hangs mostly wait: several cases at once keep the wall time down on 2 cores.
     std::thread::scope(|s| {
-        for _ in 0..4 {
+        for _ in 0..3 {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(c) = all.get(i) else { break };
@@ -478,17 +489,34 @@ fn run_phase(phases: &[Phase], vanish_recovery: bool) -> String {
 
 #[test]
 fn fault_at_every_pre_start_write_rolls_back() {
-    run_phase(&[Phase::PreStart(100), Phase::PreStart(102), Phase::PreStart(120)], false);
+    run_phase(
+        &[
+            Phase::PreStart(100),
+            Phase::PreStart(102),
+            Phase::PreStart(120),
+        ],
+        false,
+    );
 }
 
 #[test]
 fn fault_at_every_post_stop_write_leaves_a_safe_state() {
-    run_phase(&[Phase::PostStop(100), Phase::PostStop(102), Phase::PostStop(120)], false);
+    run_phase(
+        &[
+            Phase::PostStop(100),
+            Phase::PostStop(102),
+            Phase::PostStop(120),
+        ],
+        false,
+    );
 }
 
 #[test]
 fn fault_at_every_reset_write_is_reported_and_recoverable() {
-    run_phase(&[Phase::Reset("0000:02:00.0"), Phase::Reset("0000:04:00.0")], true);
+    run_phase(
+        &[Phase::Reset("0000:02:00.0"), Phase::Reset("0000:04:00.0")],
+        true,
+    );
 }
 
 #[test]
@@ -555,7 +583,11 @@ fn every_write_hanging_still_returns_within_the_deadline() {
     let took = start.elapsed();
     eprintln!("post-stop, every write hanging: {took:?}: {r:?}");
     assert!(r.is_err());
-    assert!(took < Duration::from_millis(4500), "{took:?}");
+    // post-stop: the reset ladder (per-rung deadlines: flr + bus reset) then the restore
+    // under the phase deadline.
+    let bound =
+        cfg.timeouts.phase + cfg.timeouts.flr + cfg.timeouts.bus_reset + Duration::from_secs(1);
+    assert!(took < bound, "{took:?} >= {bound:?}");
     assert!(t.has_state(100));
     t.heal();
     lifecycle::cleanup(&t.ctx(), None).unwrap();

@@ -5,14 +5,14 @@
 
 #[cfg(test)]
 mod behaviour_tests;
-#[cfg(test)]
-mod fault_tests;
 mod cli;
 mod config;
 mod console;
 mod device;
 mod error;
 mod exec;
+#[cfg(test)]
+mod fault_tests;
 mod handoff;
 mod host;
 mod lifecycle;

@@ -639,7 +639,11 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
     // when an earlier restore already put the original list back or a remove/rescan brought
     // the kernel's default back: the original list is restored after the reset.
     for d in &st.devices {
-        let Some(p) = d.quirk.as_deref().and_then(|q| crate::quirks::by_name(&all, q)) else {
+        let Some(p) = d
+            .quirk
+            .as_deref()
+            .and_then(|q| crate::quirks::by_name(&all, q))
+        else {
             continue;
         };
         let b = d.original.bdf;

@@ -158,8 +158,9 @@ pub fn resolve(
                     }
                     None
                 };
-                let e = choose_entry(m, node, &taken)
-                    .map_err(|e| Error::Config(format!("{what}: {e}{}", skipped_lines(mf, name))))?;
+                let e = choose_entry(m, node, &taken).map_err(|e| {
+                    Error::Config(format!("{what}: {e}{}", skipped_lines(mf, name)))
+                })?;
                 let mut v = Vec::new();
                 for p in &e.paths {
                     let funcs = expand(host, &all, p, &what)?;

@@ -30,7 +30,10 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             let rel = path.strip_prefix(base).unwrap().display().to_string();
             let md = std::fs::symlink_metadata(&path).unwrap();
             if md.file_type().is_symlink() {
-                m.insert(rel, format!("-> {}", std::fs::read_link(&path).unwrap().display()));
+                m.insert(
+                    rel,
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                );
             } else if md.is_dir() {
                 m.insert(rel, format!("dir {:o} {}", md.mode(), md.uid()));
                 walk(base, &path, m);
@@ -38,7 +41,12 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
                 let c = std::fs::read(&path).unwrap();
                 m.insert(
                     rel,
-                    format!("{:o} {} {}", md.mode(), md.uid(), String::from_utf8_lossy(&c)),
+                    format!(
+                        "{:o} {} {}",
+                        md.mode(),
+                        md.uid(),
+                        String::from_utf8_lossy(&c)
+                    ),
                 );
             }
         }
@@ -77,7 +85,11 @@ fn refused(root: &Path, args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(out.contains(n), "{args:?}: output lacks {n:?}: {out}");
     }
-    assert!(out.len() < 2000, "{args:?}: output floods: {} bytes", out.len());
+    assert!(
+        out.len() < 2000,
+        "{args:?}: output floods: {} bytes",
+        out.len()
+    );
     assert_eq!(tree(root), before, "{args:?} changed the host tree");
 }
 
@@ -108,7 +120,11 @@ fn path_like_and_malformed_bdfs_are_refused_exit_2() {
             continue; // cannot be an argv string
         }
         refused(root, &["reset", b], &["invalid PCI address"]);
-        refused(root, &["reset", "0000:02:00.0", b], &["invalid PCI address"]);
+        refused(
+            root,
+            &["reset", "0000:02:00.0", b],
+            &["invalid PCI address"],
+        );
         refused(root, &["quirks", b], &["invalid PCI address"]);
         n += 3;
     }
@@ -194,9 +210,17 @@ fn malformed_toml_names_file_and_line() {
     let cfg = root.join("etc/pt-hook/pt-hook.toml");
     std::fs::create_dir_all(root.join("etc/pt-hook/quirks.d")).unwrap();
     std::fs::write(&cfg, "[timeouts]\nstep = \"5s\"\nflr_timeout = \n").unwrap();
-    refused(root, &["100", "pre-start"], &[&format!("{}:3:", cfg.display())]);
+    refused(
+        root,
+        &["100", "pre-start"],
+        &[&format!("{}:3:", cfg.display())],
+    );
     std::fs::write(&cfg, "[timeouts]\nstep = \"often\"\n").unwrap();
-    refused(root, &["plan", "100"], &[&cfg.display().to_string(), "step"]);
+    refused(
+        root,
+        &["plan", "100"],
+        &[&cfg.display().to_string(), "step"],
+    );
     std::fs::write(&cfg, "[vm.100]\nunits = [\"../../bin/x\"]\n").unwrap();
     refused(root, &["plan", "100"], &["unit name"]);
     std::fs::remove_file(&cfg).unwrap();
@@ -212,14 +236,26 @@ fn malformed_vm_config_and_mapping_lines_name_file_and_line() {
     let conf = root.join("etc/pve/qemu-server/101.conf");
     let conf_s = conf.display().to_string();
     for (body, line, why) in [
-        ("machine: q35\nmemory: 1\nhostpci0: 04:00.0,rombar=2\n", 3, "rombar"),
-        ("machine: q35\nhostpci0: 04:00.0;../..\n", 2, "invalid PCI address"),
+        (
+            "machine: q35\nmemory: 1\nhostpci0: 04:00.0,rombar=2\n",
+            3,
+            "rombar",
+        ),
+        (
+            "machine: q35\nhostpci0: 04:00.0;../..\n",
+            2,
+            "invalid PCI address",
+        ),
         ("machine: q35\nhostpci0: mapping=../x\n", 2, "mapping"),
         ("machine: q35\nhostpci0: zz:00.0\n", 2, "hostpci0"),
         ("machine: q35\n\nhostpci0: /dev/sda\n", 3, "hostpci0"),
     ] {
         std::fs::write(&conf, body).unwrap();
-        refused(root, &["101", "pre-start"], &[&format!("{conf_s}:{line}:"), why]);
+        refused(
+            root,
+            &["101", "pre-start"],
+            &[&format!("{conf_s}:{line}:"), why],
+        );
         refused(root, &["plan", "101"], &[&format!("{conf_s}:{line}:"), why]);
     }
     // pci.cfg: a map line Proxmox would skip; the error for the mapping shows file and line.
@@ -243,14 +279,26 @@ fn oversize_files_are_refused() {
     let big = "#".repeat((1 << 20) + 1);
     let conf = root.join("etc/pve/qemu-server/101.conf");
     std::fs::write(&conf, &big).unwrap();
-    refused(root, &["101", "pre-start"], &[&conf.display().to_string(), "larger than"]);
+    refused(
+        root,
+        &["101", "pre-start"],
+        &[&conf.display().to_string(), "larger than"],
+    );
     let map = root.join("etc/pve/mapping/pci.cfg");
     std::fs::write(&map, &big).unwrap();
-    refused(root, &["100", "pre-start"], &[&map.display().to_string(), "larger than"]);
+    refused(
+        root,
+        &["100", "pre-start"],
+        &[&map.display().to_string(), "larger than"],
+    );
     let cfg = root.join("etc/pt-hook/pt-hook.toml");
     std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
     std::fs::write(&cfg, &big).unwrap();
-    refused(root, &["plan", "102"], &[&cfg.display().to_string(), "larger than"]);
+    refused(
+        root,
+        &["plan", "102"],
+        &[&cfg.display().to_string(), "larger than"],
+    );
 }
 
 /// pt-hook never builds a shell command: the only process spawn is the host layer's
@@ -276,7 +324,14 @@ fn no_shell_strings_in_the_source() {
                 if l.starts_with("//") {
                     continue;
                 }
-                for bad in ["\"sh\"", "\"-c\"", "/bin/sh", "\"bash\"", "libc::system", "popen("] {
+                for bad in [
+                    "\"sh\"",
+                    "\"-c\"",
+                    "/bin/sh",
+                    "\"bash\"",
+                    "libc::system",
+                    "popen(",
+                ] {
                     assert!(!l.contains(bad), "{}:{}: {l}", p.display(), i + 1);
                 }
                 if l.contains("Command::new(") {

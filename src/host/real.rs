@@ -225,8 +225,7 @@ impl Host for RealHost {
                 Ok(Box::new(FlockGuard { _file: f }))
             }
             None => {
-                let e =
-                    last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+                let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK));
                 let mut holder = String::new();
                 let _ = fs::File::open(&p).and_then(|f| f.take(512).read_to_string(&mut holder));
                 let holder = holder.trim();
@@ -236,7 +235,11 @@ impl Host for RealHost {
                         "{} after {}; held by {}",
                         super::errno_text(&e),
                         humantime::format_duration(timeout),
-                        if holder.is_empty() { "a process that did not name itself" } else { holder }
+                        if holder.is_empty() {
+                            "a process that did not name itself"
+                        } else {
+                            holder
+                        }
                     ),
                 ))
             }
