@@ -37,6 +37,9 @@ pub struct Profile {
     #[serde(default)]
     pub skip_rungs: Vec<String>,
     pub host_rebind_wait: Option<String>,
+    /// The host driver whose probe is the reset (host-rebind profiles); default: the
+    /// device's original driver.
+    pub host_driver: Option<String>,
     #[serde(default)]
     pub companion: bool,
     #[serde(default)]
@@ -91,6 +94,11 @@ impl Profile {
         if let Some(w) = &self.host_rebind_wait {
             if humantime::parse_duration(w).is_err() {
                 return bad(&format!("host_rebind_wait {w:?} is not a duration"));
+            }
+        }
+        if let Some(d) = &self.host_driver {
+            if !paths::safe_name(d) {
+                return bad("host_driver is not a driver name");
             }
         }
         if let Some(m) = &self.requires_module {
@@ -239,7 +247,7 @@ pub fn module_missing(host: &dyn Host, p: &Profile) -> Option<String> {
     let present = paths::module_dir(m).is_some_and(|d| host.exists(&d));
     (!present).then(|| {
         format!(
-            "quirk {} needs the {m} module, which is not loaded ({} missing): install vendor-reset (DKMS) and load it at boot, or the kernel's own reset may leave the card wedged",
+            "quirk {} needs the {m} module, which is not loaded ({} missing): pre-start loads it and fails if it cannot; install vendor-reset (DKMS) and load it at boot, or the kernel's own reset may leave the card wedged",
             p.name,
             host.display(&paths::module_dir(m).unwrap_or_default())
         )
@@ -270,6 +278,7 @@ pub fn apply_profiles(
             }
         }
         if let Some(w) = module_missing(host, p) {
+            d.load_module = p.requires_module.clone();
             d.warnings.push(w.clone());
             warnings.push(format!("{}: {w}", d.info.bdf));
         }
