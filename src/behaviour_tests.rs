@@ -816,3 +816,76 @@ fn blackwell_gone_after_every_rung_is_exit_3() {
         .iter()
         .any(|o| o.path.ends_with("0000:06:00.0/reset_method") && o.data.trim() == "bus"));
 }
+
+/// A Turing card whose four functions sit in four IOMMU groups (ACS override) and a VM config
+/// that names only the GPU: the HDMI audio, USB-C xHCI and UCSI functions are companions and
+/// move to vfio-pci with it, and come back to their host drivers after the VM.
+#[test]
+fn companion_functions_move_with_the_gpu() {
+    use crate::host::sim::SimDriver;
+    let sim = SimHost::gpu_host();
+    sim.add_driver(SimDriver::new("nvidia").id(0x10de, 0x1e84));
+    sim.add_driver(
+        SimDriver::new("snd_hda_intel")
+            .id(0x8086, 0x293e)
+            .id(0x10de, 0x10f8),
+    );
+    sim.add_driver(SimDriver::new("xhci_hcd").id(0x10de, 0x1ad8));
+    sim.add_driver(
+        SimDriver::new("nvidia-gpu")
+            .module("i2c_nvidia_gpu")
+            .id(0x10de, 0x1ad9),
+    );
+    sim.add_device(SimDevice::bridge("0000:00:1d.0").group(40));
+    for (f, dev, class, drv) in [
+        (0, 0x1e84, 0x030000, "nvidia"),
+        (1, 0x10f8, 0x040300, "snd_hda_intel"),
+        (2, 0x1ad8, 0x0c0330, "xhci_hcd"),
+        (3, 0x1ad9, 0x0c8000, "nvidia-gpu"),
+    ] {
+        sim.add_device(
+            SimDevice::new(format!("0000:08:00.{f}").as_str(), 0x10de, dev, class)
+                .parent("0000:00:1d.0")
+                .group(41 + f)
+                .driver(drv),
+        );
+    }
+    let t = T::with(sim);
+    std::fs::write(
+        t.sim.root_dir().join("etc/pve/qemu-server/140.conf"),
+        "machine: q35\nhostpci0: 08:00.0,pcie=1\n",
+    )
+    .unwrap();
+    let before = t.devices();
+    let p = lifecycle::plan_vm(&t.ctx_dry(true), 140).unwrap();
+    let origins: Vec<(String, String)> = p
+        .devices
+        .iter()
+        .map(|d| (d.info.bdf.to_string(), d.origin.clone()))
+        .collect();
+    assert_eq!(p.devices.len(), 4, "{origins:?}");
+    for f in 1..4 {
+        let d = &p.devices[f];
+        assert!(
+            d.origin.starts_with("companion of 0000:08:00.0"),
+            "{origins:?}"
+        );
+        assert_eq!(d.quirk.as_deref(), Some("nvidia-companion"));
+    }
+    assert!(
+        p.warnings.iter().any(|w| w.contains("0000:08:00.3")),
+        "{:?}",
+        p.warnings
+    );
+    lifecycle::pre_start(&t.ctx(), 140).unwrap();
+    for f in 0..4 {
+        assert_eq!(
+            t.sim
+                .driver_of(format!("0000:08:00.{f}").as_str())
+                .as_deref(),
+            Some("vfio-pci")
+        );
+    }
+    lifecycle::post_stop(&t.ctx(), 140, true).unwrap();
+    assert_eq!(t.devices(), before);
+}

@@ -484,8 +484,11 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
                     "  post-stop: host-rebind rung: binds {drv} (its probe is the reset), waits up to {w}, checks the card, then keeps it there if that is its host driver or hands it back to vfio-pci"
                 );
             }
+            if p.vfio_disable_idle_d3 {
+                println!("  advice: load vfio-pci with disable_idle_d3=1 (keeps the card out of D3 while idle)");
+            }
             if p.companion {
-                println!("  companion function: moves with its GPU");
+                println!("  companion function: moves to vfio-pci with its GPU (pt-hook adds it when the VM names only the GPU)");
             }
             if let Some(m) = &missing {
                 println!("  MISSING: {m}");

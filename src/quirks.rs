@@ -33,6 +33,9 @@ pub struct Profile {
     pub reset_method_remove: Vec<String>,
     pub d3cold_allowed: Option<String>,
     pub power_control: Option<String>,
+    /// Advise vfio-pci's disable_idle_d3=1 (keeps idle devices out of D3 on the host).
+    #[serde(default)]
+    pub vfio_disable_idle_d3: bool,
     pub requires_module: Option<String>,
     #[serde(default)]
     pub skip_rungs: Vec<String>,
@@ -254,13 +257,64 @@ pub fn module_missing(host: &dyn Host, p: &Profile) -> Option<String> {
     })
 }
 
+/// Companion functions move with their GPU: a function of the same slot as a passed-through
+/// display function that matches a companion profile (HDMI audio, Turing USB-C xHCI and UCSI)
+/// is prepared with it even when the VM config names only the GPU and the IOMMU groups are
+/// split. Left on its host driver it would make the slot reset unsafe and would hold the
+/// card's power state; the VM config should pass it too (a warning says so).
+fn add_companions(
+    host: &dyn Host,
+    all: &[Profile],
+    devices: &mut Vec<PlannedDevice>,
+    warnings: &mut Vec<String>,
+) {
+    let gpus: Vec<crate::pci::Bdf> = devices
+        .iter()
+        .filter(|d| !d.keep && d.info.is_display())
+        .map(|d| d.info.bdf)
+        .collect();
+    if gpus.is_empty() {
+        return;
+    }
+    for b in crate::device::list_all(host) {
+        let Some(gpu) = gpus.iter().find(|g| g.slot() == b.slot() && **g != b) else {
+            continue;
+        };
+        if devices.iter().any(|d| d.info.bdf == b) {
+            continue;
+        }
+        let Some(info) = crate::device::read_device(host, &b) else {
+            continue;
+        };
+        let Some(p) = find(all, &info).filter(|p| p.companion) else {
+            continue;
+        };
+        warnings.push(format!(
+            "{b} ({}) is a companion function of {gpu} and moves to vfio-pci with it; pass it to the VM too (hostpci: {} without the function number)",
+            p.name,
+            gpu.to_string().trim_end_matches(|c: char| c != '.').trim_end_matches('.')
+        ));
+        devices.push(PlannedDevice {
+            info,
+            origin: format!("companion of {gpu} (quirk {})", p.name),
+            keep: false,
+            quirk: None,
+            reset_method: None,
+            power: Vec::new(),
+            load_module: None,
+            warnings: Vec::new(),
+        });
+    }
+}
+
 pub fn apply_profiles(
     host: &dyn Host,
     cfg: &Config,
-    devices: &mut [PlannedDevice],
+    devices: &mut Vec<PlannedDevice>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
     let all = load_all(host, cfg)?;
+    add_companions(host, &all, devices, warnings);
     for d in devices.iter_mut().filter(|d| !d.keep) {
         let Some(p) = find(&all, &d.info) else {
             continue;
@@ -281,6 +335,21 @@ pub fn apply_profiles(
             d.load_module = p.requires_module.clone();
             d.warnings.push(w.clone());
             warnings.push(format!("{}: {w}", d.info.bdf));
+        }
+        if p.vfio_disable_idle_d3 {
+            let rel = "sys/module/vfio_pci/parameters/disable_idle_d3";
+            let on = host.read(rel).is_ok_and(|v| matches!(v.trim(), "Y" | "1"));
+            if !on {
+                let w = format!(
+                    "quirk {}: vfio-pci's disable_idle_d3 is off ({}); add `options vfio-pci disable_idle_d3=1` to /etc/modprobe.d/pt-hook.conf and run `update-initramfs -u`",
+                    p.name,
+                    host.display(rel)
+                );
+                if !warnings.iter().any(|x| x.ends_with(&w)) {
+                    warnings.push(format!("{}: {w}", d.info.bdf));
+                }
+                d.warnings.push(w);
+            }
         }
         for w in &p.warnings {
             d.warnings.push(w.clone());
