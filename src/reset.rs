@@ -573,19 +573,20 @@ impl Ladder<'_, '_> {
                 ));
                 continue;
             }
-            // Hand it back.
-            let mut back_steps = vec![
-                crate::plan::Step::Unbind {
+            // Hand it back (when it came from the host driver itself, it is there already).
+            let mut back_steps = Vec::new();
+            if cur.as_deref() != Some(r.driver.as_str()) {
+                back_steps.push(crate::plan::Step::Unbind {
                     bdf,
                     driver: r.driver.clone(),
-                },
-                crate::plan::Step::SetOverride {
-                    bdf,
-                    from: Some(r.driver.clone()),
-                    to: ov0.clone(),
-                },
-            ];
-            if let Some(c) = &cur {
+                });
+            }
+            back_steps.push(crate::plan::Step::SetOverride {
+                bdf,
+                from: Some(r.driver.clone()),
+                to: ov0.clone(),
+            });
+            if let Some(c) = cur.as_ref().filter(|c| **c != r.driver) {
                 back_steps.push(crate::plan::Step::Bind {
                     bdf,
                     driver: c.clone(),
