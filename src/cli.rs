@@ -127,14 +127,56 @@ pub fn parse_vmid(s: &str) -> Result<u32> {
     Ok(n)
 }
 
+/// The two invocations that must start fastest skip building the clap parser: Proxmox's
+/// `pt-hook <VMID> <PHASE>` (on the path of every VM start) and `--version`. Anything else,
+/// or anything unusual about these, goes through clap.
+fn fast_path() -> Option<std::result::Result<Cli, i32>> {
+    let mut args = std::env::args_os().skip(1);
+    let (a, b) = (args.next(), args.next());
+    if args.next().is_some() {
+        return None;
+    }
+    let a = a?.into_string().ok()?;
+    match b {
+        None if a == "--version" || a == "-V" => {
+            println!("pt-hook {}", env!("CARGO_PKG_VERSION"));
+            Some(Err(0))
+        }
+        Some(b) => {
+            let b = b.into_string().ok()?;
+            let digits = !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit());
+            let phase = matches!(
+                b.as_str(),
+                "pre-start" | "post-start" | "pre-stop" | "post-stop"
+            );
+            (digits && phase).then(|| {
+                Ok(Cli {
+                    global: Global {
+                        dry_run: false,
+                        root: None,
+                        config: None,
+                        verbose: 0,
+                        quiet: false,
+                    },
+                    cmd: Cmd::Hook(vec![a, b]),
+                })
+            })
+        }
+        None => None,
+    }
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
+    let parsed = fast_path().unwrap_or_else(|| {
+        Cli::try_parse().map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return code;
-        }
+            code
+        })
+    });
+    let cli = match parsed {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let root = cli
         .global
@@ -159,6 +201,17 @@ pub fn main() -> i32 {
     } else {
         cli.global.verbose as i8
     };
+    if !matches!(
+        cli.cmd,
+        Cmd::Hook(_) | Cmd::Cleanup { .. } | Cmd::Reset { .. }
+    ) {
+        // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
+        // that change the host keep SIGPIPE ignored and finish what they started.
+        // SAFETY: restoring the default disposition of one signal before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let mut log = Logger::new(verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
     match run(&cli, host, &mut log) {
@@ -465,12 +518,19 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
                 );
             }
             if let Some(w) = &p.host_rebind_wait {
+                let drv = p
+                    .host_driver
+                    .clone()
+                    .unwrap_or_else(|| "its original host driver".into());
                 println!(
-                    "  post-stop: the host driver's rebind is the reset; waits up to {w} for it"
+                    "  post-stop: host-rebind rung: binds {drv} (its probe is the reset), waits up to {w}, checks the card, then keeps it there if that is its host driver or hands it back to vfio-pci"
                 );
             }
+            if p.vfio_disable_idle_d3 {
+                println!("  advice: load vfio-pci with disable_idle_d3=1 (keeps the card out of D3 while idle)");
+            }
             if p.companion {
-                println!("  companion function: moves with its GPU");
+                println!("  companion function: moves to vfio-pci with its GPU (pt-hook adds it when the VM names only the GPU)");
             }
             if let Some(m) = &missing {
                 println!("  MISSING: {m}");
