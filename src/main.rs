@@ -13,6 +13,8 @@ mod error;
 mod exec;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod fuzz_tests;
 mod handoff;
 mod host;
 mod lifecycle;

@@ -170,7 +170,7 @@ impl Profile {
     }
 }
 
-fn parse_file(text: &str, file: &str) -> Result<Vec<Profile>> {
+pub(crate) fn parse_file(text: &str, file: &str) -> Result<Vec<Profile>> {
     let f: File = toml::from_str(text).map_err(|e| {
         Error::Config(format!(
             "{file}:{}: {}",
