@@ -531,6 +531,97 @@ EOF
     restore_bed
 fi
 
+# ========================================================== reliability
+# Faults on real sysfs. Every case ends by comparing driver, driver_override and reset_method
+# of every test device with a snapshot taken before it.
+host_snap() { for _d in $DEVS; do printf '%s|%s|%s|%s;' "$_d" "$(drv $_d)" "$(ovr $_d)" "$(rmeth $_d)"; done; }
+wait_dev() { # BDF: polls ~10 s for the device dir (after a rescan)
+    _i=0
+    while [ $_i -lt 100 ]; do [ -e "$SYS/$1" ] && return 0; sleep 0.1; _i=$((_i + 1)); done
+    WHY="$1 not back"; return 1
+}
+snap_is() { # SNAPSHOT (polls ~5 s: probes finish asynchronously)
+    _i=0
+    while [ $_i -lt 50 ]; do [ "$(host_snap)" = "$1" ] && return 0; sleep 0.1; _i=$((_i + 1)); done
+    WHY="host differs: now $(host_snap) before $1"; return 1
+}
+if section reliability; then
+    SNAP0=$(host_snap)
+
+    # A device removed between pre-start and post-stop (surprise removal): post-stop reports
+    # it and gives the rest back; after a rescan, cleanup finishes.
+    hook 100 pre-start
+    check rel.removed.pre-start-exit-0 rc_is 0
+    echo 1 >$SYS/$VNET/remove
+    check rel.removed.device-gone absent $SYS/$VNET
+    hook 100 post-stop
+    check rel.removed.post-stop-fails rc_nonzero
+    check rel.removed.post-stop-names-device out_has "$(short $VNET)"
+    check rel.removed.other-device-back drv_is $NVME1 nvme
+    check rel.removed.other-override-cleared ovr_is $NVME1 "(null)"
+    check rel.removed.state-kept state_exists 100
+    echo 1 >/sys/bus/pci/rescan
+    check rel.removed.rescan-brings-it-back wait_dev $VNET
+    hook cleanup 100
+    check rel.removed.cleanup-exit-0 rc_is 0
+    check rel.removed.state-gone state_gone 100
+    check rel.removed.host-as-before snap_is "$SNAP0"
+    restore_bed
+
+    # Two hooks for two VMs sharing the virtio-net, started together: exactly one wins, the
+    # other exits 1 naming the winner; the winner's post-stop puts everything back.
+    for n in 1 2 3 4; do
+        (cd / && $HOOK 100 pre-start >/tmp/race.100 2>&1 <&-; echo $? >/tmp/race.100.rc) &
+        (cd / && $HOOK 101 pre-start >/tmp/race.101 2>&1 <&-; echo $? >/tmp/race.101.rc) &
+        wait
+        r100=$(cat /tmp/race.100.rc) r101=$(cat /tmp/race.101.rc)
+        case "$r100 $r101" in
+            "0 1") win=100 lose=101 ;;
+            "1 0") win=101 lose=100 ;;
+            *) win="" lose="" ;;
+        esac
+        check rel.race$n.exactly-one-wins test -n "$win"
+        info "race $n: VM 100 exit $r100, VM 101 exit $r101"
+        if [ -n "$win" ]; then
+            OUT=$(cat /tmp/race.$lose)
+            check rel.race$n.loser-names-winner out_has "VM $win"
+            check rel.race$n.winner-state state_exists $win
+            check rel.race$n.loser-no-state state_gone $lose
+            check rel.race$n.shared-on-vfio drv_now_is $VNET vfio-pci
+            hook $win post-stop
+            check rel.race$n.post-stop-exit-0 rc_is 0
+        fi
+        check rel.race$n.host-as-before snap_is "$SNAP0"
+        restore_bed
+    done
+
+    # A VM that stopped without post-stop (killed QEMU, host crash): its state still owns the
+    # devices, the other VM is refused, cleanup gives them back.
+    hook 100 pre-start
+    check rel.no-post-stop.pre-start-exit-0 rc_is 0
+    hook 101 pre-start
+    check rel.no-post-stop.other-vm-refused rc_is 1
+    check rel.no-post-stop.names-owner out_has "VM 100"
+    check rel.no-post-stop.nvme2-untouched drv_now_is $NVME2 nvme
+    hook cleanup
+    check rel.no-post-stop.cleanup-exit-0 rc_is 0
+    check rel.no-post-stop.host-as-before snap_is "$SNAP0"
+    check rel.no-post-stop.state-gone state_gone 100
+
+    # Bad arguments: exit 2, nothing touched.
+    for a in "../" "/" "$NVME1/../.." "" "$NVME1/remove" "../../sys/bus/pci/rescan"; do
+        hook reset "$a"
+        check "rel.bad-bdf[$a]-exit-2" rc_is 2
+    done
+    for v in abc "100/../101" "../100" 99 1e3 ""; do
+        hook "$v" pre-start
+        check "rel.bad-vmid[$v]-exit-2" rc_is 2
+    done
+    check rel.bad-args.host-as-before snap_is "$SNAP0"
+    check rel.bad-args.no-state test -z "$(ls /run/pt-hook/*.json 2>/dev/null)"
+    restore_bed
+fi
+
 # =============================================================== syslog
 if section syslog; then
     n=$(grep -c 'pt-hook' /var/log/messages 2>/dev/null)
