@@ -362,6 +362,26 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         )));
     }
     if !failed.is_empty() {
+        // Keep only what is not back: a later cleanup must not reset (or touch) devices
+        // already returned to their host drivers and in use there.
+        let h = ctx.h();
+        let back = |d: &DeviceRecord| {
+            let b = d.original.bdf;
+            device::exists(h, &b)
+                && device::driver_of(h, &b) == d.original.driver
+                && device::override_of(h, &b) == d.original.driver_override
+                && (d.original.reset_method.is_none()
+                    || device::reset_method_of(h, &b) == d.original.reset_method)
+        };
+        let left: Vec<Bdf> = st
+            .devices
+            .iter()
+            .filter(|d| !back(d))
+            .map(|d| d.original.bdf)
+            .collect();
+        st.devices.retain(|d| left.contains(&d.original.bdf));
+        st.journal
+            .retain(|s| s.bdf().is_none_or(|b| left.contains(&b)));
         st.phase = "restore-failed".into();
         state::save(ctx.h(), &st)?;
         return Err(Error::Failed(format!(
