@@ -637,3 +637,40 @@ fn failed_restore_keeps_only_the_devices_not_back() {
     r.unwrap();
     assert_eq!(t.devices(), before);
 }
+
+/// Bug: a device once recorded as "unrecovered" (post-stop exit 3) stayed so forever: after
+/// the slot came back (power cycle of the slot, rescan) every cleanup still exited 3 without
+/// looking. Now cleanup resets it again and gives it back when that works.
+#[test]
+fn an_unrecovered_device_that_recovers_is_given_back_by_cleanup() {
+    use crate::host::sim::ResetBehaviour;
+    let t = T::new();
+    let before = t.devices();
+    let nvme = "0000:02:00.0";
+    lifecycle::pre_start(&t.ctx(), 100).unwrap();
+    t.sim
+        .set_reset_behaviour(nvme, "flr", ResetBehaviour::Wedge);
+    t.sim
+        .set_reset_behaviour(nvme, "bus", ResetBehaviour::Wedge);
+    t.sim
+        .set_subordinate_error(Bdf::parse("0000:00:1c.1").unwrap(), Some(libc::EIO));
+    t.sim.inject(FaultPoint {
+        path: PathMatch::Suffix("/rescan".into()),
+        op: FaultOp::Write,
+        nth: None,
+        fault: Fault::Errno(libc::EIO),
+    });
+    let e = lifecycle::post_stop(&t.ctx(), 100, true).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert_eq!(t.sim.driver_of(nvme).as_deref(), Some("vfio-pci"));
+    // The slot is power-cycled: the card works again.
+    t.sim.set_reset_behaviour(nvme, "flr", ResetBehaviour::Ok);
+    t.sim.set_reset_behaviour(nvme, "bus", ResetBehaviour::Ok);
+    t.sim
+        .set_subordinate_error(Bdf::parse("0000:00:1c.1").unwrap(), None);
+    t.sim.clear_faults();
+    t.sim.unwedge(nvme);
+    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    assert_eq!(t.devices(), before);
+    assert!(!t.has_state(100));
+}

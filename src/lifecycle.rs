@@ -273,7 +273,17 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     state::save(ctx.h(), &st)?;
     let exec = ctx.exec();
     let mut failed: Vec<String> = Vec::new();
-    let mut unrecovered: Vec<Bdf> = st.unrecovered.clone();
+    // An earlier "unrecovered" device that is present again was reset once more just now
+    // (post_stop_reset): it stays unrecovered only if that failed too.
+    let mut unrecovered: Vec<Bdf> = if with_reset {
+        st.unrecovered
+            .iter()
+            .copied()
+            .filter(|b| !device::exists(ctx.h(), b))
+            .collect()
+    } else {
+        st.unrecovered.clone()
+    };
     if with_reset {
         let outcome = crate::reset::post_stop_reset(ctx, &st);
         for (b, msg) in outcome.failed {
