@@ -297,12 +297,14 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     }
     // Functions of an unrecovered slot stay together on vfio-pci.
     let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
+    let mut undo_failed: Vec<Bdf> = Vec::new();
     for s in plan::restore_steps(&st.journal) {
         if s.bdf().is_some_and(|b| held(&b)) {
             continue;
         }
         if let Err(e) = exec.apply(&s) {
             failed.push(e.to_string());
+            undo_failed.extend(s.bdf());
         }
     }
     let profiles =
@@ -351,7 +353,15 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                 );
                 rm = device::reset_method_of(ctx.h(), &b);
             }
-            if rm != d.original.reset_method {
+            if rm.is_none() {
+                // No reset_method file: the kernel re-enumerated the device (remove/rescan,
+                // surprise removal) and now offers no reset method at all (a function that
+                // came back beside its sibling loses "bus"). Not pt-hook's change, and nothing
+                // pt-hook can write: say so, do not keep the state forever.
+                ctx.log.warn(&format!(
+                    "{b}: reset_method was {orig:?}; after re-enumeration the kernel offers no reset method for it",
+                ));
+            } else if rm != d.original.reset_method {
                 failed.push(format!(
                     "{b}: reset_method is {:?}, was {:?}",
                     rm, d.original.reset_method
@@ -377,7 +387,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         let h = ctx.h();
         let back = |d: &DeviceRecord| {
             let b = d.original.bdf;
-            device::exists(h, &b)
+            !undo_failed.contains(&b)
+                && device::exists(h, &b)
                 && device::driver_of(h, &b) == d.original.driver
                 && device::override_of(h, &b) == d.original.driver_override
                 && (d.original.reset_method.is_none()
