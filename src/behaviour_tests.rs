@@ -61,6 +61,7 @@ impl T {
                 unit: Duration::from_secs(3),
                 lock: Duration::from_millis(300),
                 phase: Duration::from_secs(20),
+                hook: Duration::from_secs(5),
             },
             ..Config::default()
         };

@@ -105,6 +105,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// libvirt hook mode: what /etc/libvirt/hooks/qemu (a link to pt-hook) runs, with the
+    /// domain XML on stdin. `prepare begin` takes the domain's PCI hostdevs, `release end`
+    /// gives them back; other operations are logged and accepted.
+    #[command(
+        after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
+    )]
+    Libvirt(crate::libvirt::LibvirtArgs),
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -128,7 +135,8 @@ pub fn parse_vmid(s: &str) -> Result<u32> {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let args = crate::libvirt::rewrite_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -189,22 +197,27 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let cfg = load_cfg(&*host)?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
-            let r = match phase.as_str() {
-                "pre-start" => lifecycle::pre_start(&ctx, vmid),
-                "post-stop" => lifecycle::post_stop(&ctx, vmid, true),
-                "post-start" | "pre-stop" => {
-                    log.info("nothing to do in this phase");
-                    Ok(())
-                }
-                other => {
-                    log.info(&format!("unknown phase {other:?}: nothing to do"));
-                    Ok(())
-                }
-            };
+            let r = crate::userhooks::pve_phase(&ctx, vmid, phase);
             if r.is_ok() {
                 log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
             r
+        }
+        Cmd::Libvirt(a) => {
+            log.set_context(&format!(
+                "libvirt {:?} {} {}",
+                a.domain, a.operation, a.sub_operation
+            ));
+            let (stdin, tty) = crate::libvirt::stdin();
+            crate::libvirt::command(
+                host,
+                &load_cfg,
+                cli.global.dry_run,
+                log,
+                a,
+                &mut stdin.lock(),
+                tty,
+            )
         }
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;

@@ -12,7 +12,7 @@ use crate::log::Logger;
 use crate::pci::Bdf;
 use crate::plan::{self, HostFacts, PlannedDevice, Step};
 use crate::resolve::{self, Resolved};
-use crate::state::{self, DeviceRecord, VmState};
+use crate::state::{self, DeviceRecord, VmKey, VmState};
 
 pub struct Ctx<'a> {
     pub host: Arc<dyn Host>,
@@ -49,6 +49,17 @@ pub struct VmPlan {
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
     let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
+    plan_resolved(ctx, vmid, resolved)
+}
+
+/// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
+/// `vmid` selects `[vm.N]` options; 0 means the defaults.
+pub fn plan_bdfs(ctx: &Ctx, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+    let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
+    plan_resolved(ctx, vmid, resolved)
+}
+
+fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
@@ -126,8 +137,21 @@ fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
     Ok(guards)
 }
 
+/// pre-start without user hooks (the hookscript goes through `userhooks::pve_phase`).
+#[allow(dead_code)]
 pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let p = plan_vm(ctx, vmid)?;
+    prepare(ctx, &VmKey::Pve(vmid), p, &|| plan_vm(ctx, vmid))
+}
+
+/// pre-start for a VM or libvirt domain from its plan; `replan` plans again after an old
+/// state was restored.
+pub fn prepare(
+    ctx: &Ctx,
+    key: &VmKey,
+    p: VmPlan,
+    replan: &dyn Fn() -> Result<VmPlan>,
+) -> Result<()> {
     for w in &p.warnings {
         ctx.log.warn(w);
     }
@@ -143,17 +167,18 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
     let _locks = lock_devices(ctx, &bdfs)?;
     for b in &bdfs {
-        if let Some(owner) = state::owner_of(ctx.h(), b, vmid) {
+        if let Some(owner) = state::owner_of_key(ctx.h(), b, key) {
             return Err(Error::Failed(format!(
-                "{b}: in use by VM {owner} (state {}); stop VM {owner} or run `pt-hook cleanup {owner}` first",
-                ctx.h().display(&paths::state_file(owner))
+                "{b}: in use by {owner} (state {}); stop it or run `{}` first",
+                ctx.h().display(&owner.state_file()),
+                owner.cleanup_hint()
             )));
         }
     }
-    let p = if let Some(old) = state::load(ctx.h(), vmid)? {
-        if let Some(pid) = state::vm_running(ctx.h(), vmid) {
+    let p = if let Some(old) = state::load_key(ctx.h(), key)? {
+        if let Some(pid) = state::key_running(ctx.h(), key) {
             return Err(Error::Failed(format!(
-                "VM {vmid} is running (QEMU pid {pid}) and already holds its devices"
+                "{key} is running (QEMU pid {pid}) and already holds its devices"
             )));
         }
         ctx.log.warn(&format!(
@@ -166,7 +191,7 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
         } else {
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
-            plan_vm(ctx, vmid)?
+            replan()?
         }
     } else {
         p
@@ -180,12 +205,12 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
             quirk: d.quirk.clone(),
         })
         .collect();
-    let mut st = VmState::new(vmid, records);
+    let mut st = VmState::for_key(key, records);
     let exec = ctx.exec();
     if ctx.dry_run {
         println!(
             "dry-run: write state {}",
-            ctx.h().display(&paths::state_file(vmid))
+            ctx.h().display(&key.state_file())
         );
         for s in &p.steps {
             exec.apply(s)?;
@@ -211,7 +236,8 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
                 Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
                 Err(re) => {
                     return Err(Error::Failed(format!(
-                        "{e}; rollback incomplete: {re}; run `pt-hook cleanup {vmid}`"
+                        "{e}; rollback incomplete: {re}; run `{}`",
+                        key.cleanup_hint()
                     )))
                 }
             }
@@ -232,11 +258,15 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
 }
 
 /// post-stop and cleanup: reset (post-stop), undo the journal, verify, drop the state.
+#[allow(dead_code)]
 pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
-    let Some(st) = state::load(ctx.h(), vmid)? else {
-        ctx.log.info(&format!(
-            "no pt-hook state for VM {vmid}: nothing to restore"
-        ));
+    post_stop_key(ctx, &VmKey::Pve(vmid), with_reset)
+}
+
+pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
+    let Some(st) = state::load_key(ctx.h(), key)? else {
+        ctx.log
+            .info(&format!("no pt-hook state for {key}: nothing to restore"));
         return Ok(());
     };
     let _locks = lock_devices(ctx, &st.bdfs())?;
@@ -247,7 +277,7 @@ pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
 /// idempotent, so a journal cut short by a crash replays safely. Devices whose reset failed
 /// stay on vfio-pci (safe) and keep their state; the result is then exit 3.
 pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
-    let vmid = st.vmid;
+    let key = st.key();
     if ctx.dry_run {
         for s in plan::restore_steps(&st.journal) {
             println!("dry-run: {s}");
@@ -331,7 +361,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.phase = "unrecovered".into();
         state::save(ctx.h(), &st)?;
         return Err(Error::NeedsReboot(format!(
-            "VM {vmid}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
+            "{key}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
             unrecovered.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
             if failed.is_empty() { String::new() } else { format!("also: {}; ", failed.join("; ")) }
         )));
@@ -340,14 +370,15 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.phase = "restore-failed".into();
         state::save(ctx.h(), &st)?;
         return Err(Error::Failed(format!(
-            "VM {vmid}: restore incomplete: {}; state kept in {} for `pt-hook cleanup {vmid}`",
+            "{key}: restore incomplete: {}; state kept in {} for `{}`",
             failed.join("; "),
-            ctx.h().display(&paths::state_file(vmid))
+            ctx.h().display(&key.state_file()),
+            key.cleanup_hint()
         )));
     }
-    state::remove(ctx.h(), vmid)?;
+    state::remove_key(ctx.h(), &key)?;
     ctx.log.info(&format!(
-        "VM {vmid}: {} device(s) back on their host drivers",
+        "{key}: {} device(s) back on their host drivers",
         st.devices.len()
     ));
     Ok(())
@@ -356,21 +387,21 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
 /// `pt-hook cleanup [VMID]`: restore what pre-starts left behind without a post-stop.
 pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
     let vms = match vmid {
-        Some(v) => vec![v],
-        None => state::list_vms(ctx.h()),
+        Some(v) => vec![VmKey::Pve(v)],
+        None => state::list_keys(ctx.h()),
     };
     if vms.is_empty() {
         ctx.log.info("no pt-hook state: nothing to clean up");
     }
     let mut worst: Option<Error> = None;
     for vm in vms {
-        if let Some(pid) = state::vm_running(ctx.h(), vm) {
+        if let Some(pid) = state::key_running(ctx.h(), &vm) {
             ctx.log.warn(&format!(
-                "VM {vm} is running (QEMU pid {pid}): leaving its devices alone"
+                "{vm} is running (QEMU pid {pid}): leaving its devices alone"
             ));
             continue;
         }
-        match post_stop(ctx, vm, true) {
+        match post_stop_key(ctx, &vm, true) {
             Ok(()) => {}
             Err(e) => {
                 ctx.log.error(&e.to_string());

@@ -13,6 +13,7 @@ mod error;
 mod exec;
 mod handoff;
 mod host;
+mod libvirt;
 mod lifecycle;
 mod log;
 mod pci;
@@ -22,6 +23,7 @@ mod quirks;
 mod reset;
 mod resolve;
 mod state;
+mod userhooks;
 
 fn main() {
     std::process::exit(cli::main());
