@@ -12,6 +12,8 @@ mod device;
 mod error;
 mod exec;
 mod handoff;
+#[cfg(test)]
+mod hook_tests;
 mod host;
 mod libvirt;
 mod lifecycle;
