@@ -112,6 +112,13 @@ pub enum Cmd {
         after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
     )]
     Libvirt(crate::libvirt::LibvirtArgs),
+    /// Link the installed binary as a Proxmox hookscript (STORAGE's snippets directory from
+    /// /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line.
+    /// A link, never a copy; idempotent; refuses to replace anything else at that place.
+    #[command(
+        after_help = "Examples:\n  pt-hook install                      # /var/lib/vz/snippets/pt-hook -> /usr/sbin/pt-hook\n  pt-hook install --storage nas --vmid 100\n  pt-hook install --libvirt            # /etc/libvirt/hooks/qemu.d/pt-hook\n  pt-hook --dry-run install            # show what it would do"
+    )]
+    Install(crate::install::InstallArgs),
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -219,6 +226,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 tty,
             )
         }
+        Cmd::Install(a) => crate::install::command(&*host, cli.global.dry_run, a, log),
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;
             let cfg = load_cfg(&*host)?;

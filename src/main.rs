@@ -8,6 +8,8 @@ mod behaviour_tests;
 mod cli;
 mod config;
 mod console;
+#[cfg(test)]
+mod contrib_tests;
 mod device;
 mod error;
 mod exec;
@@ -15,6 +17,7 @@ mod handoff;
 #[cfg(test)]
 mod hook_tests;
 mod host;
+mod install;
 mod libvirt;
 mod lifecycle;
 mod log;

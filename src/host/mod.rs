@@ -65,6 +65,17 @@ pub trait Host: Send + Sync {
         let _ = (rel, args, env, timeout);
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
+    /// Creates a symlink `rel` → `target` (the target is stored as given); EEXIST when
+    /// anything is at `rel`.
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        let _ = (target, rel);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+    /// Creates a directory and its missing parents (mode 0755).
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        let _ = rel;
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
     /// Takes an exclusive flock on a lock file; the lock lives as long as the returned guard.
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>>;
     /// Absolute path for messages.

@@ -246,6 +246,18 @@ impl Host for RealHost {
         })
     }
 
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, self.path(rel))
+    }
+
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(self.path(rel))
+    }
+
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
         let p = self.path(rel);
         if let Some(dir) = p.parent() {

@@ -2957,6 +2957,20 @@ impl Host for SimHost {
         r
     }
 
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        if is_sys(rel) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.symlink(target, rel)
+    }
+
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        if is_sys(rel) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.create_dir_all(rel)
+    }
+
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
         self.real.lock(rel, timeout)
     }
