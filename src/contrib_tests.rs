@@ -62,8 +62,30 @@ fn example_config_parses_and_documents_every_key() {
     let d = Timeouts::default();
     let t = &cfg.timeouts;
     assert_eq!(
-        (t.step, t.driver_bind, t.flr, t.bus_reset, t.rescan, t.module, t.unit, t.lock, t.phase, t.hook),
-        (d.step, d.driver_bind, d.flr, d.bus_reset, d.rescan, d.module, d.unit, d.lock, d.phase, d.hook)
+        (
+            t.step,
+            t.driver_bind,
+            t.flr,
+            t.bus_reset,
+            t.rescan,
+            t.module,
+            t.unit,
+            t.lock,
+            t.phase,
+            t.hook
+        ),
+        (
+            d.step,
+            d.driver_bind,
+            d.flr,
+            d.bus_reset,
+            d.rescan,
+            d.module,
+            d.unit,
+            d.lock,
+            d.phase,
+            d.hook
+        )
     );
     let doc: toml::Value = toml::from_str(&text).unwrap();
     let unknown = |toml: &str| -> String {
@@ -73,7 +95,11 @@ fn example_config_parses_and_documents_every_key() {
             .to_string()
     };
     let sections = [
-        (accepted_keys(&unknown("zz_unknown = 1\n")), keys_of(&doc), "top level"),
+        (
+            accepted_keys(&unknown("zz_unknown = 1\n")),
+            keys_of(&doc),
+            "top level",
+        ),
         (
             accepted_keys(&unknown("[timeouts]\nzz_unknown = 1\n")),
             keys_of(&doc["timeouts"]),
@@ -166,7 +192,11 @@ fn man_pages_and_completions_match_the_cli() {
         "out of date: {stale:?}; run PT_HOOK_REGEN=1 cargo test --target x86_64-unknown-linux-gnu contrib_tests"
     );
     // The pages carry the commands' help.
-    let main = &files.iter().find(|(r, _)| r.ends_with("/pt-hook.8")).unwrap().1;
+    let main = &files
+        .iter()
+        .find(|(r, _)| r.ends_with("/pt-hook.8"))
+        .unwrap()
+        .1;
     let main = String::from_utf8_lossy(main);
     for s in ["install", "libvirt", "cleanup", "Exit codes"] {
         assert!(main.contains(s), "pt-hook.8 lacks {s}");

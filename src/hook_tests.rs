@@ -9,8 +9,8 @@ use crate::config::{Config, Timeouts};
 use crate::error::Result;
 use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost, Snapshot};
 use crate::host::Host;
-use crate::lifecycle::Ctx;
 use crate::libvirt::{self, LibvirtArgs};
+use crate::lifecycle::Ctx;
 use crate::log::Logger;
 use crate::state::{self, Domain, VmKey};
 use crate::userhooks;
@@ -100,8 +100,7 @@ impl T {
         )
     }
     fn libvirt_state(&self) -> bool {
-        self.sim
-            .exists(&format!("run/pt-hook/libvirt-{UUID}.json"))
+        self.sim.exists(&format!("run/pt-hook/libvirt-{UUID}.json"))
     }
     /// A hook script in hooks.d/<phase>/<name> that appends a line to <root>/hooks.log.
     fn hook(&self, phase: &str, name: &str, body: &str) -> PathBuf {
@@ -152,7 +151,8 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
     // A Proxmox VM with the same device is refused, naming the domain.
     let e = crate::userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
     assert!(
-        e.to_string().contains("in use by libvirt domain \"web 01\""),
+        e.to_string()
+            .contains("in use by libvirt domain \"web 01\""),
         "{e}"
     );
     // Operations pt-hook does not act on change nothing.
@@ -261,10 +261,16 @@ fn user_hooks_run_in_order_with_args_and_env_around_the_device_steps() {
     // The first pre-start hook ran before any device write, the post-stop hook after the
     // last one.
     let ops = t.sim.ops();
-    let first_hook = ops.iter().position(|o| o.path.ends_with("10-first")).unwrap();
+    let first_hook = ops
+        .iter()
+        .position(|o| o.path.ends_with("10-first"))
+        .unwrap();
     let first_write = ops.iter().position(|o| o.kind == OpKind::Write).unwrap();
     assert!(first_hook < first_write);
-    let after = ops.iter().position(|o| o.path.ends_with("50-after")).unwrap();
+    let after = ops
+        .iter()
+        .position(|o| o.path.ends_with("50-after"))
+        .unwrap();
     let last_write = ops.iter().rposition(|o| o.kind == OpKind::Write).unwrap();
     assert!(after > last_write);
 }
@@ -291,7 +297,11 @@ fn failing_pre_start_hook_aborts_before_any_device_change_and_undoes_earlier_hoo
     let t = T::new();
     let before = t.devices();
     t.hook("pre-start", "10-ok", "");
-    t.hook("pre-start", "20-fails", "echo 'no hugepages left' >&2; exit 3");
+    t.hook(
+        "pre-start",
+        "20-fails",
+        "echo 'no hugepages left' >&2; exit 3",
+    );
     t.hook("pre-start", "30-never", "");
     t.hook("post-stop", "10-undo", "");
     let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
@@ -320,10 +330,8 @@ fn failing_device_step_after_hooks_rolls_back_devices_and_runs_post_stop_hooks()
     let before = t.devices();
     t.hook("pre-start", "10-ok", "");
     t.hook("post-stop", "10-undo", "");
-    t.sim.inject(FaultPoint::write_suffix(
-        "/driver_override",
-        Fault::Errno(libc::EIO),
-    ).nth(1));
+    t.sim
+        .inject(FaultPoint::write_suffix("/driver_override", Fault::Errno(libc::EIO)).nth(1));
     let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
     assert_eq!(t.devices(), before);
@@ -374,11 +382,18 @@ fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
     );
     let start = Instant::now();
     let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(e.to_string().contains("no exit after 600ms"), "{e}");
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
     // The background child went with the group (gone, or a zombie waiting for init).
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
     let dead = crate::host::poll_until(Duration::from_secs(3), || {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => Some(()),

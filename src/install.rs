@@ -122,7 +122,11 @@ impl Storage {
 
 /// An absolute path without `..`, `.` or empty components, as a host-relative path.
 fn rel_of(p: &str, what: &str) -> Result<String> {
-    let p = if p.len() > 1 { p.trim_end_matches('/') } else { p };
+    let p = if p.len() > 1 {
+        p.trim_end_matches('/')
+    } else {
+        p
+    };
     let ok = p.starts_with('/')
         && !p.contains('\0')
         && p.trim_start_matches('/')
@@ -194,7 +198,12 @@ fn check_binary(host: &dyn Host, binary: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn command(host: &dyn Host, dry_run: bool, a: &InstallArgs, log: &crate::log::Logger) -> Result<()> {
+pub fn command(
+    host: &dyn Host,
+    dry_run: bool,
+    a: &InstallArgs,
+    log: &crate::log::Logger,
+) -> Result<()> {
     check_binary(host, &a.binary)?;
     if a.libvirt {
         let link = format!("{LIBVIRT_HOOKS_DIR}/{LINK_NAME}");
@@ -228,9 +237,10 @@ pub fn command(host: &dyn Host, dry_run: bool, a: &InstallArgs, log: &crate::log
     } else {
         format!("storages with snippets: {}", with_snippets.join(", "))
     };
-    let st = all.iter().find(|s| s.id == a.storage).ok_or_else(|| {
-        Error::Config(format!("{file}: no storage {:?} ({hint})", a.storage))
-    })?;
+    let st = all
+        .iter()
+        .find(|s| s.id == a.storage)
+        .ok_or_else(|| Error::Config(format!("{file}: no storage {:?} ({hint})", a.storage)))?;
     let dir = st.dir().ok_or_else(|| {
         Error::Config(format!(
             "{file}:{}: storage {} is of type {} and has no directory; hookscripts need a directory storage with snippets content ({hint})",
@@ -272,7 +282,10 @@ pub fn command(host: &dyn Host, dry_run: bool, a: &InstallArgs, log: &crate::log
     let made = ensure_link(host, dry_run, &link, &a.binary)?;
     report(host, made, dry_run, &link, &a.binary);
     println!("Attach it to a VM:");
-    println!("  qm set {vmid} --hookscript {}:snippets/{LINK_NAME}", st.id);
+    println!(
+        "  qm set {vmid} --hookscript {}:snippets/{LINK_NAME}",
+        st.id
+    );
     Ok(())
 }
 

@@ -64,7 +64,10 @@ pub fn invoked_as_hook(argv0: &OsStr) -> bool {
         .parent()
         .and_then(|d| d.file_name())
         .and_then(|n| n.to_str());
-    matches!((name, parent), (Some("qemu"), Some("hooks")) | (Some(_), Some("qemu.d")))
+    matches!(
+        (name, parent),
+        (Some("qemu"), Some("hooks")) | (Some(_), Some("qemu.d"))
+    )
 }
 
 /// Turns `qemu DOMAIN OP SUB EXTRA` into `pt-hook libvirt DOMAIN OP SUB EXTRA` when the
@@ -443,12 +446,18 @@ mod tests {
         for (addr, want) in [
             ("", "no <address>"),
             ("<address bus='0x01' slot='0x00'/>", "no function="),
-            ("<address bus='0x100' slot='0' function='0'/>", "bus='0x100'"),
+            (
+                "<address bus='0x100' slot='0' function='0'/>",
+                "bus='0x100'",
+            ),
             ("<address bus='1' slot='0x20' function='0'/>", "slot='0x20'"),
             ("<address bus='1' slot='0' function='8'/>", "function='8'"),
             ("<address bus='zz' slot='0' function='0'/>", "bus='zz'"),
             ("<address bus='-1' slot='0' function='0'/>", "bus='-1'"),
-            ("<address bus='1' slot='0' function='0'/><address bus='2' slot='0' function='0'/>", "two <address>"),
+            (
+                "<address bus='1' slot='0' function='0'/><address bus='2' slot='0' function='0'/>",
+                "two <address>",
+            ),
         ] {
             let e = parse_domain(&base(addr), "stdin").unwrap_err();
             assert!(e.to_string().contains(want), "{addr}: {e}");
@@ -487,12 +496,23 @@ mod tests {
         for bad in ["", "a/b", "../x", "a\nb", &"x".repeat(600)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_uuid("4dea22b3-1d52-d8f3-2516-782e98ab3fa0").as_deref(), Some("4dea22b3-1d52-d8f3-2516-782e98ab3fa0"));
-        for bad in ["", "4dea22b31d52d8f32516782e98ab3fa0", "4dea22b3-1d52-d8f3-2516-782e98ab3fa", "../../../../../../etc/passwd-aaaaaaa", "4dea22b3-1d52-d8f3-2516-782e98ab3fag"] {
+        assert_eq!(
+            parse_uuid("4dea22b3-1d52-d8f3-2516-782e98ab3fa0").as_deref(),
+            Some("4dea22b3-1d52-d8f3-2516-782e98ab3fa0")
+        );
+        for bad in [
+            "",
+            "4dea22b31d52d8f32516782e98ab3fa0",
+            "4dea22b3-1d52-d8f3-2516-782e98ab3fa",
+            "../../../../../../etc/passwd-aaaaaaa",
+            "4dea22b3-1d52-d8f3-2516-782e98ab3fag",
+        ] {
             assert_eq!(parse_uuid(bad), None, "{bad}");
         }
         assert!(invoked_as_hook(OsStr::new("/etc/libvirt/hooks/qemu")));
-        assert!(invoked_as_hook(OsStr::new("/etc/libvirt/hooks/qemu.d/pt-hook")));
+        assert!(invoked_as_hook(OsStr::new(
+            "/etc/libvirt/hooks/qemu.d/pt-hook"
+        )));
         assert!(!invoked_as_hook(OsStr::new("/usr/sbin/pt-hook")));
         assert!(!invoked_as_hook(OsStr::new("qemu")));
         assert!(!invoked_as_hook(OsStr::new("/usr/bin/qemu")));
@@ -502,7 +522,18 @@ mod tests {
                 .map(Into::into)
                 .collect(),
         );
-        assert_eq!(a, ["/etc/libvirt/hooks/qemu", "libvirt", "--", "-x", "prepare", "begin", "-"]);
+        assert_eq!(
+            a,
+            [
+                "/etc/libvirt/hooks/qemu",
+                "libvirt",
+                "--",
+                "-x",
+                "prepare",
+                "begin",
+                "-"
+            ]
+        );
         assert_eq!(action("prepare", "begin"), Some(Action::PreStart));
         assert_eq!(action("release", "end"), Some(Action::PostStop));
         assert_eq!(action("started", "begin"), None);

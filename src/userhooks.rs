@@ -192,8 +192,7 @@ fn run_hooks(
                 ))),
             );
         }
-        ctx.log
-            .info(&format!("user hook {shown}: ok ({took})"));
+        ctx.log.info(&format!("user hook {shown}: ok ({took})"));
         ok += 1;
     }
     (ok, Ok(()))

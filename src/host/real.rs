@@ -202,8 +202,14 @@ impl Host for RealHost {
         // its stdout must not keep pt-hook waiting past the deadline.
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, s) in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .enumerate()
@@ -232,7 +238,9 @@ impl Host for RealHost {
         };
         let mut out = [Vec::new(), Vec::new()];
         for _ in 0..2 {
-            let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(100));
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(100));
             match rx.recv_timeout(left) {
                 Ok((i, v)) => out[i] = v,
                 Err(_) => break,
