@@ -7,6 +7,7 @@
 # crates must be in cargo's cache: run `cargo fetch` once while online). The man pages and
 # completions are the committed ones in contrib/man and contrib/completions, which the test
 # suite (src/contrib_tests.rs) checks against the CLI. Prints the path of the .deb.
+# PT_HOOK_DEB_COMPRESS: dpkg-deb compressor (default xz; the tests use gzip for a debug build).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -121,5 +122,5 @@ chmod 0644 "$d/DEBIAN/md5sums" "$d/DEBIAN/control" "$d/DEBIAN/conffiles"
 
 mkdir -p "$out"
 deb="$out/pt-hook_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$d" "$deb" >/dev/null
+dpkg-deb --root-owner-group "-Z${PT_HOOK_DEB_COMPRESS:-xz}" --build "$d" "$deb" >/dev/null
 echo "$deb"

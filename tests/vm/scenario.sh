@@ -480,6 +480,114 @@ if section console; then
     restore_bed
 fi
 
+# ================================================================ tools
+# libvirt mode (domain XML on stdin, run as /etc/libvirt/hooks/qemu), user hooks from
+# /etc/pt-hook/hooks.d, and `pt-hook install`.
+lvhook() { # EXE ARGS...: like hook(), with /tmp/dom.xml on stdin (as libvirt runs it)
+    _exe=$1
+    shift
+    _t0=$(now)
+    (cd / && exec timeout $HOOK_TIMEOUT "$_exe" "$@" </tmp/dom.xml >/tmp/hook.stdout 2>/tmp/hook.stderr)
+    RC=$?
+    STDOUT=$(cat /tmp/hook.stdout)
+    OUT=$(cat /tmp/hook.stdout /tmp/hook.stderr)
+    HOOK_SECS=$(elapsed "$_t0")
+    echo "  \$ $_exe $* < /tmp/dom.xml -> exit $RC ($HOOK_SECS s)"
+    [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
+    return 0
+}
+stdout_empty() { [ -z "$STDOUT" ] || { WHY="stdout: $(echo "$STDOUT" | head -c 200)"; return 1; }; }
+file_has() { grep -q -- "$2" "$1" 2>/dev/null || { WHY="$1 lacks '$2': $(head -c 300 "$1" 2>&1 | tr '\n' ' ')"; return 1; }; }
+link_is() { [ "$(readlink "$1")" = "$2" ] || { WHY="$1 -> '$(readlink "$1")'"; return 1; }; }
+if section tools; then
+    UUID=4dea22b3-1d52-d8f3-2516-782e98ab3fa0
+    _b=${NVME1#*:}
+    _b=${_b%%:*}
+    _s=${NVME1##*:}
+    _s=${_s%.*}
+    cat >/tmp/dom.xml <<XML
+<domain type='kvm'>
+  <name>guest one</name>
+  <uuid>$UUID</uuid>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x$_b' slot='0x$_s' function='0x${NVME1##*.}'/></source>
+    </hostdev>
+  </devices>
+</domain>
+XML
+    mkdir -p /etc/libvirt/hooks
+    ln -sf $HOOK /etc/libvirt/hooks/qemu
+    LV=/etc/libvirt/hooks/qemu
+    lvhook $HOOK --dry-run libvirt "guest one" prepare begin -
+    check lv.dry-run-exit-0 rc_is 0
+    check lv.dry-run-names-nvme out_has "$NVME1"
+    check lv.dry-run-changes-nothing all_original
+    check lv.dry-run-no-state state_gone libvirt
+    lvhook $LV "guest one" prepare begin -
+    check lv.prepare-exit-0 rc_is 0
+    info "libvirt prepare (nvme) took $HOOK_SECS s"
+    check lv.nvme-on-vfio drv_now_is $NVME1 vfio-pci
+    check lv.state-by-uuid state_exists "libvirt-$UUID"
+    lvhook $LV "guest one" started begin -
+    check lv.started-exit-0 rc_is 0
+    check lv.started-stdout-empty stdout_empty
+    hook 100 pre-start
+    check lv.pve-vm-refused rc_is 1
+    check lv.pve-vm-names-domain out_has "libvirt domain"
+    lvhook $LV "guest one" release end -
+    check lv.release-exit-0 rc_is 0
+    info "libvirt release (nvme) took $HOOK_SECS s"
+    check lv.nvme-back drv_is $NVME1 nvme
+    check lv.nvme-blockdev-back has_blockdev $NVME1
+    check lv.state-gone state_gone libvirt
+    check lv.all-original all_original
+    lvhook $LV "other" prepare begin -
+    check lv.name-mismatch-exit-2 rc_is 2
+    restore_bed
+
+    # user hooks around VM 101 (nvme2 + virtio-net)
+    mkdir -p /etc/pt-hook/hooks.d/pre-start /etc/pt-hook/hooks.d/post-stop
+    chmod 755 /etc/pt-hook /etc/pt-hook/hooks.d /etc/pt-hook/hooks.d/*
+    rm -f /tmp/hooks.log
+    for _h in pre-start/10-rec post-stop/10-rec; do
+        printf '#!/bin/sh\necho "$1 $2 [$PT_HOOK_DEVICES] rb=${PT_HOOK_ROLLBACK:-0} nvme2=$(basename $(readlink /sys/bus/pci/devices/%s/driver))" >>/tmp/hooks.log\n' "$NVME2" >/etc/pt-hook/hooks.d/$_h
+        chmod 755 /etc/pt-hook/hooks.d/$_h
+    done
+    hook 101 pre-start
+    check uh.pre-start-exit-0 rc_is 0
+    check uh.nvme2-on-vfio drv_now_is $NVME2 vfio-pci
+    hook 101 post-stop
+    check uh.post-stop-exit-0 rc_is 0
+    check uh.pre-hook-before-devices file_has /tmp/hooks.log "101 pre-start \[$NVME2 $VNET\] rb=0 nvme2=nvme"
+    check uh.post-hook-after-devices file_has /tmp/hooks.log "101 post-stop \[$NVME2 $VNET\] rb=0 nvme2=nvme"
+    printf '#!/bin/sh\necho no >&2\nexit 7\n' >/etc/pt-hook/hooks.d/pre-start/20-fail
+    chmod 755 /etc/pt-hook/hooks.d/pre-start/20-fail
+    hook 101 pre-start
+    check uh.failing-hook-exit-1 rc_is 1
+    check uh.failing-hook-named out_has "20-fail"
+    check uh.failing-hook-nothing-moved all_original
+    check uh.failing-hook-rollback-hooks file_has /tmp/hooks.log "101 post-stop .* rb=1"
+    chmod 757 /etc/pt-hook/hooks.d/pre-start/20-fail
+    hook 101 pre-start
+    check uh.untrusted-exit-2 rc_is 2
+    check uh.untrusted-named out_has "writable by others"
+    rm -rf /etc/pt-hook/hooks.d
+    restore_bed
+
+    # install: the snippet link from storage.cfg
+    mkdir -p /var/lib/vz
+    printf 'dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,snippets\n' >/etc/pve/storage.cfg
+    hook install --vmid 100
+    check inst.exit-0 rc_is 0
+    check inst.link link_is /var/lib/vz/snippets/pt-hook $HOOK
+    check inst.qm-set-line out_has "qm set 100 --hookscript local:snippets/pt-hook"
+    hook install
+    check inst.idempotent ok_and_has "already installed"
+    rm -f /etc/pve/storage.cfg /etc/libvirt/hooks/qemu
+    restore_bed
+fi
+
 # =============================================================== syslog
 if section syslog; then
     n=$(grep -c 'pt-hook' /var/log/messages 2>/dev/null)
