@@ -18,7 +18,13 @@ const AFTER_HELP: &str = "\
 Hookscript mode (what Proxmox runs):
   pt-hook <VMID> <PHASE>    PHASE is pre-start, post-start, pre-stop or post-stop;
                             other phases are logged and accepted (exit 0).
-  Install: qm set <VMID> --hookscript local:snippets/pt-hook
+  Install: pt-hook install, then qm set <VMID> --hookscript local:snippets/pt-hook
+
+libvirt: as /etc/libvirt/hooks/qemu or in qemu.d/ (pt-hook install --libvirt), with the
+  domain XML on stdin; see pt-hook libvirt --help.
+User hooks: executables in /etc/pt-hook/hooks.d/<PHASE>/ (root-owned, not group/other
+  writable) run as HOOK <VMID> <PHASE> with PT_HOOK_VMID, PT_HOOK_PHASE, PT_HOOK_DEVICES;
+  pre-start hooks before pt-hook's device steps, post-stop hooks after.
 
 Exit codes: 0 ok; 1 the operation failed (in pre-start the VM start is aborted);
             2 usage or configuration error (nothing was touched);

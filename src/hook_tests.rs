@@ -405,6 +405,23 @@ fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
 }
 
 #[test]
+fn cleanup_runs_the_post_stop_hooks_of_what_it_restores() {
+    let t = T::new();
+    let before = t.devices();
+    t.hook("post-stop", "10-undo", "");
+    userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap();
+    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    assert_eq!(t.devices(), before);
+    assert_eq!(
+        t.hook_log(),
+        ["10-undo 100 post-stop [100|post-stop|0000:02:00.0|pve||0]"]
+    );
+    // Nothing left: a second cleanup runs no hook.
+    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    assert_eq!(t.hook_log().len(), 1);
+}
+
+#[test]
 fn dry_run_lists_hooks_without_running_them() {
     let t = T::new();
     let before = t.devices();

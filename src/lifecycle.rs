@@ -402,7 +402,8 @@ pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
             ));
             continue;
         }
-        match post_stop_key(ctx, &vm, true) {
+        // The post-stop that never came: devices back, then the user post-stop hooks.
+        match crate::userhooks::post_stop(ctx, &vm) {
             Ok(()) => {}
             Err(e) => {
                 ctx.log.error(&e.to_string());
