@@ -318,6 +318,10 @@ fn runs_as_libvirt_qemu_hook_by_its_name() {
             "{}",
             text(&o)
         );
+        // Two arguments that look like a Proxmox hook call are still libvirt's (the fast
+        // path for `pt-hook VMID PHASE` must not take them): a usage error, nothing touched.
+        let o = run(&["100", "pre-start"], DOMAIN_XML);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         // release without state: nothing to restore.
         let o = run(&["win11", "release", "end", "-"], DOMAIN_XML);
         assert!(o.status.success(), "{}", text(&o));
