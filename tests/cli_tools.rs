@@ -293,7 +293,8 @@ fn runs_as_libvirt_qemu_hook_by_its_name() {
                 .stderr(Stdio::piped());
             let mut ch = c.spawn().unwrap();
             use std::io::Write;
-            ch.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+            // A usage error exits before reading stdin: a broken pipe is fine.
+            let _ = ch.stdin.take().unwrap().write_all(xml.as_bytes());
             ch.wait_with_output().unwrap()
         };
         // Operations pt-hook does not act on: accepted, stdout stays empty (libvirt reads
@@ -320,8 +321,9 @@ fn runs_as_libvirt_qemu_hook_by_its_name() {
         );
         // Two arguments that look like a Proxmox hook call are still libvirt's (the fast
         // path for `pt-hook VMID PHASE` must not take them): a usage error, nothing touched.
-        let o = run(&["100", "pre-start"], DOMAIN_XML);
+        let o = run(&["102", "pre-start"], DOMAIN_XML);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("<SUB_OPERATION>"), "{}", text(&o));
         // release without state: nothing to restore.
         let o = run(&["win11", "release", "end", "-"], DOMAIN_XML);
         assert!(o.status.success(), "{}", text(&o));
