@@ -486,7 +486,9 @@ mod tests {
             }
         }
         // Random documents from XML's own alphabet (a fixed xorshift seed: reproducible).
-        let alphabet: Vec<char> = "<>/='\"&;!?[]- abcdemnostuvxy0123456789\n#x:".chars().collect();
+        let alphabet: Vec<char> = "<>/='\"&;!?[]- abcdemnostuvxy0123456789\n#x:"
+            .chars()
+            .collect();
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..5000 {
             let mut doc = String::from("<domain><name>a</name>");
