@@ -105,6 +105,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check the host and VM configs for what breaks passthrough (IOMMU, interrupt remapping,
+    /// bootloader flags, vfio modules, blacklists, IOMMU groups, q35/OVMF/pcie, hookscript,
+    /// quirks); each check passes, warns or fails with a fix. Exit 1 when a check fails.
+    /// Without VMID: the host and every VM that has hostpci entries.
+    Doctor {
+        /// Only this VM (besides the host checks).
+        vmid: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -151,6 +162,7 @@ pub fn main() -> i32 {
             | Cmd::Reset { json: true, .. }
             | Cmd::Status { json: true }
             | Cmd::Quirks { json: true, .. }
+            | Cmd::Doctor { json: true, .. }
     );
     let verbosity = if cli.global.quiet {
         -2
@@ -231,6 +243,26 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Status { json } => {
             let cfg = load_cfg(&*host)?;
             status_cmd(&*host, &cfg, *json)
+        }
+        Cmd::Doctor { vmid, json } => {
+            let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
+            let cfg = load_cfg(&*host)?;
+            let report = crate::doctor::run(&*host, &cfg, vmid)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                crate::doctor::print(&report);
+            }
+            if report.failed() {
+                return Err(Error::Failed(format!(
+                    "doctor: {} check(s) failed",
+                    report.count(crate::doctor::Status::Fail)
+                )));
+            }
+            Ok(())
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
