@@ -568,6 +568,8 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
         let vm = owners.get(&b).copied();
         rows.push((d, members, quirk, vm));
     }
+    let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
+    let names = crate::pciids::load(host, &want);
     if json {
         let devices: Vec<_> = rows
             .iter()
@@ -577,6 +579,9 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                     "vendor": d.vendor_hex(),
                     "device": d.device_hex(),
                     "class": d.class_hex(),
+                    "vendor_name": names.vendor(d.vendor),
+                    "device_name": names.device(d.vendor, d.device),
+                    "class_name": names.class(d.class),
                     "driver": d.driver,
                     "driver_override": d.driver_override,
                     "iommu_group": d.iommu_group,
@@ -593,17 +598,40 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "devices": devices })).unwrap_or_default()
+            serde_json::to_string_pretty(&json!({
+                "pci_ids": names.source,
+                "devices": devices,
+            }))
+            .unwrap_or_default()
         );
         return Ok(());
     }
     println!(
-        "{:<13} {:<9} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} VM",
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "RESET", "LINK", "QUIRK"
+        "{:<13} {:<9} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} NAME",
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM"
     );
-    for (d, _members, quirk, vm) in &rows {
+    let short = |b: &Bdf| {
+        let s = b.to_string();
+        s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
+    };
+    for (d, members, quirk, vm) in &rows {
+        let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
+        let link = match (&d.link_speed, &d.link_width) {
+            (Some(s), Some(w)) => format!(
+                "{}GT/s x{w}",
+                s.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches(".0")
+            ),
+            (None, Some(w)) => format!("x{w}"),
+            _ => "-".into(),
+        };
+        let name = names
+            .describe(d.vendor, d.device)
+            .unwrap_or_else(|| names.class(d.class));
         println!(
-            "{:<13} {}:{} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} {}",
+            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}",
             d.bdf,
             d.vendor_hex(),
             d.device_hex(),
@@ -612,17 +640,26 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             d.iommu_group
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
+            if with.is_empty() {
+                "-".into()
+            } else {
+                with.join(",")
+            },
             d.reset_method
                 .as_deref()
                 .map(|r| if r.is_empty() { "(none)" } else { r })
-                .unwrap_or("-"),
-            d.link_width
-                .as_deref()
-                .map(|w| format!("x{w}"))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or("-")
+                .replace(' ', ","),
+            link,
             quirk.as_deref().unwrap_or("-"),
-            vm.map(|(v, src)| format!("{v} ({src})"))
+            vm.map(|(v, src)| format!("{v}({src})"))
                 .unwrap_or_else(|| "-".into()),
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            name,
         );
     }
     Ok(())

@@ -71,9 +71,13 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Boot {
     /// /etc/kernel/cmdline; `managed` when proxmox-boot-tool keeps the ESPs.
-    SystemdBoot { managed: bool },
+    SystemdBoot {
+        managed: bool,
+    },
     /// /etc/default/grub; `managed` when proxmox-boot-tool keeps the ESPs.
-    Grub { managed: bool },
+    Grub {
+        managed: bool,
+    },
     Unknown,
 }
 
@@ -120,10 +124,12 @@ impl Boot {
             Boot::SystemdBoot { .. } => format!(
                 "remove {flag} from /etc/kernel/cmdline, run proxmox-boot-tool refresh and reboot"
             ),
-            Boot::Grub { managed } => format!(
+            Boot::Grub { managed } => {
+                format!(
                 "remove {flag} from GRUB_CMDLINE_LINUX* in /etc/default/grub, run {} and reboot",
                 if *managed { "proxmox-boot-tool refresh" } else { "update-grub" }
-            ),
+            )
+            }
             Boot::Unknown => format!("remove {flag} from the kernel command line and reboot"),
         }
     }
@@ -897,7 +903,10 @@ impl<'a> Doctor<'a> {
                 } else {
                     format!(
                         "blacklisted GPU drivers ({}) do not drive the host console",
-                        gpu.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        gpu.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 },
                 None,
@@ -935,7 +944,10 @@ impl<'a> Doctor<'a> {
                     "vm.devices",
                     Status::Fail,
                     e.to_string(),
-                    Some("correct the hostpci line (qm set VMID --hostpciN ...) or the mapping".into()),
+                    Some(
+                        "correct the hostpci line (qm set VMID --hostpciN ...) or the mapping"
+                            .into(),
+                    ),
                 );
                 return;
             }
@@ -971,7 +983,9 @@ impl<'a> Doctor<'a> {
                     Some(b),
                     "vm.iommu-group",
                     Status::Fail,
-                    format!("{b} has no IOMMU group (the IOMMU is off): it cannot be passed through"),
+                    format!(
+                        "{b} has no IOMMU group (the IOMMU is off): it cannot be passed through"
+                    ),
                     Some("turn the IOMMU on (see iommu.enabled)".into()),
                 );
                 continue;
@@ -999,8 +1013,14 @@ impl<'a> Doctor<'a> {
             for o in &others {
                 let mut s = self.label(o);
                 if self.mgmt_nic.as_ref().is_some_and(|(_, m)| m == o) {
-                    let nic = self.mgmt_nic.as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
-                    s.push_str(&format!(" — the host's management NIC {nic} (default route)"));
+                    let nic = self
+                        .mgmt_nic
+                        .as_ref()
+                        .map(|(n, _)| n.clone())
+                        .unwrap_or_default();
+                    s.push_str(&format!(
+                        " — the host's management NIC {nic} (default route)"
+                    ));
                 }
                 desc.push(s);
             }
@@ -1036,12 +1056,19 @@ impl<'a> Doctor<'a> {
             }
         }
 
-        let gpus: Vec<&crate::resolve::Resolved> =
-            explicit.iter().copied().filter(|r| r.info.is_display()).collect();
+        let gpus: Vec<&crate::resolve::Resolved> = explicit
+            .iter()
+            .copied()
+            .filter(|r| r.info.is_display())
+            .collect();
         let machine = cfg.get("machine").unwrap_or("");
         let q35 = machine.contains("q35");
-        let pcie_entries: Vec<String> =
-            cfg.hostpci.iter().filter(|h| h.pcie).map(|h| h.key()).collect();
+        let pcie_entries: Vec<String> = cfg
+            .hostpci
+            .iter()
+            .filter(|h| h.pcie)
+            .map(|h| h.key())
+            .collect();
         let machine_desc = if machine.is_empty() {
             "no machine: line (i440fx)".to_string()
         } else {
@@ -1067,8 +1094,12 @@ impl<'a> Doctor<'a> {
                 None,
                 "vm.machine",
                 Status::Warn,
-                format!("{machine_desc}: a GPU on i440fx has no PCIe topology (drivers may misbehave)"),
-                Some(format!("qm set {vmid} --machine q35, then set pcie=1 on the GPU's hostpci")),
+                format!(
+                    "{machine_desc}: a GPU on i440fx has no PCIe topology (drivers may misbehave)"
+                ),
+                Some(format!(
+                    "qm set {vmid} --machine q35, then set pcie=1 on the GPU's hostpci"
+                )),
             );
         } else {
             self.add_vm(
@@ -1083,9 +1114,9 @@ impl<'a> Doctor<'a> {
 
         for hp in &cfg.hostpci {
             let key = hp.key();
-            let gpu = gpus.iter().find(|r| {
-                r.origin == key || r.origin.starts_with(&format!("{key} ("))
-            });
+            let gpu = gpus
+                .iter()
+                .find(|r| r.origin == key || r.origin.starts_with(&format!("{key} (")));
             let Some(gpu) = gpu else { continue };
             if hp.pcie {
                 self.add_vm(
@@ -1243,7 +1274,10 @@ impl<'a> Doctor<'a> {
                         hp.key(),
                         self.host.display(&rel)
                     ),
-                    Some("put the ROM in /usr/share/kvm/ and name it relative to that directory".into()),
+                    Some(
+                        "put the ROM in /usr/share/kvm/ and name it relative to that directory"
+                            .into(),
+                    ),
                 );
             }
             if !hp.rombar {
@@ -1252,7 +1286,10 @@ impl<'a> Doctor<'a> {
                     None,
                     "vm.romfile",
                     Status::Warn,
-                    format!("{}: romfile set but rombar=0: the ROM is never shown to the guest", hp.key()),
+                    format!(
+                        "{}: romfile set but rombar=0: the ROM is never shown to the guest",
+                        hp.key()
+                    ),
                     Some("drop rombar=0".into()),
                 );
             }
@@ -1377,7 +1414,9 @@ impl<'a> Doctor<'a> {
                 None,
                 "vm.hookscript",
                 Status::Fail,
-                format!("hookscript: {hs}, but {shown} does not exist: Proxmox refuses to start the VM"),
+                format!(
+                    "hookscript: {hs}, but {shown} does not exist: Proxmox refuses to start the VM"
+                ),
                 Some(format!("ln -s /usr/sbin/pt-hook /{rel}")),
             ),
             Ok((_, mode)) if mode & 0o111 == 0 => self.add_vm(
@@ -1389,7 +1428,10 @@ impl<'a> Doctor<'a> {
                 Some(format!("chmod 755 /{rel}")),
             ),
             Ok(_) => {
-                let target = self.host.link_name(&rel).unwrap_or_else(|_| name.to_string());
+                let target = self
+                    .host
+                    .link_name(&rel)
+                    .unwrap_or_else(|_| name.to_string());
                 if name.contains("pt-hook") || target.contains("pt-hook") {
                     self.add_vm(
                         vmid,
@@ -1414,11 +1456,16 @@ impl<'a> Doctor<'a> {
     }
 
     fn check_quirks(&mut self, vmid: u32, resolved: &[crate::resolve::Resolved]) {
+        // One finding per profile and slot: a GPU's functions share one profile.
+        let mut seen = BTreeSet::new();
         for r in resolved.iter().filter(|r| !r.keep) {
             let Some(p) = quirks::find(&self.profiles, &r.info).cloned() else {
                 continue;
             };
             let b = r.info.bdf;
+            if !seen.insert((p.name.clone(), b.slot())) {
+                continue;
+            }
             if let Some(m) = quirks::module_missing(self.host, &p) {
                 self.add_vm(
                     vmid,
@@ -1516,7 +1563,9 @@ fn management_nic(host: &dyn Host) -> Option<(String, Bdf)> {
             dev = p;
         }
     }
-    let target = host.link_target(&format!("sys/class/net/{dev}/device")).ok()?;
+    let target = host
+        .link_target(&format!("sys/class/net/{dev}/device"))
+        .ok()?;
     let bdf = Bdf::parse(target.rsplit('/').next()?).ok()?;
     Some((iface, bdf))
 }
@@ -1531,9 +1580,7 @@ fn load_vms(host: &dyn Host) -> Vec<VmEntry> {
         let rel = format!("{dir}/{f}");
         let cfg = read_bounded(host, &rel)
             .map_err(|e| e.to_string())
-            .and_then(|t| {
-                parse_vm_config(&t, &host.display(&rel), id).map_err(|e| e.to_string())
-            });
+            .and_then(|t| parse_vm_config(&t, &host.display(&rel), id).map_err(|e| e.to_string()));
         v.push(VmEntry { vmid: id, cfg });
     }
     v.sort_by_key(|e| e.vmid);

@@ -235,7 +235,11 @@ C 04  Multimedia controller\n\
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("pci.ids"), SAMPLE).unwrap();
         let n = load(&s, &want);
-        assert!(n.source.as_deref().unwrap().ends_with("usr/share/hwdata/pci.ids"));
+        assert!(n
+            .source
+            .as_deref()
+            .unwrap()
+            .ends_with("usr/share/hwdata/pci.ids"));
         assert_eq!(n.device(0x10de, 0x2786), Some("AD104 [GeForce RTX 4070]"));
         let big = "#\n".repeat(MAX_BYTES / 2 + 1);
         std::fs::write(dir.join("pci.ids"), big).unwrap();
