@@ -69,7 +69,7 @@ impl Report {
 
 /// Where this host's kernel command line is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Boot {
+enum Loader {
     /// /etc/kernel/cmdline; `managed` when proxmox-boot-tool keeps the ESPs.
     SystemdBoot {
         managed: bool,
@@ -81,39 +81,39 @@ enum Boot {
     Unknown,
 }
 
-impl Boot {
-    fn detect(host: &dyn Host) -> Boot {
+impl Loader {
+    fn detect(host: &dyn Host) -> Loader {
         let managed = host.exists("etc/kernel/proxmox-boot-uuids");
         if host.exists("etc/kernel/cmdline") && (managed || !host.exists("etc/default/grub")) {
-            Boot::SystemdBoot { managed }
+            Loader::SystemdBoot { managed }
         } else if host.exists("etc/default/grub") {
-            Boot::Grub { managed }
+            Loader::Grub { managed }
         } else {
-            Boot::Unknown
+            Loader::Unknown
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
-            Boot::SystemdBoot { managed: true } => "systemd-boot (proxmox-boot-tool)",
-            Boot::SystemdBoot { managed: false } => "systemd-boot",
-            Boot::Grub { managed: true } => "GRUB (proxmox-boot-tool)",
-            Boot::Grub { managed: false } => "GRUB",
-            Boot::Unknown => "an unknown bootloader",
+            Loader::SystemdBoot { managed: true } => "systemd-boot (proxmox-boot-tool)",
+            Loader::SystemdBoot { managed: false } => "systemd-boot",
+            Loader::Grub { managed: true } => "GRUB (proxmox-boot-tool)",
+            Loader::Grub { managed: false } => "GRUB",
+            Loader::Unknown => "an unknown bootloader",
         }
     }
 
     /// How to add a kernel flag on this host.
     fn add_flag(&self, flag: &str) -> String {
         match self {
-            Boot::SystemdBoot { .. } => format!(
+            Loader::SystemdBoot { .. } => format!(
                 "add {flag} to the single line in /etc/kernel/cmdline (keep root=... and boot=...), run proxmox-boot-tool refresh and reboot"
             ),
-            Boot::Grub { managed } => format!(
+            Loader::Grub { managed } => format!(
                 "add {flag} to GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, run {} and reboot",
                 if *managed { "proxmox-boot-tool refresh" } else { "update-grub" }
             ),
-            Boot::Unknown => format!(
+            Loader::Unknown => format!(
                 "add {flag} to the kernel command line of your bootloader (/etc/kernel/cmdline + proxmox-boot-tool refresh for systemd-boot, /etc/default/grub + update-grub for GRUB) and reboot"
             ),
         }
@@ -121,16 +121,16 @@ impl Boot {
 
     fn remove_flag(&self, flag: &str) -> String {
         match self {
-            Boot::SystemdBoot { .. } => format!(
+            Loader::SystemdBoot { .. } => format!(
                 "remove {flag} from /etc/kernel/cmdline, run proxmox-boot-tool refresh and reboot"
             ),
-            Boot::Grub { managed } => {
+            Loader::Grub { managed } => {
                 format!(
                 "remove {flag} from GRUB_CMDLINE_LINUX* in /etc/default/grub, run {} and reboot",
                 if *managed { "proxmox-boot-tool refresh" } else { "update-grub" }
             )
             }
-            Boot::Unknown => format!("remove {flag} from the kernel command line and reboot"),
+            Loader::Unknown => format!("remove {flag} from the kernel command line and reboot"),
         }
     }
 }
@@ -214,7 +214,7 @@ struct Doctor<'a> {
     host: &'a dyn Host,
     checks: Vec<Check>,
     cmdline: Vec<String>,
-    boot: Boot,
+    boot: Loader,
     devices: BTreeMap<Bdf, DeviceInfo>,
     names: Names,
     profiles: Vec<Profile>,
@@ -483,10 +483,10 @@ impl<'a> Doctor<'a> {
     /// The kernel command line the bootloader config sets, for the next boot.
     fn boot_config_cmdline(&self) -> Option<(String, String)> {
         match self.boot {
-            Boot::SystemdBoot { .. } => read_bounded(self.host, "etc/kernel/cmdline")
+            Loader::SystemdBoot { .. } => read_bounded(self.host, "etc/kernel/cmdline")
                 .ok()
                 .map(|t| (self.host.display("etc/kernel/cmdline"), t)),
-            Boot::Grub { .. } => {
+            Loader::Grub { .. } => {
                 let mut text = String::new();
                 let mut files = vec!["etc/default/grub".to_string()];
                 for f in self.host.list("etc/default/grub.d").unwrap_or_default() {
@@ -507,7 +507,7 @@ impl<'a> Doctor<'a> {
                 }
                 Some((self.host.display("etc/default/grub"), text))
             }
-            Boot::Unknown => None,
+            Loader::Unknown => None,
         }
     }
 
@@ -605,7 +605,14 @@ impl<'a> Doctor<'a> {
     /// Whether the running kernel ships a module (modules.dep or modules.builtin); None when
     /// there is no module directory to ask.
     fn module_available(&self, m: &str) -> Option<bool> {
-        let k = self.kernel.as_deref().filter(|k| paths::safe_name(k))?;
+        // Releases look like "6.12.117+deb12-amd64" or "6.8.12-4-pve".
+        let k = self.kernel.as_deref().filter(|k| {
+            !k.is_empty()
+                && k.len() <= 128
+                && !k.contains("..")
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+~".contains(&b))
+        })?;
         let mut any = false;
         let mut found = false;
         for f in ["modules.dep", "modules.builtin"] {
@@ -1614,7 +1621,7 @@ pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
             .split_whitespace()
             .map(str::to_string)
             .collect(),
-        boot: Boot::detect(host),
+        boot: Loader::detect(host),
         names: pciids::load(host, &want),
         devices,
         profiles: quirks::load_all(host, cfg)?,
@@ -1682,6 +1689,55 @@ pub fn print(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::sim::{SimDevice, SimHost, SimModule};
+
+    fn write(s: &SimHost, rel: &str, text: &str) {
+        let p = s.root_dir().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn find<'a>(r: &'a Report, id: &str, vm: Option<u32>) -> Vec<&'a Check> {
+        r.checks
+            .iter()
+            .filter(|c| c.id == id && c.vm == vm)
+            .collect()
+    }
+
+    fn status(r: &Report, id: &str, vm: Option<u32>) -> Status {
+        let v = find(r, id, vm);
+        assert_eq!(v.len(), 1, "{id} {vm:?}: {:#?}", r.checks);
+        v[0].status
+    }
+
+    fn doctor(s: &SimHost) -> Report {
+        run(s, &Config::default(), None).unwrap()
+    }
+
+    /// The q35 test bed's devices with a Vega 64 (vendor-reset family) in its own group.
+    fn host_with_vega() -> SimHost {
+        let s = SimHost::gpu_host();
+        s.add_device(SimDevice::bridge("0000:00:1d.0").group(20));
+        s.add_device(
+            SimDevice::new("0000:06:00.0", 0x1002, 0x687f, 0x030000)
+                .parent("0000:00:1d.0")
+                .group(21)
+                .reset_methods(&["flr", "bus"])
+                .driver("amdgpu"),
+        );
+        s.add_device(
+            SimDevice::new("0000:06:00.1", 0x1002, 0xaaf8, 0x040300)
+                .parent("0000:00:1d.0")
+                .group(21)
+                .driver("snd_hda_intel"),
+        );
+        write(
+            &s,
+            "etc/pve/qemu-server/100.conf",
+            "machine: q35\nbios: ovmf\nefidisk0: x:1\ncpu: host\nballoon: 0\nhostpci0: 06:00,pcie=1\n",
+        );
+        s
+    }
 
     #[test]
     fn kernel_versions() {
@@ -1689,5 +1745,294 @@ mod tests {
         assert_eq!(kernel_version("6.12.57+deb13-amd64"), Some((6, 12)));
         assert_eq!(kernel_version("5.15.0"), Some((5, 15)));
         assert_eq!(kernel_version("junk"), None);
+    }
+
+    #[test]
+    fn bootloader_detection_and_where_flags_go() {
+        let s = SimHost::new();
+        assert_eq!(Loader::detect(&s), Loader::Unknown);
+        write(
+            &s,
+            "etc/default/grub",
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n",
+        );
+        assert_eq!(Loader::detect(&s), Loader::Grub { managed: false });
+        assert!(Loader::detect(&s)
+            .add_flag("iommu=pt")
+            .contains("update-grub"));
+        write(&s, "etc/kernel/proxmox-boot-uuids", "A-B\n");
+        assert_eq!(Loader::detect(&s), Loader::Grub { managed: true });
+        assert!(Loader::detect(&s)
+            .add_flag("iommu=pt")
+            .contains("proxmox-boot-tool refresh"));
+        write(
+            &s,
+            "etc/kernel/cmdline",
+            "root=ZFS=rpool/ROOT/pve-1 boot=zfs\n",
+        );
+        assert_eq!(Loader::detect(&s), Loader::SystemdBoot { managed: true });
+        let fix = Loader::detect(&s).add_flag("intel_iommu=on");
+        assert!(fix.contains("/etc/kernel/cmdline") && fix.contains("proxmox-boot-tool"));
+        // The running command line has a flag the config lacks: the next boot loses it.
+        write(
+            &s,
+            "proc/cmdline",
+            "root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "boot.loader", None)[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.message.contains("intel_iommu=on"), "{}", c.message);
+    }
+
+    #[test]
+    fn cmdline_flags_by_cpu_vendor() {
+        let s = SimHost::new();
+        write(&s, "proc/cmdline", "root=/dev/sda1 quiet\n");
+        write(&s, "proc/cpuinfo", "vendor_id\t: AuthenticAMD\n");
+        // AMD-Vi is on by default: no flag needed while the IOMMU is active.
+        assert_eq!(status(&doctor(&s), "iommu.cmdline", None), Status::Pass);
+        write(&s, "proc/cpuinfo", "vendor_id\t: GenuineIntel\n");
+        assert_eq!(status(&doctor(&s), "iommu.cmdline", None), Status::Warn);
+        s.set_iommu(None);
+        let r = doctor(&s);
+        assert_eq!(status(&r, "iommu.cmdline", None), Status::Fail);
+        assert_eq!(status(&r, "iommu.enabled", None), Status::Fail);
+        write(&s, "proc/cmdline", "root=/dev/sda1 intel_iommu=off\n");
+        let r = doctor(&s);
+        let c = &find(&r, "iommu.cmdline", None)[0];
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.message.contains("intel_iommu=off"));
+    }
+
+    #[test]
+    fn interrupt_remapping_from_proc_interrupts() {
+        let s = SimHost::new();
+        assert_eq!(
+            status(&doctor(&s), "iommu.interrupt-remapping", None),
+            Status::Warn,
+            "unreadable: cannot tell"
+        );
+        write(
+            &s,
+            "proc/interrupts",
+            " 24: 1 IR-PCI-MSI-0000:00:1f.0 0-edge x\n",
+        );
+        assert_eq!(
+            status(&doctor(&s), "iommu.interrupt-remapping", None),
+            Status::Pass
+        );
+        write(
+            &s,
+            "proc/interrupts",
+            " 24: 1 PCI-MSI-0000:00:1f.0 0-edge x\n",
+        );
+        assert_eq!(
+            status(&doctor(&s), "iommu.interrupt-remapping", None),
+            Status::Fail
+        );
+        write(
+            &s,
+            "etc/modprobe.d/unsafe.conf",
+            "# escape hatch\noptions vfio_iommu_type1 allow_unsafe_interrupts=1\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "iommu.interrupt-remapping", None)[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("unsafe.conf:2"), "{}", c.message);
+    }
+
+    #[test]
+    fn vfio_modules_from_the_kernel_module_lists() {
+        let s = SimHost::gpu_host();
+        write(&s, "proc/sys/kernel/osrelease", "6.12.117+deb12-amd64\n");
+        // No module directory: cannot tell.
+        assert_eq!(status(&doctor(&s), "modules.vfio", None), Status::Warn);
+        write(
+            &s,
+            "lib/modules/6.12.117+deb12-amd64/modules.dep",
+            "kernel/drivers/vfio/vfio.ko.xz: kernel/drivers/vfio/x.ko\nkernel/drivers/vfio/vfio_iommu_type1.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "modules.vfio", None)[0];
+        assert_eq!(c.status, Status::Fail, "vfio-pci missing: {c:?}");
+        assert!(c.message.contains("vfio_pci"), "{}", c.message);
+        write(
+            &s,
+            "lib/modules/6.12.117+deb12-amd64/modules.builtin",
+            "kernel/drivers/vfio/pci/vfio-pci.ko\n",
+        );
+        assert_eq!(status(&doctor(&s), "modules.vfio", None), Status::Pass);
+        // A stale vfio_virqfd line only on kernels that merged it.
+        write(&s, "etc/modules", "vfio\nvfio_virqfd # old guide\n");
+        let c = doctor(&s);
+        let c = &find(&c, "modules.vfio-virqfd", None)[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("modules:2"), "{}", c.message);
+        write(&s, "proc/sys/kernel/osrelease", "5.15.131-2-pve\n");
+        assert!(find(&doctor(&s), "modules.vfio-virqfd", None).is_empty());
+    }
+
+    #[test]
+    fn vfio_pci_ids_format_and_gpu_functions() {
+        let s = host_with_vega();
+        write(
+            &s,
+            "etc/modprobe.d/vfio.conf",
+            "options vfio-pci ids=1002:687f, 1002:aaf8\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "modules.vfio-pci-ids", None)[0];
+        assert_eq!(c.status, Status::Fail, "space in ids: {c:?}");
+        assert!(c.message.contains("1002:aaf8"), "{}", c.message);
+        write(
+            &s,
+            "etc/modprobe.d/vfio.conf",
+            "options vfio-pci ids=1002:687f,abcd:0001\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "modules.vfio-pci-ids", None)[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.message.contains("abcd:0001 matches no device"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("0000:06:00.1"),
+            "audio not listed: {}",
+            c.message
+        );
+        write(
+            &s,
+            "etc/modprobe.d/vfio.conf",
+            "options vfio-pci ids=1002:687f,1002:aaf8 disable_vga=1\n",
+        );
+        assert_eq!(
+            status(&doctor(&s), "modules.vfio-pci-ids", None),
+            Status::Pass
+        );
+        // Claiming the host console GPU.
+        write(
+            &s,
+            "etc/modprobe.d/vfio.conf",
+            "options vfio_pci ids=1234:1111,8086:293e\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "modules.vfio-pci-ids", None)[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("host console"), "{}", c.message);
+    }
+
+    #[test]
+    fn vendor_reset_missing_fails_the_amd_vm() {
+        let s = host_with_vega();
+        let r = doctor(&s);
+        let q = find(&r, "vm.quirk", Some(100));
+        assert_eq!(q.len(), 1, "one finding per GPU, not per function: {q:#?}");
+        assert_eq!(q[0].status, Status::Fail);
+        assert!(q[0].message.contains("vendor_reset"), "{}", q[0].message);
+        assert_eq!(q[0].device, Some(Bdf::parse("0000:06:00.0").unwrap()));
+        assert!(r.failed());
+        s.add_module(SimModule::new("vendor_reset").loaded(true));
+        let r = doctor(&s);
+        assert_eq!(status(&r, "vm.quirk", Some(100)), Status::Pass);
+        assert_eq!(status(&r, "vm.iommu-group", Some(100)), Status::Pass);
+        assert_eq!(status(&r, "vm.all-functions", Some(100)), Status::Pass);
+    }
+
+    #[test]
+    fn blackwell_warns_and_notes_disable_idle_d3() {
+        let s = SimHost::gpu_host();
+        s.add_device(SimDevice::bridge("0000:00:1d.0").group(20));
+        s.add_device(
+            SimDevice::new("0000:06:00.0", 0x10de, 0x2b85, 0x030000)
+                .parent("0000:00:1d.0")
+                .group(21)
+                .reset_methods(&["flr", "bus"])
+                .driver("nvidia"),
+        );
+        write(
+            &s,
+            "etc/pve/qemu-server/102.conf",
+            "machine: q35\nhostpci0: 06:00.0,pcie=1\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.quirk", Some(102))[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("Blackwell") && c.message.contains("FLR"));
+        assert!(c.fix.as_deref().unwrap().contains("disable_idle_d3=1"));
+        write(
+            &s,
+            "etc/modprobe.d/vfio.conf",
+            "options vfio-pci disable_idle_d3=1\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.quirk", Some(102))[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.fix.is_none() && c.message.contains("disable_idle_d3=1 is set"));
+    }
+
+    #[test]
+    fn hookscript_romfile_ha_and_leftovers() {
+        let s = host_with_vega();
+        s.add_module(SimModule::new("vendor_reset").loaded(true));
+        write(
+            &s,
+            "etc/pve/qemu-server/100.conf",
+            "machine: q35\nbios: ovmf\nefidisk0: x:1\ncpu: host,hidden=1\nballoon: 0\n\
+             hookscript: nas:snippets/other.sh\nargs: -cpu host,kvm=off\n\
+             hostpci0: 06:00,pcie=1,romfile=vega.rom\n",
+        );
+        write(
+            &s,
+            "etc/pve/storage.cfg",
+            "dir: local\n\tpath /var/lib/vz\n\ndir: nas\n\tpath /mnt/nas\n\tcontent snippets\n",
+        );
+        write(&s, "mnt/nas/snippets/other.sh", "#!/bin/sh\n");
+        write(&s, "etc/pve/ha/resources.cfg", "vm: 100\n\tstate started\n");
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert_eq!(c.status, Status::Fail, "not executable: {c:?}");
+        assert!(
+            c.message.contains("mnt/nas/snippets/other.sh"),
+            "{}",
+            c.message
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            s.root_dir().join("mnt/nas/snippets/other.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let r = doctor(&s);
+        assert_eq!(
+            status(&r, "vm.hookscript", Some(100)),
+            Status::Warn,
+            "not pt-hook"
+        );
+        assert_eq!(status(&r, "vm.romfile", Some(100)), Status::Fail);
+        assert_eq!(status(&r, "vm.ha", Some(100)), Status::Warn);
+        let c = &find(&r, "vm.nvidia-workarounds", Some(100))[0];
+        assert!(c.message.contains("kvm=off") && c.message.contains("hidden=1"));
+        write(&s, "usr/share/kvm/vega.rom", "rom");
+        assert_eq!(status(&doctor(&s), "vm.romfile", Some(100)), Status::Pass);
+    }
+
+    #[test]
+    fn only_vms_with_hostpci_unless_asked() {
+        let s = SimHost::gpu_host();
+        write(&s, "etc/pve/qemu-server/100.conf", "memory: 512\n");
+        write(
+            &s,
+            "etc/pve/qemu-server/101.conf",
+            "template: 1\nhostpci0: 02:00.0\n",
+        );
+        write(&s, "etc/pve/qemu-server/102.conf", "hostpci0: 02:00.0\n");
+        assert_eq!(doctor(&s).vms, [102]);
+        let r = run(&s, &Config::default(), Some(100)).unwrap();
+        assert_eq!(r.vms, [100]);
+        assert!(r.checks.iter().all(|c| c.vm.is_none() || c.vm == Some(100)));
+        assert!(run(&s, &Config::default(), Some(109)).is_err());
     }
 }
