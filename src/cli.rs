@@ -527,6 +527,11 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
         }
     }
     let all = crate::device::list_all(host);
+    let node = crate::resolve::node_name();
+    let mappings = crate::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
+        .ok()
+        .and_then(|t| crate::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
+        .unwrap_or_default();
     let dir = "etc/pve/qemu-server";
     for f in host.list(dir).unwrap_or_default() {
         let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
@@ -539,11 +544,19 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
             continue;
         };
         for hp in &cfg.hostpci {
-            if let HostSource::Host(addrs) = &hp.source {
-                for a in addrs {
-                    for b in all.iter().filter(|b| a.matches(b)) {
-                        m.entry(*b).or_insert((id, "config"));
-                    }
+            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
+                HostSource::Host(addrs) => addrs.clone(),
+                // A mapping names this node's paths; alternatives all count as the VM's.
+                HostSource::Mapping(name) => mappings
+                    .iter()
+                    .filter(|pm| &pm.name == name)
+                    .flat_map(|pm| pm.entries_for(&node))
+                    .flat_map(|e| e.paths.iter().copied())
+                    .collect(),
+            };
+            for a in &addrs {
+                for b in all.iter().filter(|b| a.matches(b)) {
+                    m.entry(*b).or_insert((id, "config"));
                 }
             }
         }

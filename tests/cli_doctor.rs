@@ -453,3 +453,38 @@ fn status_without_pci_ids_uses_class_names() {
         serde_json::json!(["0000:01:00.0", "0000:01:00.1", "0000:03:00.0"])
     );
 }
+
+#[test]
+fn status_owner_through_a_pci_mapping_of_this_node() {
+    let (_t, root) = build("example");
+    let doc = pt_hook(&root, &["status", "--json"]).json();
+    let nvme = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["bdf"] == "0000:02:00.0")
+        .unwrap()
+        .clone();
+    // VM 100: hostpci1: mapping=fastnvme, whose pve1 entry is 0000:02:00.0.
+    assert_eq!(nvme["vm"], 100, "{nvme}");
+    assert_eq!(nvme["vm_source"], "config");
+    let other = Command::new(BIN)
+        .arg("--root")
+        .arg(&root)
+        .args(["status", "--json"])
+        .env("PT_HOOK_NODE", "pve2")
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&other.stdout).unwrap();
+    let nvme = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["bdf"] == "0000:02:00.0")
+        .unwrap();
+    assert_eq!(
+        nvme["vm"],
+        Value::Null,
+        "the mapping's pve2 entry is another path"
+    );
+}
