@@ -311,7 +311,14 @@ fn vtcon_that_ignores_the_write_fails_the_start_and_rolls_back() {
 
 fn ctx_reset(t: &T, bdfs: &[&str]) -> Vec<reset::SlotReport> {
     let list: Vec<Bdf> = bdfs.iter().map(|b| bdf(b)).collect();
-    reset::reset_many(&t.ctx(), &list, None, Mode::Manual, &list, &[])
+    reset::reset_many(
+        &t.ctx(),
+        &list,
+        None,
+        Mode::Manual,
+        &list,
+        &Default::default(),
+    )
 }
 
 #[test]
@@ -395,7 +402,14 @@ fn audio_function_without_method_is_refused_while_the_console_uses_the_slot() {
 fn forced_unsupported_method_is_reported_not_guessed() {
     let t = T::new();
     let list = vec![bdf(NVME)];
-    let r = reset::reset_many(&t.ctx(), &list, Some("pm"), Mode::Manual, &list, &[]);
+    let r = reset::reset_many(
+        &t.ctx(),
+        &list,
+        Some("pm"),
+        Mode::Manual,
+        &list,
+        &Default::default(),
+    );
     assert!(r[0].rungs[0].detail.contains("EINVAL"), "{r:?}");
     assert_eq!(
         t.sim.snapshot().device(NVME).unwrap().reset_method,
@@ -535,4 +549,343 @@ fn three_devices_on_three_buses_reset_in_parallel() {
         "{:?}",
         start.elapsed()
     );
+}
+
+// ---- AMD reset-bug models ----------------------------------------------------------------
+//
+// The AMD reset bug as the simulated kernel models it: after the VM the card is wedged (the
+// guest left it in a state only a device-specific reset or the host driver's probe clears);
+// FLR and bus reset report success and change nothing (`ResetBehaviour::Ineffective`). A host
+// driver that does not reset on probe fails to bind a wedged card (EIO).
+
+mod amd {
+    use super::*;
+    use crate::host::sim::{SimDriver, SimModule};
+
+    const CARD: &str = "0000:08:00.0";
+    const HDMI: &str = "0000:08:00.1";
+
+    /// An AMD card + its HDMI audio behind their own root port, VM 130 passing both.
+    fn amd_host(device: u16, vendor_reset: Option<bool>, amdgpu_resets: bool) -> T {
+        let sim = SimHost::gpu_host();
+        if let Some(loaded) = vendor_reset {
+            let mut m = SimModule::new("vendor_reset");
+            m.loaded = loaded;
+            sim.add_module(m);
+        }
+        let mut amdgpu = SimDriver::new("amdgpu").id(0x1002, device);
+        if amdgpu_resets {
+            amdgpu = amdgpu.resets_on_probe();
+        }
+        sim.add_driver(amdgpu);
+        sim.add_driver(
+            SimDriver::new("snd_hda_intel")
+                .id(0x8086, 0x293e)
+                .id(0x1002, 0xab28),
+        );
+        sim.add_device(SimDevice::bridge("0000:00:1d.0").group(40));
+        sim.add_device(
+            SimDevice::new(CARD, 0x1002, device, 0x030000)
+                .parent("0000:00:1d.0")
+                .group(41)
+                // Two functions on the bus: no `bus` method; the slot is reset through the
+                // root port's reset_subordinate.
+                .reset_methods(&["device_specific", "flr"])
+                .current_reset_method(&["flr"])
+                .reset_behaviour("flr", ResetBehaviour::Ineffective)
+                .reset_behaviour("bus", ResetBehaviour::Ineffective)
+                .link("16.0 GT/s PCIe", 16)
+                .driver("amdgpu"),
+        );
+        sim.add_device(
+            SimDevice::new(HDMI, 0x1002, 0xab28, 0x040300)
+                .parent("0000:00:1d.0")
+                .group(41)
+                .link("16.0 GT/s PCIe", 16)
+                .driver("snd_hda_intel"),
+        );
+        let t = T::with(sim);
+        std::fs::write(
+            t.sim.root_dir().join("etc/pve/qemu-server/130.conf"),
+            "machine: q35\nhostpci0: 08:00,pcie=1\n",
+        )
+        .unwrap();
+        t
+    }
+
+    /// Vega 10 with vendor-reset loaded: `device_specific` goes first, and after the VM left
+    /// the card wedged, the function reset (vendor-reset) brings it back.
+    #[test]
+    fn vega10_device_specific_recovers_the_wedged_card() {
+        let t = amd_host(0x687f, Some(true), false);
+        let before = t.devices();
+        let p = lifecycle::plan_vm(&t.ctx_dry(true), 130).unwrap();
+        assert_eq!(p.devices[0].quirk.as_deref(), Some("amd-vega10"));
+        assert_eq!(
+            p.devices[0].reset_method.as_deref(),
+            Some("device_specific flr")
+        );
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        assert_eq!(
+            t.sim.snapshot().device(CARD).unwrap().reset_method,
+            "device_specific flr"
+        );
+        t.sim.wedge(CARD); // the guest's driver left it like this
+        lifecycle::post_stop(&t.ctx(), 130, true).unwrap();
+        assert!(!t.sim.is_wedged(CARD));
+        assert_eq!(t.devices(), before, "host exactly as it was");
+        assert!(!t.has_state(130));
+    }
+
+    /// The same card with the kernel's own resets only (a user profile replaced the built-in
+    /// and dropped device_specific): FLR and bus "succeed", the card stays wedged, amdgpu
+    /// cannot probe it; remove + rescan does not find it again: exit 3, state kept.
+    #[test]
+    fn vega10_without_device_specific_reports_exit_3() {
+        let mut t = amd_host(0x687f, Some(true), false);
+        t.cfg = crate::config::parse(
+            "[[quirk]]\nname = \"amd-vega10\"\nvendor = \"1002\"\ndevices = [\"687f\"]\n",
+            "/etc/pt-hook/pt-hook.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        t.cfg.timeouts.driver_bind = Duration::from_millis(300);
+        t.cfg.timeouts.rescan = Duration::from_millis(300);
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        t.sim.wedge(CARD);
+        let e = lifecycle::post_stop(&t.ctx(), 130, true).unwrap_err();
+        assert_eq!(e.exit_code(), 3, "{e}");
+        assert!(e.to_string().contains(CARD), "{e}");
+        assert!(t.has_state(130));
+    }
+
+    /// vendor-reset installed but not loaded: pre-start loads it before writing
+    /// device_specific.
+    #[test]
+    fn vega10_pre_start_loads_vendor_reset() {
+        let t = amd_host(0x687f, Some(false), false);
+        let p = lifecycle::plan_vm(&t.ctx_dry(true), 130).unwrap();
+        assert!(
+            p.warnings.iter().any(|w| w.contains("vendor_reset")),
+            "{:?}",
+            p.warnings
+        );
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        assert!(t.sim.module_loaded("vendor_reset"));
+        assert_eq!(
+            t.sim.snapshot().device(CARD).unwrap().reset_method,
+            "device_specific flr"
+        );
+        t.sim.wedge(CARD);
+        lifecycle::post_stop(&t.ctx(), 130, true).unwrap();
+        assert!(!t.sim.is_wedged(CARD));
+        assert_eq!(t.sim.driver_of(CARD).as_deref(), Some("amdgpu"));
+    }
+
+    /// vendor-reset not installed at all: pre-start refuses before touching the card, naming
+    /// the module; the host is as it was.
+    #[test]
+    fn vega10_without_vendor_reset_refuses_to_start() {
+        let t = amd_host(0x687f, None, false);
+        let before = t.devices();
+        let e = lifecycle::pre_start(&t.ctx(), 130).unwrap_err();
+        assert_eq!(e.exit_code(), 1, "{e}");
+        assert!(e.to_string().contains("vendor_reset"), "{e}");
+        assert_eq!(t.devices(), before);
+        assert!(!t.has_state(130));
+    }
+
+    /// RDNA2 (RX 6800, 73bf) on amdgpu: FLR and bus are skipped by the profile; post-stop binds
+    /// amdgpu (its probe resets the card), keeps it there, and the restore finds it done.
+    #[test]
+    fn rdna2_host_rebind_recovers_and_keeps_amdgpu() {
+        let t = amd_host(0x73bf, None, true);
+        let before = t.devices();
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        assert_eq!(t.sim.driver_of(CARD).as_deref(), Some("vfio-pci"));
+        t.sim.wedge(CARD);
+        lifecycle::post_stop(&t.ctx(), 130, true).unwrap();
+        assert!(!t.sim.is_wedged(CARD));
+        assert_eq!(t.devices(), before, "host exactly as it was");
+        // FLR never ran: the profile skips it.
+        assert!(
+            !t.sim
+                .ops()
+                .iter()
+                .any(|o| o.path.ends_with(&format!("{CARD}/reset"))),
+            "{:?}",
+            t.sim.ops()
+        );
+    }
+
+    /// An RDNA card the host keeps on vfio-pci (bound at boot): the rebind is a round trip,
+    /// amdgpu in and out, and the card ends on vfio-pci with its override, healthy.
+    #[test]
+    fn rdna_on_vfio_at_boot_round_trips_through_amdgpu() {
+        let t = amd_host(0x73bf, None, true);
+        t.sim.add_module(SimModule::new("vfio_pci"));
+        t.sim.set_driver(CARD, Some("vfio-pci"));
+        t.sim.set_driver_override(CARD, Some("vfio-pci"));
+        let before = t.devices();
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        t.sim.wedge(CARD);
+        lifecycle::post_stop(&t.ctx(), 130, true).unwrap();
+        assert!(!t.sim.is_wedged(CARD));
+        assert_eq!(t.devices(), before);
+        assert!(
+            t.sim
+                .ops()
+                .iter()
+                .any(|o| o.path.ends_with("drivers/amdgpu/bind")),
+            "{:?}",
+            t.sim.ops()
+        );
+    }
+
+    /// amdgpu's probe does not bring this card back (EIO): it goes back to vfio-pci, the
+    /// ladder goes on to remove + rescan, the card is not found again: exit 3.
+    #[test]
+    fn rdna_host_rebind_that_fails_is_exit_3() {
+        let mut t = amd_host(0x73bf, None, false);
+        t.cfg.timeouts.rescan = Duration::from_millis(300);
+        lifecycle::pre_start(&t.ctx(), 130).unwrap();
+        t.sim.wedge(CARD);
+        let e = lifecycle::post_stop(&t.ctx(), 130, true).unwrap_err();
+        assert_eq!(e.exit_code(), 3, "{e}");
+        assert!(t.has_state(130));
+    }
+
+    /// `pt-hook reset` of an RDNA card on vfio-pci: host-rebind round trip, verdict reset.
+    #[test]
+    fn manual_reset_of_rdna_uses_the_host_rebind() {
+        let t = amd_host(0x73bf, None, true);
+        t.sim.add_module(SimModule::new("vfio_pci"));
+        t.sim.set_driver(CARD, Some("vfio-pci"));
+        t.sim.set_driver_override(CARD, Some("vfio-pci"));
+        t.sim.wedge(CARD);
+        let ctx = t.ctx();
+        let all = crate::quirks::builtin();
+        let mut q = reset::LadderQuirks::default();
+        let info = crate::device::read_device(&*ctx.host, &bdf(CARD)).unwrap();
+        q.add(bdf(CARD), crate::quirks::find(&all, &info).unwrap(), None);
+        let list = vec![bdf(CARD)];
+        let r = reset::reset_many(&ctx, &list, None, Mode::Manual, &list, &q);
+        assert_eq!(r[0].verdict, Verdict::Reset, "{r:?}");
+        assert!(r[0].message.contains("host-rebind"), "{r:?}");
+        assert_eq!(t.sim.driver_of(CARD).as_deref(), Some("vfio-pci"));
+        assert!(!t.sim.is_wedged(CARD));
+    }
+}
+
+/// Blackwell whose slot reset also leaves config space at 0xffffffff (the card fell off the
+/// bus): the ladder escalates to remove + rescan, the card is not found again, post-stop says
+/// so with exit 3 and keeps the state; nothing is handed to the host driver.
+#[test]
+fn blackwell_gone_after_every_rung_is_exit_3() {
+    let sim = SimHost::gpu_host();
+    sim.add_driver(crate::host::sim::SimDriver::new("nvidia").id(0x10de, 0x2b85));
+    sim.add_device(
+        SimDevice::new("0000:06:00.0", 0x10de, 0x2b85, 0x030000)
+            .parent("0000:00:1c.2")
+            .group(30)
+            .reset_methods(&["flr", "bus"])
+            .reset_behaviour("flr", ResetBehaviour::Wedge)
+            .reset_behaviour("bus", ResetBehaviour::Wedge)
+            .link("32.0 GT/s PCIe", 16)
+            .d3cold(Some(true))
+            .driver("nvidia"),
+    );
+    let mut t = T::with(sim);
+    t.cfg.timeouts.driver_bind = Duration::from_millis(300);
+    t.cfg.timeouts.rescan = Duration::from_millis(300);
+    std::fs::write(
+        t.sim.root_dir().join("etc/pve/qemu-server/120.conf"),
+        "hostpci0: 06:00.0\n",
+    )
+    .unwrap();
+    lifecycle::pre_start(&t.ctx(), 120).unwrap();
+    let e = lifecycle::post_stop(&t.ctx(), 120, true).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    let m = e.to_string();
+    assert!(m.contains("0000:06:00.0") && m.contains("reboot"), "{m}");
+    assert!(t.has_state(120));
+    assert_ne!(t.sim.driver_of("0000:06:00.0").as_deref(), Some("nvidia"));
+    // FLR was taken out of its reset_method before the VM started.
+    assert!(t
+        .sim
+        .ops()
+        .iter()
+        .any(|o| o.path.ends_with("0000:06:00.0/reset_method") && o.data.trim() == "bus"));
+}
+
+/// A Turing card whose four functions sit in four IOMMU groups (ACS override) and a VM config
+/// that names only the GPU: the HDMI audio, USB-C xHCI and UCSI functions are companions and
+/// move to vfio-pci with it, and come back to their host drivers after the VM.
+#[test]
+fn companion_functions_move_with_the_gpu() {
+    use crate::host::sim::SimDriver;
+    let sim = SimHost::gpu_host();
+    sim.add_driver(SimDriver::new("nvidia").id(0x10de, 0x1e84));
+    sim.add_driver(
+        SimDriver::new("snd_hda_intel")
+            .id(0x8086, 0x293e)
+            .id(0x10de, 0x10f8),
+    );
+    sim.add_driver(SimDriver::new("xhci_hcd").id(0x10de, 0x1ad8));
+    sim.add_driver(
+        SimDriver::new("nvidia-gpu")
+            .module("i2c_nvidia_gpu")
+            .id(0x10de, 0x1ad9),
+    );
+    sim.add_device(SimDevice::bridge("0000:00:1d.0").group(40));
+    for (f, dev, class, drv) in [
+        (0, 0x1e84, 0x030000, "nvidia"),
+        (1, 0x10f8, 0x040300, "snd_hda_intel"),
+        (2, 0x1ad8, 0x0c0330, "xhci_hcd"),
+        (3, 0x1ad9, 0x0c8000, "nvidia-gpu"),
+    ] {
+        sim.add_device(
+            SimDevice::new(format!("0000:08:00.{f}").as_str(), 0x10de, dev, class)
+                .parent("0000:00:1d.0")
+                .group(41 + f)
+                .driver(drv),
+        );
+    }
+    let t = T::with(sim);
+    std::fs::write(
+        t.sim.root_dir().join("etc/pve/qemu-server/140.conf"),
+        "machine: q35\nhostpci0: 08:00.0,pcie=1\n",
+    )
+    .unwrap();
+    let before = t.devices();
+    let p = lifecycle::plan_vm(&t.ctx_dry(true), 140).unwrap();
+    let origins: Vec<(String, String)> = p
+        .devices
+        .iter()
+        .map(|d| (d.info.bdf.to_string(), d.origin.clone()))
+        .collect();
+    assert_eq!(p.devices.len(), 4, "{origins:?}");
+    for f in 1..4 {
+        let d = &p.devices[f];
+        assert!(
+            d.origin.starts_with("companion of 0000:08:00.0"),
+            "{origins:?}"
+        );
+        assert_eq!(d.quirk.as_deref(), Some("nvidia-companion"));
+    }
+    assert!(
+        p.warnings.iter().any(|w| w.contains("0000:08:00.3")),
+        "{:?}",
+        p.warnings
+    );
+    lifecycle::pre_start(&t.ctx(), 140).unwrap();
+    for f in 0..4 {
+        assert_eq!(
+            t.sim
+                .driver_of(format!("0000:08:00.{f}").as_str())
+                .as_deref(),
+            Some("vfio-pci")
+        );
+    }
+    lifecycle::post_stop(&t.ctx(), 140, true).unwrap();
+    assert_eq!(t.devices(), before);
 }

@@ -171,6 +171,17 @@ pub fn main() -> i32 {
     } else {
         cli.global.verbose as i8
     };
+    if !matches!(
+        cli.cmd,
+        Cmd::Hook(_) | Cmd::Cleanup { .. } | Cmd::Reset { .. }
+    ) {
+        // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
+        // that change the host keep SIGPIPE ignored and finish what they started.
+        // SAFETY: restoring the default disposition of one signal before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let mut log = Logger::new(verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
     match run(&cli, host, &mut log) {
@@ -497,12 +508,19 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
                 );
             }
             if let Some(w) = &p.host_rebind_wait {
+                let drv = p
+                    .host_driver
+                    .clone()
+                    .unwrap_or_else(|| "its original host driver".into());
                 println!(
-                    "  post-stop: the host driver's rebind is the reset; waits up to {w} for it"
+                    "  post-stop: host-rebind rung: binds {drv} (its probe is the reset), waits up to {w}, checks the card, then keeps it there if that is its host driver or hands it back to vfio-pci"
                 );
             }
+            if p.vfio_disable_idle_d3 {
+                println!("  advice: load vfio-pci with disable_idle_d3=1 (keeps the card out of D3 while idle)");
+            }
             if p.companion {
-                println!("  companion function: moves with its GPU");
+                println!("  companion function: moves to vfio-pci with its GPU (pt-hook adds it when the VM names only the GPU)");
             }
             if let Some(m) = &missing {
                 println!("  MISSING: {m}");

@@ -35,6 +35,11 @@ pub fn driver_for_module(module: &str) -> String {
     }
 }
 
+/// The module that provides a PCI driver (`vfio-pci` → `vfio_pci`).
+pub fn module_for_driver(driver: &str) -> String {
+    driver.replace('-', "_")
+}
+
 impl<'a> Exec<'a> {
     pub fn new(host: Arc<dyn Host>, t: &'a Timeouts, dry_run: bool, log: &'a Logger) -> Self {
         Exec {

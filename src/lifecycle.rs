@@ -98,6 +98,7 @@ fn planned(r: Resolved) -> PlannedDevice {
         quirk: None,
         reset_method: None,
         power: Vec::new(),
+        load_module: None,
         warnings: Vec::new(),
     }
 }

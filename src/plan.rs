@@ -187,6 +187,8 @@ pub struct PlannedDevice {
     pub reset_method: Option<String>,
     /// Power attributes to pin: (file, value).
     pub power: Vec<(String, String)>,
+    /// A module the quirk profile needs and that is not loaded (vendor_reset): loaded first.
+    pub load_module: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -206,6 +208,19 @@ pub fn pre_start_steps(devices: &[PlannedDevice], facts: &HostFacts) -> Vec<Step
     if needs_vfio && !facts.vfio_loaded {
         steps.push(Step::LoadModules {
             modules: vec![VFIO_MODULE.into()],
+            unload_on_undo: false,
+        });
+    }
+    // Modules the quirk profiles need (vendor_reset before `device_specific` is written).
+    let mut quirk_modules: Vec<String> = Vec::new();
+    for m in active.iter().filter_map(|d| d.load_module.clone()) {
+        if !quirk_modules.contains(&m) {
+            quirk_modules.push(m);
+        }
+    }
+    if !quirk_modules.is_empty() {
+        steps.push(Step::LoadModules {
+            modules: quirk_modules,
             unload_on_undo: false,
         });
     }
@@ -302,6 +317,7 @@ mod tests {
             quirk: None,
             reset_method: None,
             power: vec![],
+            load_module: None,
             warnings: vec![],
         }
     }

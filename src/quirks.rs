@@ -33,10 +33,16 @@ pub struct Profile {
     pub reset_method_remove: Vec<String>,
     pub d3cold_allowed: Option<String>,
     pub power_control: Option<String>,
+    /// Advise vfio-pci's disable_idle_d3=1 (keeps idle devices out of D3 on the host).
+    #[serde(default)]
+    pub vfio_disable_idle_d3: bool,
     pub requires_module: Option<String>,
     #[serde(default)]
     pub skip_rungs: Vec<String>,
     pub host_rebind_wait: Option<String>,
+    /// The host driver whose probe is the reset (host-rebind profiles); default: the
+    /// device's original driver.
+    pub host_driver: Option<String>,
     #[serde(default)]
     pub companion: bool,
     #[serde(default)]
@@ -91,6 +97,11 @@ impl Profile {
         if let Some(w) = &self.host_rebind_wait {
             if humantime::parse_duration(w).is_err() {
                 return bad(&format!("host_rebind_wait {w:?} is not a duration"));
+            }
+        }
+        if let Some(d) = &self.host_driver {
+            if !paths::safe_name(d) {
+                return bad("host_driver is not a driver name");
             }
         }
         if let Some(m) = &self.requires_module {
@@ -239,20 +250,71 @@ pub fn module_missing(host: &dyn Host, p: &Profile) -> Option<String> {
     let present = paths::module_dir(m).is_some_and(|d| host.exists(&d));
     (!present).then(|| {
         format!(
-            "quirk {} needs the {m} module, which is not loaded ({} missing): install vendor-reset (DKMS) and load it at boot, or the kernel's own reset may leave the card wedged",
+            "quirk {} needs the {m} module, which is not loaded ({} missing): pre-start loads it and fails if it cannot; install vendor-reset (DKMS) and load it at boot, or the kernel's own reset may leave the card wedged",
             p.name,
             host.display(&paths::module_dir(m).unwrap_or_default())
         )
     })
 }
 
+/// Companion functions move with their GPU: a function of the same slot as a passed-through
+/// display function that matches a companion profile (HDMI audio, Turing USB-C xHCI and UCSI)
+/// is prepared with it even when the VM config names only the GPU and the IOMMU groups are
+/// split. Left on its host driver it would make the slot reset unsafe and would hold the
+/// card's power state; the VM config should pass it too (a warning says so).
+fn add_companions(
+    host: &dyn Host,
+    all: &[Profile],
+    devices: &mut Vec<PlannedDevice>,
+    warnings: &mut Vec<String>,
+) {
+    let gpus: Vec<crate::pci::Bdf> = devices
+        .iter()
+        .filter(|d| !d.keep && d.info.is_display())
+        .map(|d| d.info.bdf)
+        .collect();
+    if gpus.is_empty() {
+        return;
+    }
+    for b in crate::device::list_all(host) {
+        let Some(gpu) = gpus.iter().find(|g| g.slot() == b.slot() && **g != b) else {
+            continue;
+        };
+        if devices.iter().any(|d| d.info.bdf == b) {
+            continue;
+        }
+        let Some(info) = crate::device::read_device(host, &b) else {
+            continue;
+        };
+        let Some(p) = find(all, &info).filter(|p| p.companion) else {
+            continue;
+        };
+        warnings.push(format!(
+            "{b} ({}) is a companion function of {gpu} and moves to vfio-pci with it; pass it to the VM too (hostpci: {} without the function number)",
+            p.name,
+            gpu.to_string().trim_end_matches(|c: char| c != '.').trim_end_matches('.')
+        ));
+        devices.push(PlannedDevice {
+            info,
+            origin: format!("companion of {gpu} (quirk {})", p.name),
+            keep: false,
+            quirk: None,
+            reset_method: None,
+            power: Vec::new(),
+            load_module: None,
+            warnings: Vec::new(),
+        });
+    }
+}
+
 pub fn apply_profiles(
     host: &dyn Host,
     cfg: &Config,
-    devices: &mut [PlannedDevice],
+    devices: &mut Vec<PlannedDevice>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
     let all = load_all(host, cfg)?;
+    add_companions(host, &all, devices, warnings);
     for d in devices.iter_mut().filter(|d| !d.keep) {
         let Some(p) = find(&all, &d.info) else {
             continue;
@@ -270,8 +332,24 @@ pub fn apply_profiles(
             }
         }
         if let Some(w) = module_missing(host, p) {
+            d.load_module = p.requires_module.clone();
             d.warnings.push(w.clone());
             warnings.push(format!("{}: {w}", d.info.bdf));
+        }
+        if p.vfio_disable_idle_d3 {
+            let rel = "sys/module/vfio_pci/parameters/disable_idle_d3";
+            let on = host.read(rel).is_ok_and(|v| matches!(v.trim(), "Y" | "1"));
+            if !on {
+                let w = format!(
+                    "quirk {}: vfio-pci's disable_idle_d3 is off ({}); add `options vfio-pci disable_idle_d3=1` to /etc/modprobe.d/pt-hook.conf and run `update-initramfs -u`",
+                    p.name,
+                    host.display(rel)
+                );
+                if !warnings.iter().any(|x| x.ends_with(&w)) {
+                    warnings.push(format!("{}: {w}", d.info.bdf));
+                }
+                d.warnings.push(w);
+            }
         }
         for w in &p.warnings {
             d.warnings.push(w.clone());

@@ -69,14 +69,57 @@ fn link_rank(speed: &Option<String>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The host-driver rebind of a quirk profile (AMD RDNA, Ryzen iGPUs): the host driver's probe
+/// is the reset.
+#[derive(Clone, Debug)]
+pub struct HostRebind {
+    /// The host driver whose probe resets the card (amdgpu).
+    pub driver: String,
+    /// How long its probe may take.
+    pub wait: Duration,
+    /// post-stop of a device whose original driver is `driver`: leave it bound there (the
+    /// restore that follows finds it done) instead of handing it back to vfio-pci.
+    pub keep: bool,
+}
+
+/// What quirk profiles change in the ladder, per function.
+#[derive(Clone, Debug, Default)]
+pub struct LadderQuirks {
+    /// Rungs a profile says not to use.
+    pub skip: Vec<(Bdf, Vec<String>)>,
+    /// Functions whose profile adds the host-rebind rung.
+    pub rebind: Vec<(Bdf, HostRebind)>,
+}
+
+impl LadderQuirks {
+    /// Adds `p`'s ladder changes for `bdf`. `original` is the driver the function goes back to
+    /// after post-stop (None for `pt-hook reset`).
+    pub fn add(&mut self, bdf: Bdf, p: &crate::quirks::Profile, original: Option<&str>) {
+        if !p.skip_rungs.is_empty() {
+            self.skip.push((bdf, p.skip_rungs.clone()));
+        }
+        if let Some(wait) = p.rebind_wait() {
+            let driver = p
+                .host_driver
+                .clone()
+                .or_else(|| original.filter(|d| *d != VFIO).map(str::to_string));
+            if let Some(driver) = driver {
+                let keep = original == Some(driver.as_str());
+                self.rebind.push((bdf, HostRebind { driver, wait, keep }));
+            }
+        }
+    }
+}
+
 struct Ladder<'a, 'b> {
     ctx: &'a Ctx<'b>,
     mode: Mode,
     method: Option<&'a str>,
     /// Every function that belongs to the same owner as the slot being reset.
     owned: &'a [Bdf],
-    /// Rungs a quirk profile says not to use, per function.
-    skip: &'a [(Bdf, Vec<String>)],
+    quirks: &'a LadderQuirks,
+    /// Functions the host-rebind rung left on their host driver (post-stop, `keep`).
+    kept: std::sync::Mutex<Vec<(Bdf, String)>>,
 }
 
 impl Ladder<'_, '_> {
@@ -134,7 +177,12 @@ impl Ladder<'_, '_> {
                     ));
                 }
             }
-            let want = b.info.driver.as_deref();
+            let kept = self
+                .kept
+                .lock()
+                .map(|k| k.iter().find(|(x, _)| x == bdf).map(|(_, d)| d.clone()))
+                .unwrap_or(None);
+            let want = kept.as_deref().or(b.info.driver.as_deref());
             if poll_until(t, || {
                 (device::driver_of(h, bdf).as_deref() == want).then_some(())
             })
@@ -427,6 +475,144 @@ impl Ladder<'_, '_> {
         ))
     }
 
+    /// Rung 3 for host-rebind profiles: bind the host driver (its probe resets the card), wait
+    /// for it within the profile's deadline, check the card, then keep it there (post-stop, when
+    /// that is where it goes back to) or hand it back to the driver it had. On failure the
+    /// function goes back to the driver it had (vfio-pci: safe).
+    fn host_rebind(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+        let h = self.h();
+        let exec = self.ctx.exec();
+        let mut done = Vec::new();
+        for b in before {
+            let bdf = b.info.bdf;
+            let Some((_, r)) = self.quirks.rebind.iter().find(|(x, _)| *x == bdf) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let cur = device::driver_of(h, &bdf);
+            let ov0 = device::override_of(h, &bdf);
+            let back = |why: String| -> (bool, String) {
+                // Safe state: the driver it had before the rung, with its override.
+                let mut steps = Vec::new();
+                if let Some(now) = device::driver_of(h, &bdf) {
+                    if Some(&now) != cur.as_ref() {
+                        steps.push(crate::plan::Step::Unbind { bdf, driver: now });
+                    }
+                }
+                steps.push(crate::plan::Step::SetOverride {
+                    bdf,
+                    from: None,
+                    to: ov0.clone(),
+                });
+                if let Some(c) = &cur {
+                    steps.push(crate::plan::Step::Bind {
+                        bdf,
+                        driver: c.clone(),
+                    });
+                }
+                let mut why = why;
+                for s in steps {
+                    if let Err(e) = exec.apply(&s) {
+                        why.push_str(&format!("; putting it back failed: {e}"));
+                        break;
+                    }
+                }
+                (true, why)
+            };
+            let mut steps = Vec::new();
+            if !h.exists(&paths::driver_dir(&r.driver).unwrap_or_default()) {
+                steps.push(crate::plan::Step::LoadModules {
+                    modules: vec![crate::exec::module_for_driver(&r.driver)],
+                    unload_on_undo: false,
+                });
+            }
+            if let Some(c) = &cur {
+                steps.push(crate::plan::Step::Unbind {
+                    bdf,
+                    driver: c.clone(),
+                });
+            }
+            steps.push(crate::plan::Step::SetOverride {
+                bdf,
+                from: ov0.clone(),
+                to: Some(r.driver.clone()),
+            });
+            for s in &steps {
+                if let Err(e) = exec.apply(s) {
+                    return Err(back(format!("{bdf}: host rebind: {e}")));
+                }
+            }
+            // The probe runs inside the bind write: give it the profile's whole wait.
+            let bind = paths::driver_file(&r.driver, "bind").unwrap_or_default();
+            if let Err(e) = self.write(&bdf, &bind, &bdf.to_string(), r.wait) {
+                return Err(back(format!(
+                    "{bdf}: host rebind: {} refused it: {e}",
+                    r.driver
+                )));
+            }
+            let left = r.wait.saturating_sub(t0.elapsed());
+            if let Err(e) = exec.wait_driver(&bdf, Some(&r.driver), left) {
+                return Err(back(format!("{bdf}: host rebind: {e}")));
+            }
+            let left = r.wait.saturating_sub(t0.elapsed());
+            if poll_until(left, || device::config_healthy(h, &bdf).ok()).is_none() {
+                let why = device::config_healthy(h, &bdf).unwrap_err();
+                return Err(back(format!(
+                    "{bdf}: bound to {} but still unhealthy: {why}",
+                    r.driver
+                )));
+            }
+            if r.keep && self.mode == Mode::PostStop {
+                if let Ok(mut k) = self.kept.lock() {
+                    k.push((bdf, r.driver.clone()));
+                }
+                done.push(format!(
+                    "{bdf}: {} bound in {} and kept (its host driver)",
+                    r.driver,
+                    fmt_dur(t0.elapsed())
+                ));
+                continue;
+            }
+            // Hand it back (when it came from the host driver itself, it is there already).
+            let mut back_steps = Vec::new();
+            if cur.as_deref() != Some(r.driver.as_str()) {
+                back_steps.push(crate::plan::Step::Unbind {
+                    bdf,
+                    driver: r.driver.clone(),
+                });
+            }
+            back_steps.push(crate::plan::Step::SetOverride {
+                bdf,
+                from: Some(r.driver.clone()),
+                to: ov0.clone(),
+            });
+            if let Some(c) = cur.as_ref().filter(|c| **c != r.driver) {
+                back_steps.push(crate::plan::Step::Bind {
+                    bdf,
+                    driver: c.clone(),
+                });
+            }
+            for s in &back_steps {
+                if let Err(e) = exec.apply(s) {
+                    return Err((true, format!("{bdf}: handing it back: {e}")));
+                }
+            }
+            done.push(format!(
+                "{bdf}: {} bound in {}, handed back to {}",
+                r.driver,
+                fmt_dur(t0.elapsed()),
+                cur.as_deref().unwrap_or("no driver")
+            ));
+        }
+        if done.is_empty() {
+            return Err((
+                false,
+                "no function of this slot has a host-rebind profile".into(),
+            ));
+        }
+        Ok(done.join("; "))
+    }
+
     fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
         let start = Instant::now();
         let h = self.h();
@@ -458,14 +644,18 @@ impl Ladder<'_, '_> {
         let healthy_before = self.verify(&before).is_ok();
         type RungFn<'x, 'y, 'z> =
             fn(&Ladder<'x, 'y>, &[Before]) -> std::result::Result<String, (bool, String)>;
-        let ladder: [(&'static str, RungFn); 3] = [
+        let mut ladder: Vec<(&'static str, RungFn)> = vec![
             ("function-reset", Ladder::function_reset),
             ("bus-reset", Ladder::bus_reset),
-            ("remove-rescan", Ladder::remove_rescan),
         ];
+        if self.quirks.rebind.iter().any(|(b, _)| funcs.contains(b)) {
+            ladder.push(("host-rebind", Ladder::host_rebind));
+        }
+        ladder.push(("remove-rescan", Ladder::remove_rescan));
         let mut reasons: Vec<String> = Vec::new();
         for (name, f) in ladder {
             if let Some((b, _)) = self
+                .quirks
                 .skip
                 .iter()
                 .find(|(b, rungs)| funcs.contains(b) && rungs.iter().any(|r| r == name))
@@ -562,7 +752,7 @@ pub fn reset_many(
     method: Option<&str>,
     mode: Mode,
     owned: &[Bdf],
-    skip: &[(Bdf, Vec<String>)],
+    quirks: &LadderQuirks,
 ) -> Vec<SlotReport> {
     type Slots = BTreeMap<(u16, u8, u8), Vec<Bdf>>;
     let mut by_bus: BTreeMap<(u16, u8), Slots> = BTreeMap::new();
@@ -581,7 +771,8 @@ pub fn reset_many(
         mode,
         method,
         owned,
-        skip,
+        quirks,
+        kept: std::sync::Mutex::new(Vec::new()),
     };
     let mut out = Vec::new();
     std::thread::scope(|s| {
@@ -635,15 +826,17 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
     }
     let all =
         crate::quirks::load_all(&*ctx.host, ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
-    let skip: Vec<(Bdf, Vec<String>)> = st
-        .devices
-        .iter()
-        .filter_map(|d| {
-            let p = crate::quirks::by_name(&all, d.quirk.as_deref()?)?;
-            Some((d.original.bdf, p.skip_rungs.clone()))
-        })
-        .collect();
-    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &skip) {
+    let mut quirks = LadderQuirks::default();
+    for d in &st.devices {
+        if let Some(p) = d
+            .quirk
+            .as_deref()
+            .and_then(|q| crate::quirks::by_name(&all, q))
+        {
+            quirks.add(d.original.bdf, p, d.original.driver.as_deref());
+        }
+    }
+    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &quirks) {
         match r.verdict {
             Verdict::Unrecovered => {
                 for b in &r.functions {
@@ -702,18 +895,17 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     }
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
     let all = crate::quirks::load_all(&*ctx.host, ctx.cfg)?;
-    let skip: Vec<(Bdf, Vec<String>)> = if method.is_some() {
-        Vec::new()
-    } else {
-        bdfs.iter()
-            .filter_map(|b| {
-                let info = device::read_device(&*ctx.host, b)?;
-                let p = crate::quirks::find(&all, &info)?;
-                Some((*b, p.skip_rungs.clone()))
-            })
-            .collect()
-    };
-    let reports = reset_many(ctx, bdfs, method, Mode::Manual, &owned, &skip);
+    let mut quirks = LadderQuirks::default();
+    if method.is_none() {
+        for b in bdfs {
+            if let Some(info) = device::read_device(&*ctx.host, b) {
+                if let Some(p) = crate::quirks::find(&all, &info) {
+                    quirks.add(*b, p, None);
+                }
+            }
+        }
+    }
+    let reports = reset_many(ctx, bdfs, method, Mode::Manual, &owned, &quirks);
     if json {
         println!(
             "{}",

@@ -154,6 +154,10 @@ pub enum ResetBehaviour {
     Errno(i32),
     /// Reports success, but the function is gone afterwards: config reads 0xff….
     Wedge,
+    /// Reports success and changes nothing: a wedged function stays wedged (the AMD reset
+    /// bug: FLR and bus reset "work" but only a device-specific reset or the host driver's
+    /// probe brings the card back).
+    Ineffective,
     /// Reports success; the link comes back at this width.
     NarrowLink(u8),
     /// Never returns: the write blocks (device lock held) until `release_hangs` or the hang
@@ -376,6 +380,9 @@ pub struct SimDriver {
     pub unbind_hangs_with_console: bool,
     /// The module is not installed: modprobe fails "not found".
     pub unavailable: bool,
+    /// Its probe resets the card (amdgpu's MODE1/MODE2 reset): binding it clears a wedge.
+    /// Other host drivers fail to probe a wedged function (EIO); vfio-pci binds anyway.
+    pub resets_on_probe: bool,
 }
 
 impl SimDriver {
@@ -389,7 +396,12 @@ impl SimDriver {
             provides_fb: false,
             unbind_hangs_with_console: false,
             unavailable: false,
+            resets_on_probe: false,
         }
+    }
+    pub fn resets_on_probe(mut self) -> Self {
+        self.resets_on_probe = true;
+        self
     }
     pub fn module(mut self, module: &str) -> Self {
         self.module = Some(norm_module(module));
@@ -990,7 +1002,18 @@ impl State {
         if name == "vfio-pci" && dev.s.is_bridge {
             return Err(libc::EINVAL);
         }
-        if dev.s.boot_vga == Some(true) {
+        let wedged = dev.wedged;
+        let boot_vga = dev.s.boot_vga == Some(true);
+        if wedged {
+            if self.drivers[i].spec.resets_on_probe {
+                if let Some(d) = self.devices.get_mut(&bdf) {
+                    reset_effect(d, &ResetBehaviour::Ok);
+                }
+            } else if name != "vfio-pci" {
+                return Err(libc::EIO);
+            }
+        }
+        if boot_vga {
             // aperture removal: the firmware framebuffer is unregistered for good.
             let mut gone = false;
             if let Some(fw) = self.firmware_fb.as_mut() {
@@ -1111,6 +1134,7 @@ impl State {
             .iter()
             .copied()
             .filter(|m| *m != "bus" || self.bus_reset_possible(bdf))
+            .filter(|m| *m != "device_specific" || self.module_loaded("vendor_reset"))
             .collect()
     }
 
@@ -1580,7 +1604,8 @@ impl State {
                 }
                 let m = method_name(name).ok_or_else(|| err(libc::EINVAL))?;
                 let supported = self.dev(bdf)?.s.reset_methods.contains(&m)
-                    && (m != "bus" || self.bus_reset_possible(bdf));
+                    && (m != "bus" || self.bus_reset_possible(bdf))
+                    && (m != "device_specific" || self.module_loaded("vendor_reset"));
                 if !supported {
                     return Err(err(libc::EINVAL));
                 }

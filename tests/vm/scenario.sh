@@ -480,6 +480,55 @@ if section console; then
     restore_bed
 fi
 
+# ======================================================= quirk profiles
+# A user profile (quirks.d) that makes the nvme a "host-rebind" device: the ladder skips its
+# FLR and bus reset and uses the host driver's probe as the reset, on real sysfs.
+if section quirks; then
+    mkdir -p /etc/pt-hook/quirks.d
+    cat >/etc/pt-hook/quirks.d/50-test.toml <<'EOF'
+[[quirk]]
+name = "test-nvme-rebind"
+description = "test bed: QEMU nvme reset through its host driver"
+vendor = "1b36"
+devices = ["0010"]
+skip_rungs = ["function-reset", "bus-reset"]
+host_rebind_wait = "10s"
+host_driver = "nvme"
+EOF
+    chmod 644 /etc/pt-hook/quirks.d/50-test.toml
+    hook quirks $NVME1
+    check quirks.user-profile-applies ok_and_has test-nvme-rebind
+    hook reset $NVME1
+    check quirks.rebind-reset-exit-0 rc_is 0
+    check quirks.rebind-reset-used-host-rebind out_has "host-rebind: ok"
+    check quirks.rebind-reset-still-nvme drv_now_is $NVME1 nvme
+    check quirks.rebind-reset-override ovr_is $NVME1 "(null)"
+    check quirks.rebind-reset-blockdev has_blockdev $NVME1
+    hook 100 pre-start
+    check quirks.pre-start-exit-0 rc_is 0
+    check quirks.pre-start-vfio drv_now_is $NVME1 vfio-pci
+    hook 100 post-stop
+    check quirks.post-stop-exit-0 rc_is 0
+    check quirks.post-stop-host-rebind out_has "host-rebind: ok"
+    check quirks.post-stop-kept-on-nvme out_has "kept"
+    check quirks.post-stop-all-original all_original
+    check quirks.post-stop-blockdev has_blockdev $NVME1
+    check quirks.state-gone state_gone 100
+    # The same card on vfio-pci from boot: the rebind is a round trip through nvme.
+    echo vfio-pci >$SYS/$NVME1/driver_override
+    echo "$NVME1" >$SYS/$NVME1/driver/unbind
+    echo "$NVME1" >/sys/bus/pci/drivers_probe
+    if drv_is $NVME1 vfio-pci; then
+        hook reset $NVME1
+        check quirks.round-trip-exit-0 rc_is 0
+        check quirks.round-trip-handed-back out_has "handed back to vfio-pci"
+        check quirks.round-trip-on-vfio drv_now_is $NVME1 vfio-pci
+        check quirks.round-trip-override ovr_is $NVME1 vfio-pci
+    else
+        echo "FAIL quirks.round-trip-setup (could not put $NVME1 on vfio-pci: $(drv $NVME1))"
+    fi
+    rm -rf /etc/pt-hook/quirks.d
+
 # ====================================================== status and doctor
 # JSON object of one device from `status --json` on one line, whitespace removed.
 dev_json() { # BDF
