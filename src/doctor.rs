@@ -224,6 +224,8 @@ struct Doctor<'a> {
     kernel: Option<String>,
     iommu_units: Vec<String>,
     mgmt_nic: Option<(String, Bdf)>,
+    /// The root filesystem's device and the PCI functions under it.
+    root_disk: Option<(String, Vec<Bdf>)>,
 }
 
 impl<'a> Doctor<'a> {
@@ -1046,6 +1048,48 @@ impl<'a> Doctor<'a> {
             );
         }
 
+        // Never the controller of the disk the host runs from.
+        if let Some((dev, ctrl)) = self.root_disk.clone() {
+            if let Some(r) = resolved.iter().find(|r| ctrl.contains(&r.info.bdf)) {
+                self.add_vm(
+                    vmid,
+                    Some(r.info.bdf),
+                    "vm.boot-disk",
+                    Status::Fail,
+                    format!(
+                        "{} is the controller of the host's root filesystem ({dev}) and this VM takes it ({}): starting it pulls the disk from under the running host",
+                        self.label(&r.info.bdf),
+                        r.origin
+                    ),
+                    Some("pass another controller; keep the boot disk's controller (and its IOMMU group) on the host".into()),
+                );
+            }
+        }
+        // Single-GPU handoff: the local console goes away, so another way in must exist.
+        if let Some(g) = explicit
+            .iter()
+            .find(|r| r.info.is_display() && r.info.boot_vga == Some(true))
+        {
+            let b = g.info.bdf;
+            match sshd_running(self.host) {
+                Some(pid) => self.add_vm(
+                    vmid,
+                    Some(b),
+                    "vm.console-access",
+                    Status::Pass,
+                    format!("the VM takes the host console GPU {b}; sshd is running (pid {pid}) for another way in"),
+                    None,
+                ),
+                None => self.add_vm(
+                    vmid,
+                    Some(b),
+                    "vm.console-access",
+                    Status::Warn,
+                    format!("the VM takes the host console GPU {b} (boot_vga) and no sshd is running: while it runs the host has no local console and no SSH"),
+                    Some("systemctl enable --now ssh (or make sure IPMI/BMC access works) before starting it".into()),
+                ),
+            }
+        }
         // Management path: never the NIC behind the default route.
         if let Some((nic, m)) = self.mgmt_nic.clone() {
             if let Some(r) = resolved.iter().find(|r| r.info.bdf == m) {
@@ -1473,6 +1517,23 @@ impl<'a> Doctor<'a> {
             if !seen.insert((p.name.clone(), b.slot())) {
                 continue;
             }
+            let available = p
+                .requires_module
+                .as_deref()
+                .and_then(|m| self.module_available(m));
+            if let (Some(m), Some(true)) = (&p.requires_module, available) {
+                if quirks::module_missing(self.host, &p).is_some() {
+                    self.add_vm(
+                        vmid,
+                        Some(b),
+                        "vm.quirk",
+                        Status::Warn,
+                        format!("{b}: quirk {}: {m} is installed but not loaded; pre-start loads it", p.name),
+                        Some(format!("add {m} to /etc/modules so it is loaded at boot, before amdgpu touches the card")),
+                    );
+                    continue;
+                }
+            }
             if let Some(m) = quirks::module_missing(self.host, &p) {
                 self.add_vm(
                     vmid,
@@ -1577,6 +1638,79 @@ fn management_nic(host: &dyn Host) -> Option<(String, Bdf)> {
     Some((iface, bdf))
 }
 
+/// The pid of a running sshd: its pid file, else a scan of /proc/*/comm.
+fn sshd_running(host: &dyn Host) -> Option<u32> {
+    for f in ["run/sshd.pid", "var/run/sshd.pid"] {
+        if let Some(pid) = read_trim(host, f).and_then(|p| p.parse::<u32>().ok()) {
+            if pid > 0 && host.exists(&format!("proc/{pid}")) {
+                return Some(pid);
+            }
+        }
+    }
+    let procs = host.list("proc").unwrap_or_default();
+    procs
+        .iter()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .take(65536)
+        .find(|pid| read_trim(host, &format!("proc/{pid}/comm")).is_some_and(|c| c == "sshd"))
+}
+
+/// The last PCI function in a sysfs device path
+/// ("../../devices/pci0000:00/0000:00:1d.0/0000:02:00.0/nvme/nvme0/nvme0n1/nvme0n1p3").
+fn bdf_in_path(target: &str) -> Option<Bdf> {
+    target.split('/').rev().find_map(|c| Bdf::parse(c).ok())
+}
+
+/// The PCI functions a block device sits on, following device-mapper slaves (LVM, LUKS).
+fn block_controllers(host: &dyn Host, name: &str, depth: u32, out: &mut Vec<Bdf>) {
+    if depth > 4 || !paths::safe_name(name) {
+        return;
+    }
+    let slaves = host
+        .list(&format!("sys/class/block/{name}/slaves"))
+        .unwrap_or_default();
+    if !slaves.is_empty() {
+        for s in slaves {
+            block_controllers(host, &s, depth + 1, out);
+        }
+        return;
+    }
+    if let Some(b) = host
+        .link_target(&format!("sys/class/block/{name}"))
+        .ok()
+        .and_then(|t| bdf_in_path(&t))
+    {
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+}
+
+/// The root filesystem's source (/proc/mounts) and the PCI functions under it; None for
+/// sources that are not block devices (ZFS datasets, rootfs, network).
+fn root_disk(host: &dyn Host) -> Option<(String, Vec<Bdf>)> {
+    let mounts = host.read("proc/mounts").ok()?;
+    let src = mounts.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "/").then(|| f[0].to_string())
+    })?;
+    let dev = src.strip_prefix("/dev/")?;
+    let name = match dev.strip_prefix("mapper/") {
+        Some(dm) => host
+            .list("sys/class/block")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with("dm-"))
+            .find(|n| {
+                read_trim(host, &format!("sys/class/block/{n}/dm/name")).as_deref() == Some(dm)
+            })?,
+        None => dev.to_string(),
+    };
+    let mut out = Vec::new();
+    block_controllers(host, &name, 0, &mut out);
+    (!out.is_empty()).then_some((src, out))
+}
+
 fn load_vms(host: &dyn Host) -> Vec<VmEntry> {
     let dir = "etc/pve/qemu-server";
     let mut v = Vec::new();
@@ -1631,6 +1765,7 @@ pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
         kernel: read_trim(host, "proc/sys/kernel/osrelease"),
         iommu_units: host.list("sys/class/iommu").unwrap_or_default(),
         mgmt_nic: management_nic(host),
+        root_disk: root_disk(host),
     };
     d.check_iommu();
     d.check_interrupt_remapping();
@@ -1934,6 +2069,17 @@ mod tests {
         assert!(q[0].message.contains("vendor_reset"), "{}", q[0].message);
         assert_eq!(q[0].device, Some(Bdf::parse("0000:06:00.0").unwrap()));
         assert!(r.failed());
+        // Installed (DKMS) but not loaded: pre-start loads it.
+        write(&s, "proc/sys/kernel/osrelease", "6.8.12-4-pve\n");
+        write(
+            &s,
+            "lib/modules/6.8.12-4-pve/modules.dep",
+            "updates/dkms/vendor-reset.ko:\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.quirk", Some(100))[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("/etc/modules"));
         s.add_module(SimModule::new("vendor_reset").loaded(true));
         let r = doctor(&s);
         assert_eq!(status(&r, "vm.quirk", Some(100)), Status::Pass);
@@ -2017,6 +2163,40 @@ mod tests {
         assert!(c.message.contains("kvm=off") && c.message.contains("hidden=1"));
         write(&s, "usr/share/kvm/vega.rom", "rom");
         assert_eq!(status(&doctor(&s), "vm.romfile", Some(100)), Status::Pass);
+    }
+
+    #[test]
+    fn console_gpu_needs_another_way_in() {
+        let s = SimHost::gpu_host();
+        write(
+            &s,
+            "etc/pve/qemu-server/102.conf",
+            "machine: q35\nhostpci0: 01:00,pcie=1,x-vga=1\nvga: none\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.console-access", Some(102))[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert_eq!(c.device, Some(Bdf::parse("0000:01:00.0").unwrap()));
+        // sshd found by its pid file (a live pid) or by name in /proc.
+        write(&s, "run/sshd.pid", "4242\n");
+        assert_eq!(
+            status(&doctor(&s), "vm.console-access", Some(102)),
+            Status::Warn,
+            "stale pid file"
+        );
+        write(&s, "proc/4242/comm", "sshd\n");
+        assert_eq!(
+            status(&doctor(&s), "vm.console-access", Some(102)),
+            Status::Pass
+        );
+        std::fs::remove_file(s.root_dir().join("run/sshd.pid")).unwrap();
+        assert_eq!(
+            status(&doctor(&s), "vm.console-access", Some(102)),
+            Status::Pass
+        );
+        // A VM with only the nvme has no such check.
+        write(&s, "etc/pve/qemu-server/102.conf", "hostpci0: 02:00.0\n");
+        assert!(find(&doctor(&s), "vm.console-access", Some(102)).is_empty());
     }
 
     #[test]

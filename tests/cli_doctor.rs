@@ -155,7 +155,7 @@ fn doctor_fails_the_broken_host_naming_each_finding() {
     assert_eq!(r.code, 1, "stderr: {}\nstdout: {}", r.stderr, r.stdout);
     assert!(r.stderr.contains("check(s) failed"), "{}", r.stderr);
     let doc = r.json();
-    assert_eq!(doc["vms"], serde_json::json!([100, 101]));
+    assert_eq!(doc["vms"], serde_json::json!([100, 101, 102]));
 
     // No IOMMU: no units, no flags; the fix names GRUB, the bootloader this host uses.
     assert_status(&doc, "iommu.enabled", None, "fail", &["no IOMMU"]);
@@ -267,6 +267,23 @@ fn doctor_fails_the_broken_host_naming_each_finding() {
         "fail",
         &["var/lib/vz/snippets/pt-hook", "does not exist"],
     );
+
+    // VM 102 takes the NVMe under the root filesystem (LVM on nvme0n1p3).
+    assert_status(
+        &doc,
+        "vm.boot-disk",
+        Some(102),
+        "fail",
+        &["0000:02:00.0", "/dev/mapper/pve-root"],
+    );
+    assert_status(
+        &doc,
+        "vm.iommu-group",
+        Some(102),
+        "pass",
+        &["IOMMU group 13"],
+    );
+    assert!(checks(&doc, "vm.boot-disk", Some(100)).is_empty());
 
     // Human output: one line per finding, with its fix.
     let text = pt_hook(&root, &["doctor"]);

@@ -195,7 +195,7 @@ EOF
 # A node with what the guides warn about: no IOMMU (no units, no flags), no interrupt
 # remapping, GRUB without flags, the GPU sharing its IOMMU group with the management NIC,
 # an i440fx VM without pcie, an i440fx VM with pcie=1, a missing hookscript snippet, the host
-# console's driver blacklisted and a stale vfio_virqfd line.
+# console's driver blacklisted, a stale vfio_virqfd line and a VM taking the boot disk.
 fh_broken() {
     fh_root "$1"
     rm -rf "$FH/sys/class/iommu/dmar0"
@@ -212,6 +212,23 @@ fh_broken() {
     fh_dev 0000:01:00.1 10de 22bc 040300 snd_hda_intel 12 0000:00:01.0
     fh_dev 0000:03:00.0 8086 15f3 020000 igc 12 0000:00:01.0 reset=flr,pm,bus
     fh_netdev enp3s0 0000:03:00.0
+    # The root filesystem: LVM (dm-0) on the NVMe that VM 102 wants.
+    fh_bridge 0000:00:1d.0 4
+    fh_dev 0000:02:00.0 144d a808 010802 nvme 13 0000:00:1d.0 reset=flr,bus
+    local part=$FH/sys/devices/pci0000:00/0000:00:1d.0/0000:02:00.0/nvme/nvme0/nvme0n1/nvme0n1p3
+    mkdir -p "$part" "$FH/sys/devices/virtual/block/dm-0/slaves" "$FH/sys/devices/virtual/block/dm-0/dm" "$FH/sys/class/block"
+    printf 'pve-root\n' > "$FH/sys/devices/virtual/block/dm-0/dm/name"
+    fh_link "$part" "$FH/sys/class/block/nvme0n1p3"
+    fh_link "$part" "$FH/sys/devices/virtual/block/dm-0/slaves/nvme0n1p3"
+    fh_link "$FH/sys/devices/virtual/block/dm-0" "$FH/sys/class/block/dm-0"
+    printf 'sysfs /sys sysfs rw 0 0\n/dev/mapper/pve-root / ext4 rw,relatime 0 0\n' > "$FH/proc/mounts"
+    fh_vm 102 <<'EOF'
+# takes the NVMe the host boots from
+machine: q35
+balloon: 0
+hookscript: local:snippets/pt-hook
+hostpci0: 02:00.0,pcie=1
+EOF
     fh_vm 100 <<'EOF'
 # GPU on i440fx (no machine line), no pcie, SeaBIOS
 hostpci0: 01:00

@@ -612,6 +612,7 @@ if section status-doctor; then
     check doctor.102-pcie-without-q35 doc_is "VM 102" vm.machine FAIL
     check doctor.102-x-vga-without-vga-none doc_is "VM 102" vm.x-vga WARN
     check doctor.102-no-hookscript doc_is "VM 102" vm.hookscript WARN
+    check doctor.102-console-gpu-no-sshd doc_is "VM 102" vm.console-access WARN
     check doctor.103-config-error doc_is "VM 103" vm.config FAIL
     check doctor.104-absent-device doc_is "VM 104" vm.devices FAIL
     check doctor.100-groups doc_is "VM 100" vm.iommu-group PASS
