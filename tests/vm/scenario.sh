@@ -528,6 +528,8 @@ EOF
         echo "FAIL quirks.round-trip-setup (could not put $NVME1 on vfio-pci: $(drv $NVME1))"
     fi
     rm -rf /etc/pt-hook/quirks.d
+    restore_bed
+fi
 
 # ====================================================== status and doctor
 # JSON object of one device from `status --json` on one line, whitespace removed.
