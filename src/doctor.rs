@@ -819,6 +819,9 @@ impl<'a> Doctor<'a> {
         let mut m: BTreeMap<Bdf, Vec<u32>> = BTreeMap::new();
         for vm in &self.vms {
             let Ok(cfg) = &vm.cfg else { continue };
+            if cfg.is_template() {
+                continue;
+            }
             for hp in &cfg.hostpci {
                 if let HostSource::Host(addrs) = &hp.source {
                     for a in addrs {
@@ -981,6 +984,29 @@ impl<'a> Doctor<'a> {
             ),
             None,
         );
+
+        // A device in two configs: only one of the VMs can run at a time.
+        let owners = self.configured_owners();
+        for r in &explicit {
+            let others: Vec<u32> = owners
+                .get(&r.info.bdf)
+                .map(|v| v.iter().copied().filter(|o| *o != vmid).collect())
+                .unwrap_or_default();
+            if !others.is_empty() {
+                self.add_vm(
+                    vmid,
+                    Some(r.info.bdf),
+                    "vm.shared-device",
+                    Status::Warn,
+                    format!(
+                        "{} is also passed by VM {}: only one of them can run at a time (pt-hook refuses the second start)",
+                        r.info.bdf,
+                        others.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    Some("give each VM its own device, or never run them together".into()),
+                );
+            }
+        }
 
         // IOMMU group isolation: Proxmox moves every member of the group to vfio-pci.
         let mut done_groups = BTreeSet::new();
@@ -1737,10 +1763,9 @@ pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
         }
     }
     let want = devices.values().map(|d| (d.vendor, d.device)).collect();
-    let mut vms = load_vms(host);
+    let vms = load_vms(host);
     if let Some(id) = vmid {
-        vms.retain(|v| v.vmid == id);
-        if vms.is_empty() {
+        if !vms.iter().any(|v| v.vmid == id) {
             return Err(Error::Config(format!(
                 "VM {id}: no config at {}",
                 host.display(&format!("etc/pve/qemu-server/{id}.conf"))
@@ -1775,6 +1800,9 @@ pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
     d.check_blacklists();
     let mut checked = Vec::new();
     for i in 0..d.vms.len() {
+        if vmid.is_some_and(|id| id != d.vms[i].vmid) {
+            continue;
+        }
         let relevant = match &d.vms[i].cfg {
             Ok(c) => !c.hostpci.is_empty() && !c.is_template(),
             // A broken config is reported when asked for, or when it mentions hostpci.
@@ -2210,6 +2238,14 @@ mod tests {
         );
         write(&s, "etc/pve/qemu-server/102.conf", "hostpci0: 02:00.0\n");
         assert_eq!(doctor(&s).vms, [102]);
+        write(&s, "etc/pve/qemu-server/103.conf", "hostpci0: 0000:02:00\n");
+        let r = doctor(&s);
+        assert_eq!(r.vms, [102, 103]);
+        let c = &find(&r, "vm.shared-device", Some(102))[0];
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.message.contains("VM 103"), "{}", c.message);
+        // The template's config is not a running VM's: it does not count.
+        assert!(!c.message.contains("101"), "{}", c.message);
         let r = run(&s, &Config::default(), Some(100)).unwrap();
         assert_eq!(r.vms, [100]);
         assert!(r.checks.iter().all(|c| c.vm.is_none() || c.vm == Some(100)));

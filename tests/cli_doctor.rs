@@ -312,6 +312,14 @@ fn doctor_for_one_vm_and_bad_vmids() {
         .unwrap()
         .iter()
         .all(|c| c["vm"].is_null() || c["vm"] == 101));
+    // The other VMs' configs still count: VM 100 passes the same GPU.
+    assert_status(
+        &doc,
+        "vm.shared-device",
+        Some(101),
+        "warn",
+        &["0000:01:00.0", "VM 100"],
+    );
     let r = pt_hook(&root, &["doctor", "999"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("999"), "{}", r.stderr);

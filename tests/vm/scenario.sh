@@ -618,6 +618,7 @@ if section status-doctor; then
     check doctor.103-config-error doc_is "VM 103" vm.config FAIL
     check doctor.104-absent-device doc_is "VM 104" vm.devices FAIL
     check doctor.100-groups doc_is "VM 100" vm.iommu-group PASS
+    check doctor.100-virtio-also-in-101 doc_is "VM 100" vm.shared-device WARN
     check doctor.changes-nothing all_original
     # One VM with nothing wrong but warnings: exit 0.
     hook doctor 100 --json
