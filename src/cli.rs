@@ -138,14 +138,56 @@ pub fn parse_vmid(s: &str) -> Result<u32> {
     Ok(n)
 }
 
+/// The two invocations that must start fastest skip building the clap parser: Proxmox's
+/// `pt-hook <VMID> <PHASE>` (on the path of every VM start) and `--version`. Anything else,
+/// or anything unusual about these, goes through clap.
+fn fast_path() -> Option<std::result::Result<Cli, i32>> {
+    let mut args = std::env::args_os().skip(1);
+    let (a, b) = (args.next(), args.next());
+    if args.next().is_some() {
+        return None;
+    }
+    let a = a?.into_string().ok()?;
+    match b {
+        None if a == "--version" || a == "-V" => {
+            println!("pt-hook {}", env!("CARGO_PKG_VERSION"));
+            Some(Err(0))
+        }
+        Some(b) => {
+            let b = b.into_string().ok()?;
+            let digits = !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit());
+            let phase = matches!(
+                b.as_str(),
+                "pre-start" | "post-start" | "pre-stop" | "post-stop"
+            );
+            (digits && phase).then(|| {
+                Ok(Cli {
+                    global: Global {
+                        dry_run: false,
+                        root: None,
+                        config: None,
+                        verbose: 0,
+                        quiet: false,
+                    },
+                    cmd: Cmd::Hook(vec![a, b]),
+                })
+            })
+        }
+        None => None,
+    }
+}
+
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
+    let parsed = fast_path().unwrap_or_else(|| {
+        Cli::try_parse().map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return code;
-        }
+            code
+        })
+    });
+    let cli = match parsed {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let root = cli
         .global

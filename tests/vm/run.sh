@@ -15,6 +15,8 @@
 #   PT_HOOK_VM_VERBOSE=1       print the whole guest console of every kernel
 #   PT_HOOK_VM_SECTIONS="..."  only run these scenario sections (default: all)
 #   PT_HOOK_VM_SCENARIO=file   run this guest script instead of tests/vm/scenario.sh
+#   PT_HOOK_VM_SMP=n           guest CPUs (default 1; the two kernels already run side by side)
+#   PT_HOOK_VM_EXTRA="f ..."   more static programs to put in the guest's /usr/sbin (benchmarks)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -208,6 +210,8 @@ build_initramfs() {
         ln -sf /bin/busybox "$stage/$applet"
     done < <(/bin/busybox --list-full)
     cp "$bin" "$stage/usr/sbin/pt-hook"
+    # Extra static programs for benchmarks (baselines), copied to /usr/sbin.
+    for x in ${PT_HOOK_VM_EXTRA:-}; do cp "$x" "$stage/usr/sbin/"; done
     cp "$HERE/init" "$stage/init"
     cp "${PT_HOOK_VM_SCENARIO:-$HERE/scenario.sh}" "$stage/scenario.sh"
     chmod 755 "$stage/init" "$stage/scenario.sh" "$stage/usr/sbin/pt-hook"
@@ -255,7 +259,7 @@ boot_kernel() {
     local t0 t1 rc=0
     t0=$(date +%s.%N)
     timeout -k 10 "$QEMU_TIMEOUT" qemu-system-x86_64 \
-        -accel tcg -cpu max -smp 1 -m 1024 \
+        -accel tcg -cpu max -smp "${PT_HOOK_VM_SMP:-1}" -m 1024 \
         -machine q35,kernel-irqchip=split \
         -device intel-iommu,intremap=on,caching-mode=on \
         -nodefaults -no-user-config -nographic -vga none -no-reboot \
