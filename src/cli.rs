@@ -105,10 +105,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check the host and VM configs for what breaks passthrough (IOMMU, interrupt remapping,
-    /// bootloader flags, vfio modules, blacklists, IOMMU groups, q35/OVMF/pcie, hookscript,
-    /// quirks); each check passes, warns or fails with a fix. Exit 1 when a check fails.
-    /// Without VMID: the host and every VM that has hostpci entries.
+    /// Check the host and VM configs for what breaks passthrough; exit 1 when a check fails.
+    ///
+    /// Checks IOMMU, interrupt remapping, bootloader flags, vfio modules, blacklists, IOMMU
+    /// groups, q35/OVMF/pcie, hookscript and quirks; each passes, warns or fails with a fix.
+    /// Without VMID: the host and every VM that has hostpci entries. Reads only.
     Doctor {
         /// Only this VM (besides the host checks).
         vmid: Option<String>,
