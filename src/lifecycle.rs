@@ -194,11 +194,13 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
         return Ok(());
     }
     state::save(ctx.h(), &st)?;
-    for s in &p.steps {
-        st.journal.push(s.clone());
+    // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
+    // idempotent, so undoing a step that never ran is harmless.
+    for batch in plan::batches(&p.steps) {
+        st.journal.extend(batch.iter().cloned());
         let r = state::save(ctx.h(), &st).and_then(|_| {
             crash_point()?;
-            exec.apply(s)?;
+            exec.apply_batch(&batch)?;
             crash_point()
         });
         if let Err(e) = r {
@@ -274,13 +276,32 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     }
     // Functions of an unrecovered slot stay together on vfio-pci.
     let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
-    for s in plan::restore_steps(&st.journal) {
-        if s.bdf().is_some_and(|b| held(&b)) {
+    let todo: Vec<Step> = plan::restore_steps(&st.journal)
+        .into_iter()
+        .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
+        .collect();
+    for batch in plan::batches(&todo) {
+        if batch.len() == 1 {
+            if let Err(e) = exec.apply(&batch[0]) {
+                failed.push(e.to_string());
+            }
             continue;
         }
-        if let Err(e) = exec.apply(&s) {
-            failed.push(e.to_string());
-        }
+        // Each step of a batch on its own: one failure must not hide the others.
+        let errs: Vec<String> = std::thread::scope(|sc| {
+            let hs: Vec<_> = batch
+                .iter()
+                .map(|s| sc.spawn(|| exec.apply(s)))
+                .collect();
+            hs.into_iter()
+                .filter_map(|h| match h.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("a restore step panicked".into()),
+                })
+                .collect()
+        });
+        failed.extend(errs);
     }
     let profiles =
         crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
