@@ -289,10 +289,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         }
         // Each step of a batch on its own: one failure must not hide the others.
         let errs: Vec<String> = std::thread::scope(|sc| {
-            let hs: Vec<_> = batch
-                .iter()
-                .map(|s| sc.spawn(|| exec.apply(s)))
-                .collect();
+            let hs: Vec<_> = batch.iter().map(|s| sc.spawn(|| exec.apply(s))).collect();
             hs.into_iter()
                 .filter_map(|h| match h.join() {
                     Ok(Ok(())) => None,

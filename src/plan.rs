@@ -299,10 +299,7 @@ pub fn batches(steps: &[Step]) -> Vec<Vec<Step>> {
     for s in steps {
         if let Some(last) = out.last_mut() {
             let k = kind(s);
-            if k.is_some()
-                && kind(&last[0]) == k
-                && !last.iter().any(|x| x.bdf() == s.bdf())
-            {
+            if k.is_some() && kind(&last[0]) == k && !last.iter().any(|x| x.bdf() == s.bdf()) {
                 last.push(s.clone());
                 continue;
             }
@@ -380,12 +377,18 @@ mod tests {
 
     #[test]
     fn driver_waits_of_different_devices_batch_together() {
-        let d = vec![dev("0000:02:00.0", Some("nvme")), dev("0000:03:00.0", Some("nvme"))];
+        let d = vec![
+            dev("0000:02:00.0", Some("nvme")),
+            dev("0000:03:00.0", Some("nvme")),
+        ];
         let s = pre_start_steps(&d, &HostFacts { vfio_loaded: false });
         let b: Vec<usize> = batches(&s).iter().map(|b| b.len()).collect();
         // load | unbind x2 | override | override | probe x2
         assert_eq!(b, vec![1, 2, 1, 1, 2]);
-        let r: Vec<usize> = batches(&restore_steps(&s)).iter().map(|b| b.len()).collect();
+        let r: Vec<usize> = batches(&restore_steps(&s))
+            .iter()
+            .map(|b| b.len())
+            .collect();
         // unbind x2 | override | override | bind x2
         assert_eq!(r, vec![2, 1, 1, 2]);
         // The same device twice never shares a batch.
