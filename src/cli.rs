@@ -111,6 +111,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check the host and VM configs for what breaks passthrough; exit 1 when a check fails.
+    ///
+    /// Checks IOMMU, interrupt remapping, bootloader flags, vfio modules, blacklists, IOMMU
+    /// groups, q35/OVMF/pcie, hookscript and quirks; each passes, warns or fails with a fix.
+    /// Without VMID: the host and every VM that has hostpci entries. Reads only.
+    Doctor {
+        /// Only this VM (besides the host checks).
+        vmid: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// libvirt hook mode: what /etc/libvirt/hooks/qemu (a link to pt-hook) runs, with the
     /// domain XML on stdin. `prepare begin` takes the domain's PCI hostdevs, `release end`
     /// gives them back; other operations are logged and accepted.
@@ -217,6 +229,7 @@ pub fn main() -> i32 {
             | Cmd::Reset { json: true, .. }
             | Cmd::Status { json: true }
             | Cmd::Quirks { json: true, .. }
+            | Cmd::Doctor { json: true, .. }
     );
     let verbosity = if cli.global.quiet {
         -2
@@ -314,6 +327,26 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Status { json } => {
             let cfg = load_cfg(&*host)?;
             status_cmd(&*host, &cfg, *json)
+        }
+        Cmd::Doctor { vmid, json } => {
+            let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
+            let cfg = load_cfg(&*host)?;
+            let report = crate::doctor::run(&*host, &cfg, vmid)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                crate::doctor::print(&report);
+            }
+            if report.failed() {
+                return Err(Error::Failed(format!(
+                    "doctor: {} check(s) failed",
+                    report.count(crate::doctor::Status::Fail)
+                )));
+            }
+            Ok(())
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
@@ -585,6 +618,11 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
         }
     }
     let all = crate::device::list_all(host);
+    let node = crate::resolve::node_name();
+    let mappings = crate::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
+        .ok()
+        .and_then(|t| crate::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
+        .unwrap_or_default();
     let dir = "etc/pve/qemu-server";
     for f in host.list(dir).unwrap_or_default() {
         let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
@@ -597,11 +635,19 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
             continue;
         };
         for hp in &cfg.hostpci {
-            if let HostSource::Host(addrs) = &hp.source {
-                for a in addrs {
-                    for b in all.iter().filter(|b| a.matches(b)) {
-                        m.entry(*b).or_insert((id, "config"));
-                    }
+            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
+                HostSource::Host(addrs) => addrs.clone(),
+                // A mapping names this node's paths; alternatives all count as the VM's.
+                HostSource::Mapping(name) => mappings
+                    .iter()
+                    .filter(|pm| &pm.name == name)
+                    .flat_map(|pm| pm.entries_for(&node))
+                    .flat_map(|e| e.paths.iter().copied())
+                    .collect(),
+            };
+            for a in &addrs {
+                for b in all.iter().filter(|b| a.matches(b)) {
+                    m.entry(*b).or_insert((id, "config"));
                 }
             }
         }
@@ -626,6 +672,8 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
         let vm = owners.get(&b).copied();
         rows.push((d, members, quirk, vm));
     }
+    let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
+    let names = crate::pciids::load(host, &want);
     if json {
         let devices: Vec<_> = rows
             .iter()
@@ -635,6 +683,9 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                     "vendor": d.vendor_hex(),
                     "device": d.device_hex(),
                     "class": d.class_hex(),
+                    "vendor_name": names.vendor(d.vendor),
+                    "device_name": names.device(d.vendor, d.device),
+                    "class_name": names.class(d.class),
                     "driver": d.driver,
                     "driver_override": d.driver_override,
                     "iommu_group": d.iommu_group,
@@ -651,17 +702,40 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "devices": devices })).unwrap_or_default()
+            serde_json::to_string_pretty(&json!({
+                "pci_ids": names.source,
+                "devices": devices,
+            }))
+            .unwrap_or_default()
         );
         return Ok(());
     }
     println!(
-        "{:<13} {:<9} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} VM",
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "RESET", "LINK", "QUIRK"
+        "{:<13} {:<9} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} NAME",
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM"
     );
-    for (d, _members, quirk, vm) in &rows {
+    let short = |b: &Bdf| {
+        let s = b.to_string();
+        s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
+    };
+    for (d, members, quirk, vm) in &rows {
+        let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
+        let link = match (&d.link_speed, &d.link_width) {
+            (Some(s), Some(w)) => format!(
+                "{}GT/s x{w}",
+                s.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches(".0")
+            ),
+            (None, Some(w)) => format!("x{w}"),
+            _ => "-".into(),
+        };
+        let name = names
+            .describe(d.vendor, d.device)
+            .unwrap_or_else(|| names.class(d.class));
         println!(
-            "{:<13} {}:{} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} {}",
+            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}",
             d.bdf,
             d.vendor_hex(),
             d.device_hex(),
@@ -670,17 +744,26 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             d.iommu_group
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
+            if with.is_empty() {
+                "-".into()
+            } else {
+                with.join(",")
+            },
             d.reset_method
                 .as_deref()
                 .map(|r| if r.is_empty() { "(none)" } else { r })
-                .unwrap_or("-"),
-            d.link_width
-                .as_deref()
-                .map(|w| format!("x{w}"))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or("-")
+                .replace(' ', ","),
+            link,
             quirk.as_deref().unwrap_or("-"),
-            vm.map(|(v, src)| format!("{v} ({src})"))
+            vm.map(|(v, src)| format!("{v}({src})"))
                 .unwrap_or_else(|| "-".into()),
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            name,
         );
     }
     Ok(())

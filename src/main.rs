@@ -11,6 +11,7 @@ mod console;
 #[cfg(test)]
 mod contrib_tests;
 mod device;
+mod doctor;
 mod error;
 mod exec;
 mod handoff;
@@ -22,6 +23,7 @@ mod libvirt;
 mod lifecycle;
 mod log;
 mod pci;
+mod pciids;
 mod plan;
 mod pve;
 mod quirks;

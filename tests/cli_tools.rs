@@ -337,7 +337,7 @@ fn every_command_answers_help() {
     assert!(o.status.success());
     let main = String::from_utf8_lossy(&o.stdout).to_string();
     for cmd in [
-        "plan", "cleanup", "reset", "status", "quirks", "libvirt", "install",
+        "plan", "cleanup", "reset", "status", "quirks", "doctor", "libvirt", "install",
     ] {
         assert!(main.contains(cmd), "--help lacks {cmd}");
         let o = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
@@ -393,6 +393,7 @@ fn deb_package_builds_offline_with_everything_in_it() {
         "./usr/share/man/man8/pt-hook.8.gz",
         "./usr/share/man/man8/pt-hook-install.8.gz",
         "./usr/share/man/man8/pt-hook-libvirt.8.gz",
+        "./usr/share/man/man8/pt-hook-doctor.8.gz",
         "./usr/share/bash-completion/completions/pt-hook",
         "./usr/share/zsh/vendor-completions/_pt-hook",
         "./usr/share/fish/vendor_completions.d/pt-hook.fish",

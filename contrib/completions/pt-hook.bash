@@ -19,6 +19,9 @@ _pt__hook() {
             pt__hook,cleanup)
                 cmd="pt__hook__subcmd__cleanup"
                 ;;
+            pt__hook,doctor)
+                cmd="pt__hook__subcmd__doctor"
+                ;;
             pt__hook,help)
                 cmd="pt__hook__subcmd__help"
                 ;;
@@ -42,6 +45,9 @@ _pt__hook() {
                 ;;
             pt__hook__subcmd__help,cleanup)
                 cmd="pt__hook__subcmd__help__subcmd__cleanup"
+                ;;
+            pt__hook__subcmd__help,doctor)
+                cmd="pt__hook__subcmd__help__subcmd__doctor"
                 ;;
             pt__hook__subcmd__help,help)
                 cmd="pt__hook__subcmd__help__subcmd__help"
@@ -71,7 +77,7 @@ _pt__hook() {
 
     case "${cmd}" in
         pt__hook)
-            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup reset status quirks libvirt install help"
+            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup reset status quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,8 +120,30 @@ _pt__hook() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pt__subcmd__hook__subcmd__doctor)
+            opts="-v -q -h --json --dry-run --root --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pt__subcmd__hook__subcmd__help)
-            opts="plan cleanup reset status quirks libvirt install help"
+            opts="plan cleanup reset status quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +157,20 @@ _pt__hook() {
             return 0
             ;;
         pt__subcmd__hook__subcmd__help__subcmd__cleanup)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pt__subcmd__hook__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -639,6 +639,108 @@ EOF
     restore_bed
 fi
 
+# ====================================================== status and doctor
+# JSON object of one device from `status --json` on one line, whitespace removed.
+dev_json() { # BDF
+    echo "$STDOUT" | awk -v b="\"bdf\": \"$1\"" '
+        index($0, b) { on = 1 }
+        on { printf "%s", $0 }
+        on && /^    }/ { exit }' | tr -d ' \n'
+}
+json_has() { # BDF PATTERN (fixed string in the device object)
+    case "$(dev_json "$1")" in
+        *"$2"*) return 0 ;;
+    esac
+    WHY="$1 lacks $2: $(dev_json "$1" | head -c 400)"
+    return 1
+}
+# Status word of check ID in the human doctor output, within "host:" or "VM N:".
+doc_status() { # SECTION ID
+    echo "$STDOUT" | awk -v s="$1:" -v id="$2" '
+        /^[^ ]/ { cur = $0 }
+        cur == s && $2 == id { print $1; exit }'
+}
+doc_is() { # SECTION ID STATUS
+    _s=$(doc_status "$1" "$2")
+    [ "$_s" = "$3" ] || { WHY="$1 $2 is '${_s:-absent}': $(echo "$STDOUT" | grep -F -- " $2 " | head -n 3 | tr '\n' ' ')"; return 1; }
+}
+if section status-doctor; then
+    G=$(group $VGA)
+    hook status --json
+    check status.json-exit-0 rc_is 0
+    check status.json-is-json out_json
+    check status.vga-driver json_has $VGA '"driver":"bochs-drm"'
+    check status.audio-driver json_has $AUDIO '"driver":"snd_hda_intel"'
+    check status.vga-group json_has $VGA "\"iommu_group\":$G,"
+    check status.audio-same-group json_has $AUDIO "\"iommu_group\":$G,"
+    check status.vga-members-list-audio json_has $VGA "\"iommu_group_members\":[\"$VGA\",\"$AUDIO\"]"
+    check status.audio-members-list-vga json_has $AUDIO "\"iommu_group_members\":[\"$VGA\",\"$AUDIO\"]"
+    check status.nvme-own-group json_has $NVME1 "\"iommu_group_members\":[\"$NVME1\"]"
+    check status.vga-boot_vga json_has $VGA '"boot_vga":true'
+    check status.vga-reset-bus json_has $VGA '"reset_methods":["bus"]'
+    check status.audio-no-reset-methods json_has $AUDIO '"reset_methods":null'
+    check status.nvme-flr json_has $NVME1 '"reset_methods":["flr"'
+    check status.virtio-flr-pm-bus json_has $VNET '"reset_methods":["flr","pm","bus"]'
+    check status.nvme-link json_has $NVME1 '"link_width":"'
+    check status.vga-owner-102 json_has $VGA '"vm":102,"vm_source":"config"'
+    check status.audio-owner-102 json_has $AUDIO '"vm":102,"vm_source":"config"'
+    check status.nvme1-owner-100 json_has $NVME1 '"vm":100,"vm_source":"config"'
+    check status.e1000e-owner-105-not-snapshot json_has $E1000E '"vm":105,"vm_source":"config"'
+    check status.class-name json_has $NVME1 '"class_name":"Non-Volatilememorycontroller"'
+    hook status
+    check status.text-exit-0 rc_is 0
+    check status.text-names-audio-with-vga out_has "$(short $VGA).*$(short $AUDIO)"
+    check status.changes-nothing all_original
+
+    # While VM 100 runs, its state file (not the configs) says who owns the devices.
+    hook 100 pre-start
+    check status.pre-start-100-exit-0 rc_is 0
+    hook status --json
+    check status.state-owner json_has $NVME1 '"vm":100,"vm_source":"state"'
+    check status.state-driver json_has $NVME1 '"driver":"vfio-pci"'
+    hook 100 post-stop
+    check status.post-stop-100-exit-0 rc_is 0
+    check status.restored all_original
+
+    info "/proc/cmdline: $(cat /proc/cmdline)"
+    info "IR interrupt chips: $(grep -o 'IR-[A-Z-]*' /proc/interrupts | sort -u | tr '\n' ' ')"
+    # All configs: 102 sets pcie=1 without q35, 103 does not parse, 104 names an absent
+    # device: doctor fails (exit 1) and names them.
+    hook doctor
+    check doctor.all-exit-1 rc_is 1
+    info "doctor: $(echo "$STDOUT" | tail -n 1)"
+    check doctor.iommu-enabled doc_is host iommu.enabled PASS
+    check doctor.iommu-cmdline doc_is host iommu.cmdline PASS
+    check doctor.no-iommu-pt-warns doc_is host iommu.passthrough-mode WARN
+    check doctor.interrupt-remapping doc_is host iommu.interrupt-remapping PASS
+    check doctor.no-bootloader-config-warns doc_is host boot.loader WARN
+    check doctor.no-acs-override doc_is host boot.acs-override PASS
+    check doctor.vfio-modules doc_is host modules.vfio PASS
+    check doctor.blacklist doc_is host modules.blacklist PASS
+    check doctor.102-gpu-group doc_is "VM 102" vm.iommu-group PASS
+    check doctor.102-all-functions doc_is "VM 102" vm.all-functions PASS
+    check doctor.102-pcie-without-q35 doc_is "VM 102" vm.machine FAIL
+    check doctor.102-x-vga-without-vga-none doc_is "VM 102" vm.x-vga WARN
+    check doctor.102-no-hookscript doc_is "VM 102" vm.hookscript WARN
+    check doctor.102-console-gpu-no-sshd doc_is "VM 102" vm.console-access WARN
+    check doctor.103-config-error doc_is "VM 103" vm.config FAIL
+    check doctor.104-absent-device doc_is "VM 104" vm.devices FAIL
+    check doctor.100-groups doc_is "VM 100" vm.iommu-group PASS
+    check doctor.100-virtio-also-in-101 doc_is "VM 100" vm.shared-device WARN
+    check doctor.changes-nothing all_original
+    # One VM with nothing wrong but warnings: exit 0.
+    hook doctor 100 --json
+    check doctor.100-exit-0 rc_is 0
+    check doctor.100-json out_json
+    check doctor.100-json-names-nvme out_has "\"device\": \"$NVME1\""
+    check doctor.100-json-only-100 test -z "$(echo "$STDOUT" | grep '"vm": ' | grep -v '"vm": 100')"
+    hook doctor 103
+    check doctor.103-exit-1 rc_is 1
+    check doctor.103-names-line out_has '103.conf:1'
+    check doctor.absent-vm-exit-2 sh -c "$HOOK doctor 999 >/dev/null 2>&1; [ \$? = 2 ]"
+    restore_bed
+fi
+
 # =============================================================== syslog
 if section syslog; then
     n=$(grep -c 'pt-hook' /var/log/messages 2>/dev/null)
