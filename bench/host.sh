@@ -42,7 +42,8 @@ avg_ms() {
 }
 peak_kb() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n 1; }
 
-if ldd "$B" 2>&1 | grep -Eq 'not a dynamic executable|statically linked'; then linkage=static; else linkage="DYNAMIC"; fi
+lddout=$(ldd "$B" 2>&1 || true)
+case $lddout in *"not a dynamic executable"* | *"statically linked"*) linkage=static ;; *) linkage="DYNAMIC: $lddout" ;; esac
 echo "binary: $(stat -c %s "$B") bytes ($(awk -v s="$(stat -c %s "$B")" 'BEGIN{printf "%.2f", s/1048576}') MiB), $linkage"
 # Baselines: a static busybox `true` (when installed) and the dynamic /bin/true.
 BB=""

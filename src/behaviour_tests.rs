@@ -61,6 +61,7 @@ impl T {
                 unit: Duration::from_secs(3),
                 lock: Duration::from_millis(300),
                 phase: Duration::from_secs(20),
+                hook: Duration::from_secs(5),
             },
             ..Config::default()
         };
@@ -210,12 +211,11 @@ fn bad_config_is_exit_2_before_touching_anything() {
 #[test]
 fn crash_at_every_step_boundary_is_recoverable() {
     let t0 = T::new();
-    let steps = lifecycle::plan_vm(&t0.ctx_dry(true), 102)
-        .unwrap()
-        .steps
-        .len();
-    assert!(steps >= 6);
-    for n in 0..(2 * steps) {
+    let steps = lifecycle::plan_vm(&t0.ctx_dry(true), 102).unwrap().steps;
+    assert!(steps.len() >= 6);
+    // Two boundaries per batch (steps of a batch run in parallel).
+    let boundaries = 2 * crate::plan::batches(&steps).len();
+    for n in 0..boundaries {
         for via_cleanup in [true, false] {
             let t = T::new();
             let before = t.devices();

@@ -18,7 +18,13 @@ const AFTER_HELP: &str = "\
 Hookscript mode (what Proxmox runs):
   pt-hook <VMID> <PHASE>    PHASE is pre-start, post-start, pre-stop or post-stop;
                             other phases are logged and accepted (exit 0).
-  Install: qm set <VMID> --hookscript local:snippets/pt-hook
+  Install: pt-hook install, then qm set <VMID> --hookscript local:snippets/pt-hook
+
+libvirt: as /etc/libvirt/hooks/qemu or in qemu.d/ (pt-hook install --libvirt), with the
+  domain XML on stdin; see pt-hook libvirt --help.
+User hooks: executables in /etc/pt-hook/hooks.d/<PHASE>/ (root-owned, not group/other
+  writable) run as HOOK <VMID> <PHASE> with PT_HOOK_VMID, PT_HOOK_PHASE, PT_HOOK_DEVICES;
+  pre-start hooks before pt-hook's device steps, post-stop hooks after.
 
 Exit codes: 0 ok; 1 the operation failed (in pre-start the VM start is aborted);
             2 usage or configuration error (nothing was touched);
@@ -105,6 +111,32 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check the host and VM configs for what breaks passthrough; exit 1 when a check fails.
+    ///
+    /// Checks IOMMU, interrupt remapping, bootloader flags, vfio modules, blacklists, IOMMU
+    /// groups, q35/OVMF/pcie, hookscript and quirks; each passes, warns or fails with a fix.
+    /// Without VMID: the host and every VM that has hostpci entries. Reads only.
+    Doctor {
+        /// Only this VM (besides the host checks).
+        vmid: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// libvirt hook mode: what /etc/libvirt/hooks/qemu (a link to pt-hook) runs, with the
+    /// domain XML on stdin. `prepare begin` takes the domain's PCI hostdevs, `release end`
+    /// gives them back; other operations are logged and accepted.
+    #[command(
+        after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
+    )]
+    Libvirt(crate::libvirt::LibvirtArgs),
+    /// Link the installed binary as a Proxmox hookscript (STORAGE's snippets directory from
+    /// /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line.
+    /// A link, never a copy; idempotent; refuses to replace anything else at that place.
+    #[command(
+        after_help = "Examples:\n  pt-hook install                      # /var/lib/vz/snippets/pt-hook -> /usr/sbin/pt-hook\n  pt-hook install --storage nas --vmid 100\n  pt-hook install --libvirt            # /etc/libvirt/hooks/qemu.d/pt-hook\n  pt-hook --dry-run install            # show what it would do"
+    )]
+    Install(crate::install::InstallArgs),
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -131,7 +163,10 @@ pub fn parse_vmid(s: &str) -> Result<u32> {
 /// `pt-hook <VMID> <PHASE>` (on the path of every VM start) and `--version`. Anything else,
 /// or anything unusual about these, goes through clap.
 fn fast_path() -> Option<std::result::Result<Cli, i32>> {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os();
+    if crate::libvirt::invoked_as_hook(&args.next()?) {
+        return None;
+    }
     let (a, b) = (args.next(), args.next());
     if args.next().is_some() {
         return None;
@@ -168,7 +203,8 @@ fn fast_path() -> Option<std::result::Result<Cli, i32>> {
 
 pub fn main() -> i32 {
     let parsed = fast_path().unwrap_or_else(|| {
-        Cli::try_parse().map_err(|e| {
+        let args = crate::libvirt::rewrite_args(std::env::args_os().collect());
+        Cli::try_parse_from(args).map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
             code
@@ -193,6 +229,7 @@ pub fn main() -> i32 {
             | Cmd::Reset { json: true, .. }
             | Cmd::Status { json: true }
             | Cmd::Quirks { json: true, .. }
+            | Cmd::Doctor { json: true, .. }
     );
     let verbosity = if cli.global.quiet {
         -2
@@ -242,23 +279,29 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let cfg = load_cfg(&*host)?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
-            let r = match phase.as_str() {
-                "pre-start" => lifecycle::pre_start(&ctx, vmid),
-                "post-stop" => lifecycle::post_stop(&ctx, vmid, true),
-                "post-start" | "pre-stop" => {
-                    log.info("nothing to do in this phase");
-                    Ok(())
-                }
-                other => {
-                    log.info(&format!("unknown phase {other:?}: nothing to do"));
-                    Ok(())
-                }
-            };
+            let r = crate::userhooks::pve_phase(&ctx, vmid, phase);
             if r.is_ok() {
                 log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
             r
         }
+        Cmd::Libvirt(a) => {
+            log.set_context(&format!(
+                "libvirt {:?} {} {}",
+                a.domain, a.operation, a.sub_operation
+            ));
+            let (stdin, tty) = crate::libvirt::stdin();
+            crate::libvirt::command(
+                host,
+                &load_cfg,
+                cli.global.dry_run,
+                log,
+                a,
+                &mut stdin.lock(),
+                tty,
+            )
+        }
+        Cmd::Install(a) => crate::install::command(&*host, cli.global.dry_run, a, log),
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;
             let cfg = load_cfg(&*host)?;
@@ -284,6 +327,26 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Status { json } => {
             let cfg = load_cfg(&*host)?;
             status_cmd(&*host, &cfg, *json)
+        }
+        Cmd::Doctor { vmid, json } => {
+            let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
+            let cfg = load_cfg(&*host)?;
+            let report = crate::doctor::run(&*host, &cfg, vmid)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                crate::doctor::print(&report);
+            }
+            if report.failed() {
+                return Err(Error::Failed(format!(
+                    "doctor: {} check(s) failed",
+                    report.count(crate::doctor::Status::Fail)
+                )));
+            }
+            Ok(())
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
@@ -555,6 +618,11 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
         }
     }
     let all = crate::device::list_all(host);
+    let node = crate::resolve::node_name();
+    let mappings = crate::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
+        .ok()
+        .and_then(|t| crate::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
+        .unwrap_or_default();
     let dir = "etc/pve/qemu-server";
     for f in host.list(dir).unwrap_or_default() {
         let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
@@ -567,11 +635,19 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
             continue;
         };
         for hp in &cfg.hostpci {
-            if let HostSource::Host(addrs) = &hp.source {
-                for a in addrs {
-                    for b in all.iter().filter(|b| a.matches(b)) {
-                        m.entry(*b).or_insert((id, "config"));
-                    }
+            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
+                HostSource::Host(addrs) => addrs.clone(),
+                // A mapping names this node's paths; alternatives all count as the VM's.
+                HostSource::Mapping(name) => mappings
+                    .iter()
+                    .filter(|pm| &pm.name == name)
+                    .flat_map(|pm| pm.entries_for(&node))
+                    .flat_map(|e| e.paths.iter().copied())
+                    .collect(),
+            };
+            for a in &addrs {
+                for b in all.iter().filter(|b| a.matches(b)) {
+                    m.entry(*b).or_insert((id, "config"));
                 }
             }
         }
@@ -596,6 +672,8 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
         let vm = owners.get(&b).copied();
         rows.push((d, members, quirk, vm));
     }
+    let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
+    let names = crate::pciids::load(host, &want);
     if json {
         let devices: Vec<_> = rows
             .iter()
@@ -605,6 +683,9 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                     "vendor": d.vendor_hex(),
                     "device": d.device_hex(),
                     "class": d.class_hex(),
+                    "vendor_name": names.vendor(d.vendor),
+                    "device_name": names.device(d.vendor, d.device),
+                    "class_name": names.class(d.class),
                     "driver": d.driver,
                     "driver_override": d.driver_override,
                     "iommu_group": d.iommu_group,
@@ -621,17 +702,40 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "devices": devices })).unwrap_or_default()
+            serde_json::to_string_pretty(&json!({
+                "pci_ids": names.source,
+                "devices": devices,
+            }))
+            .unwrap_or_default()
         );
         return Ok(());
     }
     println!(
-        "{:<13} {:<9} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} VM",
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "RESET", "LINK", "QUIRK"
+        "{:<13} {:<9} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} NAME",
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM"
     );
-    for (d, _members, quirk, vm) in &rows {
+    let short = |b: &Bdf| {
+        let s = b.to_string();
+        s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
+    };
+    for (d, members, quirk, vm) in &rows {
+        let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
+        let link = match (&d.link_speed, &d.link_width) {
+            (Some(s), Some(w)) => format!(
+                "{}GT/s x{w}",
+                s.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_end_matches(".0")
+            ),
+            (None, Some(w)) => format!("x{w}"),
+            _ => "-".into(),
+        };
+        let name = names
+            .describe(d.vendor, d.device)
+            .unwrap_or_else(|| names.class(d.class));
         println!(
-            "{:<13} {}:{} {:<6} {:<14} {:>5}  {:<18} {:<6} {:<18} {}",
+            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}",
             d.bdf,
             d.vendor_hex(),
             d.device_hex(),
@@ -640,17 +744,26 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             d.iommu_group
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
+            if with.is_empty() {
+                "-".into()
+            } else {
+                with.join(",")
+            },
             d.reset_method
                 .as_deref()
                 .map(|r| if r.is_empty() { "(none)" } else { r })
-                .unwrap_or("-"),
-            d.link_width
-                .as_deref()
-                .map(|w| format!("x{w}"))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or("-")
+                .replace(' ', ","),
+            link,
             quirk.as_deref().unwrap_or("-"),
-            vm.map(|(v, src)| format!("{v} ({src})"))
+            vm.map(|(v, src)| format!("{v}({src})"))
                 .unwrap_or_else(|| "-".into()),
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            name,
         );
     }
     Ok(())

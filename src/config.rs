@@ -32,6 +32,8 @@ pub struct Timeouts {
     pub lock: Duration,
     /// The whole phase.
     pub phase: Duration,
+    /// One user hook from /etc/pt-hook/hooks.d/<phase>/ (its process group is killed then).
+    pub hook: Duration,
 }
 
 impl Default for Timeouts {
@@ -46,6 +48,7 @@ impl Default for Timeouts {
             unit: Duration::from_secs(30),
             lock: Duration::from_secs(10),
             phase: Duration::from_secs(120),
+            hook: Duration::from_secs(60),
         }
     }
 }
@@ -84,6 +87,7 @@ struct RawTimeouts {
     unit_timeout: Option<String>,
     lock_timeout: Option<String>,
     phase_timeout: Option<String>,
+    hook_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -192,6 +196,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         unit: dur(file, "unit_timeout", &t.unit_timeout, d.unit)?,
         lock: dur(file, "lock_timeout", &t.lock_timeout, d.lock)?,
         phase: dur(file, "phase_timeout", &t.phase_timeout, d.phase)?,
+        hook: dur(file, "hook_timeout", &t.hook_timeout, d.hook)?,
     };
     let mut vm = BTreeMap::new();
     for (k, v) in raw.vm {

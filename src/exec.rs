@@ -126,6 +126,27 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
+    /// Runs a batch (see `plan::batches`): one step inline, several in parallel. Every step
+    /// runs to its own end (each is bounded by its timeouts); the first error is returned.
+    pub fn apply_batch(&self, batch: &[Step]) -> Result<()> {
+        if batch.len() == 1 {
+            return self.apply(&batch[0]);
+        }
+        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = batch
+                .iter()
+                .map(|s| sc.spawn(move || self.apply(s)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Failed("a step panicked".into())))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
     pub fn apply(&self, step: &Step) -> Result<()> {
         let start = Instant::now();
         let r = self.apply_inner(step);

@@ -45,6 +45,7 @@ fn timeouts() -> Timeouts {
         unit: Duration::from_secs(2),
         lock: Duration::from_millis(500),
         phase: Duration::from_secs(10),
+        hook: Duration::from_secs(5),
     }
 }
 
@@ -677,4 +678,23 @@ fn an_unrecovered_device_that_recovers_is_given_back_by_cleanup() {
     lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.devices(), before);
     assert!(!t.has_state(100));
+}
+
+/// Bug: a damaged state file of another VM counted as "owns nothing", so a second VM could
+/// take devices the damaged record may still describe. Now it counts as owning them.
+#[test]
+fn a_damaged_state_of_another_vm_blocks_the_start() {
+    let t = T::new();
+    let before = t.devices();
+    let dir = t.sim.root_dir().join("run/pt-hook");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("vm-101.json"),
+        "{\"version\": 1, \"vmid\": 101, \"devi",
+    )
+    .unwrap();
+    let e = lifecycle::pre_start(&t.ctx(), 100).unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert!(e.to_string().contains("101"), "{e}");
+    assert_eq!(t.devices(), before);
 }

@@ -12,7 +12,7 @@ use crate::log::Logger;
 use crate::pci::Bdf;
 use crate::plan::{self, HostFacts, PlannedDevice, Step};
 use crate::resolve::{self, Resolved};
-use crate::state::{self, DeviceRecord, VmState};
+use crate::state::{self, DeviceRecord, VmKey, VmState};
 
 pub struct Ctx<'a> {
     pub host: Arc<dyn Host>,
@@ -49,6 +49,17 @@ pub struct VmPlan {
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
     let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
+    plan_resolved(ctx, vmid, resolved)
+}
+
+/// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
+/// `vmid` selects `[vm.N]` options; 0 means the defaults.
+pub fn plan_bdfs(ctx: &Ctx, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+    let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
+    plan_resolved(ctx, vmid, resolved)
+}
+
+fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
@@ -127,8 +138,21 @@ fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
     Ok(guards)
 }
 
+/// pre-start without user hooks (the hookscript goes through `userhooks::pve_phase`).
+#[allow(dead_code)]
 pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let p = plan_vm(ctx, vmid)?;
+    prepare(ctx, &VmKey::Pve(vmid), p, &|| plan_vm(ctx, vmid))
+}
+
+/// pre-start for a VM or libvirt domain from its plan; `replan` plans again after an old
+/// state was restored.
+pub fn prepare(
+    ctx: &Ctx,
+    key: &VmKey,
+    p: VmPlan,
+    replan: &dyn Fn() -> Result<VmPlan>,
+) -> Result<()> {
     for w in &p.warnings {
         ctx.log.warn(w);
     }
@@ -144,17 +168,18 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
     let _locks = lock_devices(ctx, &bdfs)?;
     for b in &bdfs {
-        if let Some(owner) = state::owner_of(ctx.h(), b, vmid) {
+        if let Some(owner) = state::owner_of_key(ctx.h(), b, key) {
             return Err(Error::Failed(format!(
-                "{b}: in use by VM {owner} (state {}); stop VM {owner} or run `pt-hook cleanup {owner}` first",
-                ctx.h().display(&paths::state_file(owner))
+                "{b}: in use by {owner} (state {}); stop it or run `{}` first",
+                ctx.h().display(&owner.state_file()),
+                owner.cleanup_hint()
             )));
         }
     }
-    let p = if let Some(old) = state::load(ctx.h(), vmid)? {
-        if let Some(pid) = state::vm_running(ctx.h(), vmid) {
+    let p = if let Some(old) = state::load_key(ctx.h(), key)? {
+        if let Some(pid) = state::key_running(ctx.h(), key) {
             return Err(Error::Failed(format!(
-                "VM {vmid} is running (QEMU pid {pid}) and already holds its devices"
+                "{key} is running (QEMU pid {pid}) and already holds its devices"
             )));
         }
         ctx.log.warn(&format!(
@@ -167,7 +192,7 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
         } else {
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
-            plan_vm(ctx, vmid)?
+            replan()?
         }
     } else {
         p
@@ -181,12 +206,12 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
             quirk: d.quirk.clone(),
         })
         .collect();
-    let mut st = VmState::new(vmid, records);
+    let mut st = VmState::for_key(key, records);
     let exec = ctx.exec();
     if ctx.dry_run {
         println!(
             "dry-run: write state {}",
-            ctx.h().display(&paths::state_file(vmid))
+            ctx.h().display(&key.state_file())
         );
         for s in &p.steps {
             exec.apply(s)?;
@@ -194,11 +219,13 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
         return Ok(());
     }
     state::save(ctx.h(), &st)?;
-    for s in &p.steps {
-        st.journal.push(s.clone());
+    // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
+    // idempotent, so undoing a step that never ran is harmless.
+    for batch in plan::batches(&p.steps) {
+        st.journal.extend(batch.iter().cloned());
         let r = state::save(ctx.h(), &st).and_then(|_| {
             crash_point()?;
-            exec.apply(s)?;
+            exec.apply_batch(&batch)?;
             crash_point()
         });
         if let Err(e) = r {
@@ -218,14 +245,16 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
                     k.phase = "rollback-pending".into();
                     state::save(ctx.h(), &k)?;
                     return Err(Error::Failed(format!(
-                        "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `pt-hook cleanup {vmid}` once the device responds",
-                        ctx.h().display(&paths::state_file(vmid))
+                        "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `{}` once the device responds",
+                        ctx.h().display(&key.state_file()),
+                        key.cleanup_hint()
                     )));
                 }
                 Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
                 Err(re) => {
                     return Err(Error::Failed(format!(
-                        "{e}; rollback incomplete: {re}; run `pt-hook cleanup {vmid}`"
+                        "{e}; rollback incomplete: {re}; run `{}`",
+                        key.cleanup_hint()
                     )))
                 }
             }
@@ -246,11 +275,15 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
 }
 
 /// post-stop and cleanup: reset (post-stop), undo the journal, verify, drop the state.
+#[allow(dead_code)]
 pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
-    let Some(st) = state::load(ctx.h(), vmid)? else {
-        ctx.log.info(&format!(
-            "no pt-hook state for VM {vmid}: nothing to restore"
-        ));
+    post_stop_key(ctx, &VmKey::Pve(vmid), with_reset)
+}
+
+pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
+    let Some(st) = state::load_key(ctx.h(), key)? else {
+        ctx.log
+            .info(&format!("no pt-hook state for {key}: nothing to restore"));
         return Ok(());
     };
     let _locks = lock_devices(ctx, &st.bdfs())?;
@@ -261,7 +294,7 @@ pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
 /// idempotent, so a journal cut short by a crash replays safely. Devices whose reset failed
 /// stay on vfio-pci (safe) and keep their state; the result is then exit 3.
 pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
-    let vmid = st.vmid;
+    let key = st.key();
     if ctx.dry_run {
         for s in plan::restore_steps(&st.journal) {
             println!("dry-run: {s}");
@@ -298,13 +331,35 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     // Functions of an unrecovered slot stay together on vfio-pci.
     let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
     let mut undo_failed: Vec<Bdf> = Vec::new();
-    for s in plan::restore_steps(&st.journal) {
-        if s.bdf().is_some_and(|b| held(&b)) {
+    let todo: Vec<Step> = plan::restore_steps(&st.journal)
+        .into_iter()
+        .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
+        .collect();
+    for batch in plan::batches(&todo) {
+        if batch.len() == 1 {
+            if let Err(e) = exec.apply(&batch[0]) {
+                failed.push(e.to_string());
+                undo_failed.extend(batch[0].bdf());
+            }
             continue;
         }
-        if let Err(e) = exec.apply(&s) {
-            failed.push(e.to_string());
-            undo_failed.extend(s.bdf());
+        // Each step of a batch on its own: one failure must not hide the others.
+        let errs: Vec<(Option<Bdf>, String)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = batch
+                .iter()
+                .map(|s| (s.bdf(), sc.spawn(|| exec.apply(s))))
+                .collect();
+            hs.into_iter()
+                .filter_map(|(b, h)| match h.join() {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((b, e.to_string())),
+                    Err(_) => Some((b, "a restore step panicked".into())),
+                })
+                .collect()
+        });
+        for (b, e) in errs {
+            failed.push(e);
+            undo_failed.extend(b);
         }
     }
     let profiles =
@@ -376,7 +431,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.phase = "unrecovered".into();
         state::save(ctx.h(), &st)?;
         return Err(Error::NeedsReboot(format!(
-            "VM {vmid}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
+            "{key}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
             unrecovered.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
             if failed.is_empty() { String::new() } else { format!("also: {}; ", failed.join("; ")) }
         )));
@@ -406,14 +461,15 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.phase = "restore-failed".into();
         state::save(ctx.h(), &st)?;
         return Err(Error::Failed(format!(
-            "VM {vmid}: restore incomplete: {}; state kept in {} for `pt-hook cleanup {vmid}`",
+            "{key}: restore incomplete: {}; state kept in {} for `{}`",
             failed.join("; "),
-            ctx.h().display(&paths::state_file(vmid))
+            ctx.h().display(&key.state_file()),
+            key.cleanup_hint()
         )));
     }
-    state::remove(ctx.h(), vmid)?;
+    state::remove_key(ctx.h(), &key)?;
     ctx.log.info(&format!(
-        "VM {vmid}: {} device(s) back on their host drivers",
+        "{key}: {} device(s) back on their host drivers",
         st.devices.len()
     ));
     Ok(())
@@ -422,21 +478,22 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
 /// `pt-hook cleanup [VMID]`: restore what pre-starts left behind without a post-stop.
 pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
     let vms = match vmid {
-        Some(v) => vec![v],
-        None => state::list_vms(ctx.h()),
+        Some(v) => vec![VmKey::Pve(v)],
+        None => state::list_keys(ctx.h()),
     };
     if vms.is_empty() {
         ctx.log.info("no pt-hook state: nothing to clean up");
     }
     let mut worst: Option<Error> = None;
     for vm in vms {
-        if let Some(pid) = state::vm_running(ctx.h(), vm) {
+        if let Some(pid) = state::key_running(ctx.h(), &vm) {
             ctx.log.warn(&format!(
-                "VM {vm} is running (QEMU pid {pid}): leaving its devices alone"
+                "{vm} is running (QEMU pid {pid}): leaving its devices alone"
             ));
             continue;
         }
-        match post_stop(ctx, vm, true) {
+        // The post-stop that never came: devices back, then the user post-stop hooks.
+        match crate::userhooks::post_stop(ctx, &vm) {
             Ok(()) => {}
             Err(e) => {
                 ctx.log.error(&e.to_string());

@@ -8,7 +8,10 @@ mod behaviour_tests;
 mod cli;
 mod config;
 mod console;
+#[cfg(test)]
+mod contrib_tests;
 mod device;
+mod doctor;
 mod error;
 mod exec;
 #[cfg(test)]
@@ -16,16 +19,22 @@ mod fault_tests;
 #[cfg(test)]
 mod fuzz_tests;
 mod handoff;
+#[cfg(test)]
+mod hook_tests;
 mod host;
+mod install;
+mod libvirt;
 mod lifecycle;
 mod log;
 mod pci;
+mod pciids;
 mod plan;
 mod pve;
 mod quirks;
 mod reset;
 mod resolve;
 mod state;
+mod userhooks;
 
 fn main() {
     std::process::exit(cli::main());

@@ -283,6 +283,32 @@ pub fn pre_start_steps(devices: &[PlannedDevice], facts: &HostFacts) -> Vec<Step
     steps
 }
 
+/// Steps that wait on a driver (unbind, bind, probe) for different devices do not depend on
+/// each other: consecutive ones of the same kind form a batch that runs in parallel. Every
+/// other step is a batch of its own. The order of batches is the order of the steps.
+pub fn batches(steps: &[Step]) -> Vec<Vec<Step>> {
+    fn kind(s: &Step) -> Option<u8> {
+        match s {
+            Step::Unbind { .. } => Some(1),
+            Step::Bind { .. } => Some(2),
+            Step::Probe { .. } => Some(3),
+            _ => None,
+        }
+    }
+    let mut out: Vec<Vec<Step>> = Vec::new();
+    for s in steps {
+        if let Some(last) = out.last_mut() {
+            let k = kind(s);
+            if k.is_some() && kind(&last[0]) == k && !last.iter().any(|x| x.bdf() == s.bdf()) {
+                last.push(s.clone());
+                continue;
+            }
+        }
+        out.push(vec![s.clone()]);
+    }
+    out
+}
+
 /// The restore sequence for a journal: inverses in reverse order.
 pub fn restore_steps(journal: &[Step]) -> Vec<Step> {
     journal.iter().rev().filter_map(Step::inverse).collect()
@@ -347,6 +373,36 @@ mod tests {
         let mut b = dev("0000:03:00.0", Some("nvme"));
         b.keep = true;
         assert!(pre_start_steps(&[a, b], &HostFacts { vfio_loaded: false }).is_empty());
+    }
+
+    #[test]
+    fn driver_waits_of_different_devices_batch_together() {
+        let d = vec![
+            dev("0000:02:00.0", Some("nvme")),
+            dev("0000:03:00.0", Some("nvme")),
+        ];
+        let s = pre_start_steps(&d, &HostFacts { vfio_loaded: false });
+        let b: Vec<usize> = batches(&s).iter().map(|b| b.len()).collect();
+        // load | unbind x2 | override | override | probe x2
+        assert_eq!(b, vec![1, 2, 1, 1, 2]);
+        let r: Vec<usize> = batches(&restore_steps(&s))
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        // unbind x2 | override | override | bind x2
+        assert_eq!(r, vec![2, 1, 1, 2]);
+        // The same device twice never shares a batch.
+        let twice = vec![
+            Step::Unbind {
+                bdf: Bdf::parse("0000:02:00.0").unwrap(),
+                driver: "a".into(),
+            },
+            Step::Unbind {
+                bdf: Bdf::parse("0000:02:00.0").unwrap(),
+                driver: "b".into(),
+            },
+        ];
+        assert_eq!(batches(&twice).len(), 2);
     }
 
     #[test]

@@ -206,7 +206,44 @@ pub fn resolve(
         }
     }
 
-    // Proxmox moves the whole IOMMU group to vfio-pci: record and prepare every member.
+    add_group_members(host, &mut out, &mut seen);
+    Ok(out)
+}
+
+/// An explicit list of functions (libvirt `<hostdev>`s), each with where it came from. Every
+/// function must exist and not be a bridge; the rest of their IOMMU groups is added as for
+/// a Proxmox VM. Errors are configuration errors (exit 2): nothing has been touched yet.
+pub fn resolve_bdfs(host: &dyn Host, bdfs: &[(Bdf, String)]) -> Result<Vec<Resolved>> {
+    let mut out: Vec<Resolved> = Vec::new();
+    let mut seen: BTreeSet<Bdf> = BTreeSet::new();
+    for (b, origin) in bdfs {
+        if !seen.insert(*b) {
+            continue;
+        }
+        let info = device::read_device(host, b).ok_or_else(|| {
+            Error::Config(format!(
+                "{origin}: PCI device {b} does not exist on this host ({})",
+                host.display(&paths::dev_dir(b))
+            ))
+        })?;
+        if info.is_bridge() {
+            return Err(Error::Config(format!(
+                "{origin}: {b} is a PCI bridge; bridges cannot be passed through"
+            )));
+        }
+        out.push(Resolved {
+            info,
+            origin: origin.clone(),
+            keep: false,
+        });
+    }
+    add_group_members(host, &mut out, &mut seen);
+    Ok(out)
+}
+
+/// The whole IOMMU group goes to vfio-pci (as Proxmox and libvirt do): record and prepare
+/// every other non-bridge member.
+fn add_group_members(host: &dyn Host, out: &mut Vec<Resolved>, seen: &mut BTreeSet<Bdf>) {
     let mut extra = Vec::new();
     for r in out.iter().filter(|r| !r.keep) {
         let Some(g) = r.info.iommu_group else {
@@ -231,7 +268,6 @@ pub fn resolve(
         }
     }
     out.extend(extra);
-    Ok(out)
 }
 
 fn cfg_file(_host: &dyn Host, vmid: u32) -> String {

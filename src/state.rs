@@ -36,6 +36,56 @@ pub struct VmState {
     /// Devices whose reset failed at post-stop and were left on vfio-pci.
     #[serde(default)]
     pub unrecovered: Vec<Bdf>,
+    /// Set for a libvirt domain (then `vmid` is 0, never a Proxmox VM id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
+}
+
+/// A libvirt domain: keyed by its UUID (the name is only shown).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Domain {
+    /// Lowercase 8-4-4-4-12 hex, validated by `crate::libvirt::parse_uuid`.
+    pub uuid: String,
+    pub name: String,
+}
+
+/// Whose state a file is: a Proxmox VM (numeric id) or a libvirt domain (UUID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmKey {
+    Pve(u32),
+    Libvirt(Domain),
+}
+
+impl std::fmt::Display for VmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmKey::Pve(v) => write!(f, "VM {v}"),
+            VmKey::Libvirt(d) => write!(f, "libvirt domain {:?} ({})", d.name, d.uuid),
+        }
+    }
+}
+
+impl VmKey {
+    pub fn state_file(&self) -> String {
+        match self {
+            VmKey::Pve(v) => paths::state_file(*v),
+            VmKey::Libvirt(d) => paths::libvirt_state_file(&d.uuid),
+        }
+    }
+    /// The command that restores this VM's devices by hand.
+    pub fn cleanup_hint(&self) -> String {
+        match self {
+            VmKey::Pve(v) => format!("pt-hook cleanup {v}"),
+            VmKey::Libvirt(_) => "pt-hook cleanup".to_string(),
+        }
+    }
+    /// The Proxmox VM id for per-VM config (`[vm.N]`); 0 (defaults) for libvirt.
+    pub fn vmid(&self) -> u32 {
+        match self {
+            VmKey::Pve(v) => *v,
+            VmKey::Libvirt(_) => 0,
+        }
+    }
 }
 
 impl VmState {
@@ -52,6 +102,22 @@ impl VmState {
             devices,
             journal: Vec::new(),
             unrecovered: Vec::new(),
+            domain: None,
+        }
+    }
+
+    pub fn for_key(key: &VmKey, devices: Vec<DeviceRecord>) -> VmState {
+        let mut st = VmState::new(key.vmid(), devices);
+        if let VmKey::Libvirt(d) = key {
+            st.domain = Some(d.clone());
+        }
+        st
+    }
+
+    pub fn key(&self) -> VmKey {
+        match &self.domain {
+            Some(d) => VmKey::Libvirt(d.clone()),
+            None => VmKey::Pve(self.vmid),
         }
     }
 
@@ -65,47 +131,107 @@ impl VmState {
 }
 
 pub fn save(host: &dyn Host, st: &VmState) -> Result<()> {
-    let rel = paths::state_file(st.vmid);
+    let key = st.key();
+    let rel = key.state_file();
     let data = serde_json::to_vec_pretty(st).map_err(|e| Error::Failed(e.to_string()))?;
     host.write_atomic(&rel, &data)
-        .map_err(|e| Error::host(format!("VM {}", st.vmid), "writing", host.display(&rel), e))
+        .map_err(|e| Error::host(&key, "writing", host.display(&rel), e))
 }
 
 pub fn load(host: &dyn Host, vmid: u32) -> Result<Option<VmState>> {
-    let rel = paths::state_file(vmid);
+    load_key(host, &VmKey::Pve(vmid))
+}
+
+pub fn load_key(host: &dyn Host, key: &VmKey) -> Result<Option<VmState>> {
+    let rel = key.state_file();
     if !host.exists(&rel) {
         return Ok(None);
     }
     let text = host
         .read(&rel)
-        .map_err(|e| Error::host(format!("VM {vmid}"), "reading", host.display(&rel), e))?;
+        .map_err(|e| Error::host(key, "reading", host.display(&rel), e))?;
     let st: VmState = serde_json::from_str(&text).map_err(|e| {
         Error::Failed(format!(
             "{}: state file is damaged ({e}); move it away and check the devices by hand",
             host.display(&rel)
         ))
     })?;
-    if st.vmid != vmid {
+    let same = match (key, &st.domain) {
+        (VmKey::Pve(v), None) => st.vmid == *v,
+        (VmKey::Libvirt(d), Some(sd)) => sd.uuid == d.uuid,
+        _ => false,
+    };
+    if !same {
         return Err(Error::Failed(format!(
-            "{}: state file names VM {} instead of {vmid}",
+            "{}: state file names {} instead of {key}",
             host.display(&rel),
-            st.vmid
+            st.key()
         )));
     }
     Ok(Some(st))
 }
 
-pub fn remove(host: &dyn Host, vmid: u32) -> Result<()> {
-    let rel = paths::state_file(vmid);
+pub fn remove_key(host: &dyn Host, key: &VmKey) -> Result<()> {
+    let rel = key.state_file();
     match host.remove_file(&rel) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::host(
-            format!("VM {vmid}"),
-            "removing",
-            host.display(&rel),
-            e,
-        )),
+        Err(e) => Err(Error::host(key, "removing", host.display(&rel), e)),
+    }
+}
+
+/// Every state file's key: Proxmox VMs (by id) then libvirt domains. A libvirt state file
+/// that cannot be read is skipped here (`load_key` reports it when it is used).
+pub fn list_keys(host: &dyn Host) -> Vec<VmKey> {
+    let mut keys: Vec<VmKey> = list_vms(host).into_iter().map(VmKey::Pve).collect();
+    for n in host.list(paths::RUN_DIR).unwrap_or_default() {
+        let Some(uuid) = n
+            .strip_prefix("libvirt-")
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Some(uuid) = crate::libvirt::parse_uuid(uuid) else {
+            continue;
+        };
+        let probe = VmKey::Libvirt(Domain {
+            uuid,
+            name: String::new(),
+        });
+        if let Ok(Some(st)) = load_key(host, &probe) {
+            keys.push(st.key());
+        }
+    }
+    keys
+}
+
+/// The other VM or domain whose state holds `bdf`, if any.
+pub fn owner_of_key(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey> {
+    let same = |a: &VmKey, b: &VmKey| match (a, b) {
+        (VmKey::Pve(x), VmKey::Pve(y)) => x == y,
+        (VmKey::Libvirt(x), VmKey::Libvirt(y)) => x.uuid == y.uuid,
+        _ => false,
+    };
+    for k in list_keys(host) {
+        if same(&k, except) {
+            continue;
+        }
+        match load_key(host, &k) {
+            Ok(Some(st)) if st.owns(bdf) => return Some(k),
+            Ok(_) => {}
+            // Unreadable or damaged: it may hold the device; refusing is the safe answer.
+            Err(_) => return Some(k),
+        }
+    }
+    None
+}
+
+/// Whether the VM or domain is running: Proxmox's pid file, or for libvirt a QEMU process
+/// whose command line carries `-uuid UUID`.
+pub fn key_running(host: &dyn Host, key: &VmKey) -> Option<u32> {
+    match key {
+        VmKey::Pve(v) => vm_running(host, *v),
+        VmKey::Libvirt(d) => crate::libvirt::domain_running(host, &d.uuid),
     }
 }
 

@@ -52,6 +52,30 @@ pub trait Host: Send + Sync {
     /// Runs a program (never through a shell) with a deadline. `prog` is a bare name looked up
     /// in the host's sbin/bin dirs.
     fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput>;
+    /// Runs an executable file under the host's root (a user hook) directly, never through a
+    /// shell, with exactly `env` as its environment, stdin from /dev/null, in its own process
+    /// group; the whole group is killed at the deadline (then ETIMEDOUT).
+    fn run_file(
+        &self,
+        rel: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> io::Result<CmdOutput> {
+        let _ = (rel, args, env, timeout);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+    /// Creates a symlink `rel` → `target` (the target is stored as given); EEXIST when
+    /// anything is at `rel`.
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        let _ = (target, rel);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+    /// Creates a directory and its missing parents (mode 0755).
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        let _ = rel;
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
     /// Takes an exclusive flock on a lock file; the lock lives as long as the returned guard.
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>>;
     /// Absolute path for messages.

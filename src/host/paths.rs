@@ -17,6 +17,7 @@ pub const RESERVATIONS: &str = "run/qemu-server/pci-id-reservations";
 pub const MAPPING_PCI: &str = "etc/pve/mapping/pci.cfg";
 pub const DEFAULT_CONFIG: &str = "etc/pt-hook/pt-hook.toml";
 pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
+pub const HOOKS_DIR: &str = "etc/pt-hook/hooks.d";
 
 /// Files pt-hook may touch in a PCI device directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +108,12 @@ pub fn iommu_group_devices(group: u32) -> String {
 
 pub fn state_file(vmid: u32) -> String {
     format!("{RUN_DIR}/vm-{vmid}.json")
+}
+
+/// `uuid` must come from `crate::libvirt::parse_uuid` (hex digits and dashes only).
+pub fn libvirt_state_file(uuid: &str) -> String {
+    debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+    format!("{RUN_DIR}/libvirt-{uuid}.json")
 }
 
 pub fn lock_file(bdf: &Bdf) -> String {

@@ -48,6 +48,9 @@ fn holder_text() -> String {
     format!("pid {} (pt-hook {})\n", std::process::id(), args.join(" "))
 }
 
+/// Output kept from a user hook (per stream); the rest is read and dropped.
+const MAX_HOOK_OUTPUT: u64 = 64 * 1024;
+
 const BIN_DIRS: [&str; 4] = ["usr/sbin", "sbin", "usr/bin", "bin"];
 
 impl Host for RealHost {
@@ -188,6 +191,93 @@ impl Host for RealHost {
                 Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
             }
         }
+    }
+
+    fn run_file(
+        &self,
+        rel: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> io::Result<CmdOutput> {
+        use std::os::unix::process::CommandExt;
+        let start = std::time::Instant::now();
+        let mut cmd = Command::new(self.path(rel));
+        cmd.args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let pgid = child.id() as i32;
+        // Readers on their own threads: a hook that leaves a background process holding
+        // its stdout must not keep pt-hook waiting past the deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, s) in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut s) = s {
+                    let _ = s.by_ref().take(MAX_HOOK_OUTPUT).read_to_end(&mut v);
+                    // Keep draining so the hook never blocks on a full pipe.
+                    let _ = io::copy(&mut s, &mut io::sink());
+                }
+                let _ = tx.send((i, v));
+            });
+        }
+        drop(tx);
+        let status = poll_until(timeout, || child.try_wait().ok().flatten());
+        let kill_group = || {
+            // SAFETY: plain kill(2) on the process group this call created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        };
+        let Some(st) = status else {
+            kill_group();
+            let _ = child.wait();
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        };
+        let mut out = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            let left = timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(100));
+            match rx.recv_timeout(left) {
+                Ok((i, v)) => out[i] = v,
+                Err(_) => break,
+            }
+        }
+        let [o, e] = out;
+        Ok(CmdOutput {
+            code: st.code(),
+            stdout: String::from_utf8_lossy(&o).into_owned(),
+            stderr: String::from_utf8_lossy(&e).into_owned(),
+        })
+    }
+
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, self.path(rel))
+    }
+
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(self.path(rel))
     }
 
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {

@@ -2964,6 +2964,38 @@ impl Host for SimHost {
         r
     }
 
+    fn run_file(
+        &self,
+        rel: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> io::Result<CmdOutput> {
+        // User hooks are real files under the private root: run them for real.
+        let idx = self.log(OpKind::Run, rel, args.join(" "));
+        let r = self.real.run_file(rel, args, env, timeout);
+        let res = match &r {
+            Ok(o) => OpResult::Exit(o.code),
+            Err(e) => OpResult::Err(errno_of(e)),
+        };
+        self.finish(idx, res);
+        r
+    }
+
+    fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+        if is_sys(rel) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.symlink(target, rel)
+    }
+
+    fn create_dir_all(&self, rel: &str) -> io::Result<()> {
+        if is_sys(rel) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.create_dir_all(rel)
+    }
+
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
         self.real.lock(rel, timeout)
     }

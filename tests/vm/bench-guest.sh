@@ -45,12 +45,13 @@ PEER_SLEEP=5
 echo "BENCH cycle rounds=$N pt-hook=${PT}s raw-shell=${RAW}s ratio=$(awk -v a=$PT -v b=$RAW 'BEGIN{printf "%.2f", a/b}') peer-script=$(awk -v r=$RAW -v n=$N -v s=$PEER_SLEEP 'BEGIN{printf "%.2f", r + n*s}')s (raw + ${PEER_SLEEP}s fixed sleeps per cycle)"
 rm -f /etc/pt-hook/pt-hook.toml
 
-# 2. Resets: 1, 2 and 3 devices in one call against separate calls in a row.
+# 2. Resets: 1, 2 and 3 devices in one call against separate calls in a row (each R times).
+R=${BENCH_RESET_ROUNDS:-5}
 for set in "$NVME1" "$NVME1 $NVME2" "$NVME1 $NVME2 $VNET"; do
     n=$(echo $set | wc -w)
-    t=$(now); $H reset $set >/dev/null 2>&1; ONE=$(since "$t")
-    t=$(now); for d in $set; do $H reset $d >/dev/null 2>&1; done; SEP=$(since "$t")
-    echo "BENCH reset devices=$n one-call=${ONE}s separate-calls=${SEP}s ratio=$(awk -v a=$ONE -v b=$SEP 'BEGIN{printf "%.2f", a/b}')"
+    t=$(now); i=0; while [ $i -lt $R ]; do $H reset $set >/dev/null 2>&1; i=$((i+1)); done; ONE=$(since "$t")
+    t=$(now); i=0; while [ $i -lt $R ]; do for d in $set; do $H reset $d >/dev/null 2>&1; done; i=$((i+1)); done; SEP=$(since "$t")
+    echo "BENCH reset devices=$n rounds=$R one-call=${ONE}s separate-calls=${SEP}s ratio=$(awk -v a=$ONE -v b=$SEP 'BEGIN{printf "%.2f", a/b}')"
 done
 
 # Where a 3-device reset spends its time (pt-hook's own log of one call).

@@ -480,6 +480,114 @@ if section console; then
     restore_bed
 fi
 
+# ================================================================ tools
+# libvirt mode (domain XML on stdin, run as /etc/libvirt/hooks/qemu), user hooks from
+# /etc/pt-hook/hooks.d, and `pt-hook install`.
+lvhook() { # EXE ARGS...: like hook(), with /tmp/dom.xml on stdin (as libvirt runs it)
+    _exe=$1
+    shift
+    _t0=$(now)
+    (cd / && exec timeout $HOOK_TIMEOUT "$_exe" "$@" </tmp/dom.xml >/tmp/hook.stdout 2>/tmp/hook.stderr)
+    RC=$?
+    STDOUT=$(cat /tmp/hook.stdout)
+    OUT=$(cat /tmp/hook.stdout /tmp/hook.stderr)
+    HOOK_SECS=$(elapsed "$_t0")
+    echo "  \$ $_exe $* < /tmp/dom.xml -> exit $RC ($HOOK_SECS s)"
+    [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
+    return 0
+}
+stdout_empty() { [ -z "$STDOUT" ] || { WHY="stdout: $(echo "$STDOUT" | head -c 200)"; return 1; }; }
+file_has() { grep -q -- "$2" "$1" 2>/dev/null || { WHY="$1 lacks '$2': $(head -c 300 "$1" 2>&1 | tr '\n' ' ')"; return 1; }; }
+link_is() { [ "$(readlink "$1")" = "$2" ] || { WHY="$1 -> '$(readlink "$1")'"; return 1; }; }
+if section tools; then
+    UUID=4dea22b3-1d52-d8f3-2516-782e98ab3fa0
+    _b=${NVME1#*:}
+    _b=${_b%%:*}
+    _s=${NVME1##*:}
+    _s=${_s%.*}
+    cat >/tmp/dom.xml <<XML
+<domain type='kvm'>
+  <name>guest one</name>
+  <uuid>$UUID</uuid>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x$_b' slot='0x$_s' function='0x${NVME1##*.}'/></source>
+    </hostdev>
+  </devices>
+</domain>
+XML
+    mkdir -p /etc/libvirt/hooks
+    ln -sf $HOOK /etc/libvirt/hooks/qemu
+    LV=/etc/libvirt/hooks/qemu
+    lvhook $HOOK --dry-run libvirt "guest one" prepare begin -
+    check lv.dry-run-exit-0 rc_is 0
+    check lv.dry-run-names-nvme out_has "$NVME1"
+    check lv.dry-run-changes-nothing all_original
+    check lv.dry-run-no-state state_gone libvirt
+    lvhook $LV "guest one" prepare begin -
+    check lv.prepare-exit-0 rc_is 0
+    info "libvirt prepare (nvme) took $HOOK_SECS s"
+    check lv.nvme-on-vfio drv_now_is $NVME1 vfio-pci
+    check lv.state-by-uuid state_exists "libvirt-$UUID"
+    lvhook $LV "guest one" started begin -
+    check lv.started-exit-0 rc_is 0
+    check lv.started-stdout-empty stdout_empty
+    hook 100 pre-start
+    check lv.pve-vm-refused rc_is 1
+    check lv.pve-vm-names-domain out_has "libvirt domain"
+    lvhook $LV "guest one" release end -
+    check lv.release-exit-0 rc_is 0
+    info "libvirt release (nvme) took $HOOK_SECS s"
+    check lv.nvme-back drv_is $NVME1 nvme
+    check lv.nvme-blockdev-back has_blockdev $NVME1
+    check lv.state-gone state_gone libvirt
+    check lv.all-original all_original
+    lvhook $LV "other" prepare begin -
+    check lv.name-mismatch-exit-2 rc_is 2
+    restore_bed
+
+    # user hooks around VM 101 (nvme2 + virtio-net)
+    mkdir -p /etc/pt-hook/hooks.d/pre-start /etc/pt-hook/hooks.d/post-stop
+    chmod 755 /etc/pt-hook /etc/pt-hook/hooks.d /etc/pt-hook/hooks.d/*
+    rm -f /tmp/hooks.log
+    for _h in pre-start/10-rec post-stop/10-rec; do
+        printf '#!/bin/sh\necho "$1 $2 [$PT_HOOK_DEVICES] rb=${PT_HOOK_ROLLBACK:-0} nvme2=$(basename $(readlink /sys/bus/pci/devices/%s/driver))" >>/tmp/hooks.log\n' "$NVME2" >/etc/pt-hook/hooks.d/$_h
+        chmod 755 /etc/pt-hook/hooks.d/$_h
+    done
+    hook 101 pre-start
+    check uh.pre-start-exit-0 rc_is 0
+    check uh.nvme2-on-vfio drv_now_is $NVME2 vfio-pci
+    hook 101 post-stop
+    check uh.post-stop-exit-0 rc_is 0
+    check uh.pre-hook-before-devices file_has /tmp/hooks.log "101 pre-start \[$NVME2 $VNET\] rb=0 nvme2=nvme"
+    check uh.post-hook-after-devices file_has /tmp/hooks.log "101 post-stop \[$NVME2 $VNET\] rb=0 nvme2=nvme"
+    printf '#!/bin/sh\necho no >&2\nexit 7\n' >/etc/pt-hook/hooks.d/pre-start/20-fail
+    chmod 755 /etc/pt-hook/hooks.d/pre-start/20-fail
+    hook 101 pre-start
+    check uh.failing-hook-exit-1 rc_is 1
+    check uh.failing-hook-named out_has "20-fail"
+    check uh.failing-hook-nothing-moved all_original
+    check uh.failing-hook-rollback-hooks file_has /tmp/hooks.log "101 post-stop .* rb=1"
+    chmod 757 /etc/pt-hook/hooks.d/pre-start/20-fail
+    hook 101 pre-start
+    check uh.untrusted-exit-2 rc_is 2
+    check uh.untrusted-named out_has "writable by others"
+    rm -rf /etc/pt-hook/hooks.d
+    restore_bed
+
+    # install: the snippet link from storage.cfg
+    mkdir -p /var/lib/vz
+    printf 'dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,snippets\n' >/etc/pve/storage.cfg
+    hook install --vmid 100
+    check inst.exit-0 rc_is 0
+    check inst.link link_is /var/lib/vz/snippets/pt-hook $HOOK
+    check inst.qm-set-line out_has "qm set 100 --hookscript local:snippets/pt-hook"
+    hook install
+    check inst.idempotent ok_and_has "already installed"
+    rm -f /etc/pve/storage.cfg /etc/libvirt/hooks/qemu
+    restore_bed
+fi
+
 # ======================================================= quirk profiles
 # A user profile (quirks.d) that makes the nvme a "host-rebind" device: the ladder skips its
 # FLR and bus reset and uses the host driver's probe as the reset, on real sysfs.
@@ -619,6 +727,108 @@ if section reliability; then
     done
     check rel.bad-args.host-as-before snap_is "$SNAP0"
     check rel.bad-args.no-state test -z "$(ls /run/pt-hook/*.json 2>/dev/null)"
+    restore_bed
+fi
+
+# ====================================================== status and doctor
+# JSON object of one device from `status --json` on one line, whitespace removed.
+dev_json() { # BDF
+    echo "$STDOUT" | awk -v b="\"bdf\": \"$1\"" '
+        index($0, b) { on = 1 }
+        on { printf "%s", $0 }
+        on && /^    }/ { exit }' | tr -d ' \n'
+}
+json_has() { # BDF PATTERN (fixed string in the device object)
+    case "$(dev_json "$1")" in
+        *"$2"*) return 0 ;;
+    esac
+    WHY="$1 lacks $2: $(dev_json "$1" | head -c 400)"
+    return 1
+}
+# Status word of check ID in the human doctor output, within "host:" or "VM N:".
+doc_status() { # SECTION ID
+    echo "$STDOUT" | awk -v s="$1:" -v id="$2" '
+        /^[^ ]/ { cur = $0 }
+        cur == s && $2 == id { print $1; exit }'
+}
+doc_is() { # SECTION ID STATUS
+    _s=$(doc_status "$1" "$2")
+    [ "$_s" = "$3" ] || { WHY="$1 $2 is '${_s:-absent}': $(echo "$STDOUT" | grep -F -- " $2 " | head -n 3 | tr '\n' ' ')"; return 1; }
+}
+if section status-doctor; then
+    G=$(group $VGA)
+    hook status --json
+    check status.json-exit-0 rc_is 0
+    check status.json-is-json out_json
+    check status.vga-driver json_has $VGA '"driver":"bochs-drm"'
+    check status.audio-driver json_has $AUDIO '"driver":"snd_hda_intel"'
+    check status.vga-group json_has $VGA "\"iommu_group\":$G,"
+    check status.audio-same-group json_has $AUDIO "\"iommu_group\":$G,"
+    check status.vga-members-list-audio json_has $VGA "\"iommu_group_members\":[\"$VGA\",\"$AUDIO\"]"
+    check status.audio-members-list-vga json_has $AUDIO "\"iommu_group_members\":[\"$VGA\",\"$AUDIO\"]"
+    check status.nvme-own-group json_has $NVME1 "\"iommu_group_members\":[\"$NVME1\"]"
+    check status.vga-boot_vga json_has $VGA '"boot_vga":true'
+    check status.vga-reset-bus json_has $VGA '"reset_methods":["bus"]'
+    check status.audio-no-reset-methods json_has $AUDIO '"reset_methods":null'
+    check status.nvme-flr json_has $NVME1 '"reset_methods":["flr"'
+    check status.virtio-flr-pm-bus json_has $VNET '"reset_methods":["flr","pm","bus"]'
+    check status.nvme-link json_has $NVME1 '"link_width":"'
+    check status.vga-owner-102 json_has $VGA '"vm":102,"vm_source":"config"'
+    check status.audio-owner-102 json_has $AUDIO '"vm":102,"vm_source":"config"'
+    check status.nvme1-owner-100 json_has $NVME1 '"vm":100,"vm_source":"config"'
+    check status.e1000e-owner-105-not-snapshot json_has $E1000E '"vm":105,"vm_source":"config"'
+    check status.class-name json_has $NVME1 '"class_name":"Non-Volatilememorycontroller"'
+    hook status
+    check status.text-exit-0 rc_is 0
+    check status.text-names-audio-with-vga out_has "$(short $VGA).*$(short $AUDIO)"
+    check status.changes-nothing all_original
+
+    # While VM 100 runs, its state file (not the configs) says who owns the devices.
+    hook 100 pre-start
+    check status.pre-start-100-exit-0 rc_is 0
+    hook status --json
+    check status.state-owner json_has $NVME1 '"vm":100,"vm_source":"state"'
+    check status.state-driver json_has $NVME1 '"driver":"vfio-pci"'
+    hook 100 post-stop
+    check status.post-stop-100-exit-0 rc_is 0
+    check status.restored all_original
+
+    info "/proc/cmdline: $(cat /proc/cmdline)"
+    info "IR interrupt chips: $(grep -o 'IR-[A-Z-]*' /proc/interrupts | sort -u | tr '\n' ' ')"
+    # All configs: 102 sets pcie=1 without q35, 103 does not parse, 104 names an absent
+    # device: doctor fails (exit 1) and names them.
+    hook doctor
+    check doctor.all-exit-1 rc_is 1
+    info "doctor: $(echo "$STDOUT" | tail -n 1)"
+    check doctor.iommu-enabled doc_is host iommu.enabled PASS
+    check doctor.iommu-cmdline doc_is host iommu.cmdline PASS
+    check doctor.no-iommu-pt-warns doc_is host iommu.passthrough-mode WARN
+    check doctor.interrupt-remapping doc_is host iommu.interrupt-remapping PASS
+    check doctor.no-bootloader-config-warns doc_is host boot.loader WARN
+    check doctor.no-acs-override doc_is host boot.acs-override PASS
+    check doctor.vfio-modules doc_is host modules.vfio PASS
+    check doctor.blacklist doc_is host modules.blacklist PASS
+    check doctor.102-gpu-group doc_is "VM 102" vm.iommu-group PASS
+    check doctor.102-all-functions doc_is "VM 102" vm.all-functions PASS
+    check doctor.102-pcie-without-q35 doc_is "VM 102" vm.machine FAIL
+    check doctor.102-x-vga-without-vga-none doc_is "VM 102" vm.x-vga WARN
+    check doctor.102-no-hookscript doc_is "VM 102" vm.hookscript WARN
+    check doctor.102-console-gpu-no-sshd doc_is "VM 102" vm.console-access WARN
+    check doctor.103-config-error doc_is "VM 103" vm.config FAIL
+    check doctor.104-absent-device doc_is "VM 104" vm.devices FAIL
+    check doctor.100-groups doc_is "VM 100" vm.iommu-group PASS
+    check doctor.100-virtio-also-in-101 doc_is "VM 100" vm.shared-device WARN
+    check doctor.changes-nothing all_original
+    # One VM with nothing wrong but warnings: exit 0.
+    hook doctor 100 --json
+    check doctor.100-exit-0 rc_is 0
+    check doctor.100-json out_json
+    check doctor.100-json-names-nvme out_has "\"device\": \"$NVME1\""
+    check doctor.100-json-only-100 test -z "$(echo "$STDOUT" | grep '"vm": ' | grep -v '"vm": 100')"
+    hook doctor 103
+    check doctor.103-exit-1 rc_is 1
+    check doctor.103-names-line out_has '103.conf:1'
+    check doctor.absent-vm-exit-2 sh -c "$HOOK doctor 999 >/dev/null 2>&1; [ \$? = 2 ]"
     restore_bed
 fi
 

@@ -1,0 +1,566 @@
+//! libvirt mode: the same binary as `/etc/libvirt/hooks/qemu` (or a file in
+//! `/etc/libvirt/hooks/qemu.d/`). libvirt runs it as `qemu <domain> <operation> <sub-operation>
+//! <extra>` with the domain XML on stdin; `pt-hook libvirt <domain> <operation> <sub-operation>
+//! [<extra>]` is the same by hand.
+//!
+//! `prepare begin` is pre-start and `release end` is post-stop for the domain's
+//! `<hostdev mode='subsystem' type='pci'>` functions (and the rest of their IOMMU groups);
+//! every other operation is logged and accepted. State is keyed by the domain's UUID
+//! (`/run/pt-hook/libvirt-<uuid>.json`): domain names may hold almost any character and are
+//! never part of a path. Nothing is printed on stdout, which libvirt reads back as XML for
+//! some operations (migrate, restore).
+
+use std::ffi::OsStr;
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use crate::config::MAX_FILE_BYTES;
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::lifecycle::{self, Ctx};
+use crate::pci::Bdf;
+use crate::state::{Domain, VmKey};
+
+/// The largest domain XML accepted on stdin.
+pub const MAX_XML_BYTES: usize = MAX_FILE_BYTES;
+/// Elements + attributes + text nodes: a real domain has a few hundred.
+const MAX_XML_NODES: u32 = 100_000;
+/// libvirt itself caps nothing, but a longer name is not a real domain.
+const MAX_NAME_BYTES: usize = 512;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LibvirtArgs {
+    /// The domain name (must match `<name>` in the XML on stdin).
+    pub domain: String,
+    /// libvirt's operation: prepare, start, started, stopped, release, migrate, restore, ...
+    pub operation: String,
+    /// libvirt's sub-operation: begin or end (`-` when none).
+    pub sub_operation: String,
+    /// libvirt's extra argument (`-` when none); ignored.
+    pub extra: Option<String>,
+}
+
+/// What the hook does for an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    PreStart,
+    PostStop,
+}
+
+pub fn action(operation: &str, sub_operation: &str) -> Option<Action> {
+    match (operation, sub_operation) {
+        ("prepare", "begin") => Some(Action::PreStart),
+        ("release", "end") => Some(Action::PostStop),
+        _ => None,
+    }
+}
+
+/// Whether the binary was started as a libvirt hook: named `qemu` in a `hooks` directory, or
+/// any name inside `qemu.d` (libvirt ≥ 6.5 runs every file there with the same arguments).
+pub fn invoked_as_hook(argv0: &OsStr) -> bool {
+    let p = Path::new(argv0);
+    let name = p.file_name().and_then(|n| n.to_str());
+    let parent = p
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str());
+    matches!(
+        (name, parent),
+        (Some("qemu"), Some("hooks")) | (Some(_), Some("qemu.d"))
+    )
+}
+
+/// Turns `qemu DOMAIN OP SUB EXTRA` into `pt-hook libvirt DOMAIN OP SUB EXTRA` when the
+/// binary runs as a libvirt hook; other command lines are returned unchanged.
+pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    match args.first() {
+        Some(a0) if invoked_as_hook(a0) => {
+            let mut v = Vec::with_capacity(args.len() + 1);
+            v.push(a0.clone());
+            v.push("libvirt".into());
+            // `--` so a domain named like an option stays a domain.
+            v.push("--".into());
+            v.extend(args.into_iter().skip(1));
+            v
+        }
+        _ => args,
+    }
+}
+
+/// A canonical UUID (8-4-4-4-12 hex digits), lowercased; None for anything else.
+pub fn parse_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.len() != 36 {
+        return None;
+    }
+    for (i, b) in s.bytes().enumerate() {
+        let dash = matches!(i, 8 | 13 | 18 | 23);
+        if dash != (b == b'-') || (!dash && !b.is_ascii_hexdigit()) {
+            return None;
+        }
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+/// A domain name as shown in messages and handed to user hooks: never a path component.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Error::Usage(format!(
+            "invalid libvirt domain name {name:?}: must be 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if name.contains('/') || name.chars().any(|c| c.is_control()) {
+        return Err(Error::Usage(format!(
+            "invalid libvirt domain name {name:?}: no '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// What pt-hook takes from a domain's XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainXml {
+    pub name: String,
+    pub uuid: String,
+    /// PCI functions with where they come from ("hostdev 1 (managed)").
+    pub hostdevs: Vec<(Bdf, String)>,
+}
+
+/// libvirt's number syntax for address attributes (base 0 of strtoul: 0x hex, leading 0
+/// octal, decimal).
+fn parse_num(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix).ok()
+}
+
+fn line_col(doc: &roxmltree::Document, node: roxmltree::Node) -> String {
+    let p = doc.text_pos_at(node.range().start);
+    format!("line {}", p.row)
+}
+
+/// Parses a domain XML: `<domain>` with one `<name>` and one `<uuid>`, and every
+/// `<devices><hostdev mode='subsystem' type='pci'><source><address .../>`. DTDs (and so
+/// entity expansion) are refused; malformed XML is an error naming line and column.
+pub fn parse_domain(xml: &str, what: &str) -> Result<DomainXml> {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_XML_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, opts)
+        .map_err(|e| Error::Config(format!("{what}: malformed XML: {e}")))?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
+        return Err(Error::Config(format!(
+            "{what}: root element is <{}>, expected <domain>",
+            root.tag_name().name()
+        )));
+    }
+    let single = |tag: &str| -> Result<String> {
+        let mut it = root.children().filter(|n| n.has_tag_name(tag));
+        let n = it
+            .next()
+            .ok_or_else(|| Error::Config(format!("{what}: <domain> has no <{tag}>")))?;
+        if let Some(n2) = it.next() {
+            return Err(Error::Config(format!(
+                "{what}: {}: a second <{tag}> in <domain>",
+                line_col(&doc, n2)
+            )));
+        }
+        if n.children().any(|c| c.is_element()) {
+            return Err(Error::Config(format!(
+                "{what}: {}: <{tag}> must hold text only",
+                line_col(&doc, n)
+            )));
+        }
+        Ok(n.text().unwrap_or("").trim().to_string())
+    };
+    let name = single("name")?;
+    check_name(&name).map_err(|e| Error::Config(format!("{what}: <name>: {e}")))?;
+    let uuid_text = single("uuid")?;
+    let uuid = parse_uuid(&uuid_text).ok_or_else(|| {
+        Error::Config(format!(
+            "{what}: <uuid> {uuid_text:?} is not a UUID (8-4-4-4-12 hex digits)"
+        ))
+    })?;
+    let mut hostdevs = Vec::new();
+    let mut index = 0usize;
+    for devices in root.children().filter(|n| n.has_tag_name("devices")) {
+        for hd in devices.children().filter(|n| n.has_tag_name("hostdev")) {
+            if hd.attribute("mode") != Some("subsystem") || hd.attribute("type") != Some("pci") {
+                continue;
+            }
+            let at = line_col(&doc, hd);
+            let here = format!("{what}: {at}: <hostdev type='pci'>");
+            let mut sources = hd.children().filter(|n| n.has_tag_name("source"));
+            let source = sources
+                .next()
+                .ok_or_else(|| Error::Config(format!("{here} has no <source>")))?;
+            if sources.next().is_some() {
+                return Err(Error::Config(format!("{here} has two <source> elements")));
+            }
+            let mut addrs = source.children().filter(|n| n.has_tag_name("address"));
+            let addr = addrs
+                .next()
+                .ok_or_else(|| Error::Config(format!("{here}: <source> has no <address>")))?;
+            if addrs.next().is_some() {
+                return Err(Error::Config(format!(
+                    "{here}: <source> has two <address> elements"
+                )));
+            }
+            let field = |attr: &str, max: u32, required: bool| -> Result<u32> {
+                match addr.attribute(attr) {
+                    None if !required => Ok(0),
+                    None => Err(Error::Config(format!(
+                        "{here}: <address> has no {attr}="
+                    ))),
+                    Some(v) => parse_num(v).filter(|n| *n <= max).ok_or_else(|| {
+                        Error::Config(format!(
+                            "{here}: <address {attr}='{v}'>: expected a number up to {max:#x} (like 0x{:0w$x})",
+                            0,
+                            w = if max > 0xff { 4 } else { 2 }
+                        ))
+                    }),
+                }
+            };
+            let bdf = Bdf {
+                domain: field("domain", 0xffff, false)? as u16,
+                bus: field("bus", 0xff, true)? as u8,
+                dev: field("slot", 0x1f, true)? as u8,
+                func: field("function", 7, true)? as u8,
+            };
+            let managed = hd.attribute("managed") == Some("yes");
+            hostdevs.push((
+                bdf,
+                format!(
+                    "hostdev {index}{} ({at})",
+                    if managed { ", managed" } else { "" }
+                ),
+            ));
+            index += 1;
+        }
+    }
+    Ok(DomainXml {
+        name,
+        uuid,
+        hostdevs,
+    })
+}
+
+/// Reads the domain XML from `input`, refusing more than `MAX_XML_BYTES`.
+pub fn read_xml(input: &mut dyn Read) -> Result<String> {
+    let mut buf = Vec::new();
+    input
+        .take(MAX_XML_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            Error::Usage(format!(
+                "reading the domain XML from stdin: {}",
+                crate::host::errno_text(&e)
+            ))
+        })?;
+    if buf.len() > MAX_XML_BYTES {
+        return Err(Error::Usage(format!(
+            "domain XML on stdin is larger than {MAX_XML_BYTES} bytes: refusing it"
+        )));
+    }
+    if buf.is_empty() {
+        return Err(Error::Usage(
+            "no domain XML on stdin (libvirt passes it; by hand: pt-hook libvirt DOMAIN prepare begin - < domain.xml)".into(),
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| Error::Usage("domain XML on stdin is not UTF-8".into()))
+}
+
+/// Whether a QEMU process runs with `-uuid UUID` on its command line (how libvirt starts it).
+pub fn domain_running(host: &dyn Host, uuid: &str) -> Option<u32> {
+    for p in host.list("proc").unwrap_or_default() {
+        let Ok(pid) = p.parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = host.read_bytes(&format!("proc/{pid}/cmdline"), 1 << 16) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        while let Some(a) = args.next() {
+            if a == b"-uuid" {
+                if let Some(v) = args.next() {
+                    if v.eq_ignore_ascii_case(uuid.as_bytes()) {
+                        return Some(pid);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `pt-hook libvirt ...`: reads stdin only for the operations it acts on (and drains it,
+/// bounded, for the others so libvirt never writes into a closed pipe).
+pub fn command(
+    host: std::sync::Arc<dyn Host>,
+    load_cfg: &dyn Fn(&dyn Host) -> Result<crate::config::Config>,
+    dry_run: bool,
+    log: &crate::log::Logger,
+    args: &LibvirtArgs,
+    stdin: &mut dyn Read,
+    stdin_is_tty: bool,
+) -> Result<()> {
+    check_name(&args.domain)?;
+    let Some(act) = action(&args.operation, &args.sub_operation) else {
+        if !stdin_is_tty {
+            let _ = std::io::copy(&mut stdin.take(MAX_XML_BYTES as u64), &mut std::io::sink());
+        }
+        log.info(&format!(
+            "operation {} {}: nothing to do",
+            args.operation, args.sub_operation
+        ));
+        return Ok(());
+    };
+    if stdin_is_tty {
+        return Err(Error::Usage(
+            "expects the domain XML on stdin (libvirt passes it); by hand: pt-hook libvirt DOMAIN prepare begin - < domain.xml".into(),
+        ));
+    }
+    let xml = read_xml(stdin)?;
+    let dom = parse_domain(&xml, "domain XML (stdin)")?;
+    if dom.name != args.domain {
+        return Err(Error::Usage(format!(
+            "domain argument {:?} does not match <name>{}</name> in the XML on stdin",
+            args.domain, dom.name
+        )));
+    }
+    let cfg = load_cfg(&*host)?;
+    let ctx = Ctx {
+        host,
+        cfg: &cfg,
+        log,
+        dry_run,
+        node: crate::resolve::node_name(),
+    };
+    let key = VmKey::Libvirt(Domain {
+        uuid: dom.uuid.clone(),
+        name: dom.name.clone(),
+    });
+    match act {
+        Action::PreStart => {
+            for (b, origin) in &dom.hostdevs {
+                log.info(&format!("{origin}: {b}"));
+            }
+            if dry_run {
+                println!(
+                    "dry-run: {key}: {} PCI hostdev(s): {}",
+                    dom.hostdevs.len(),
+                    dom.hostdevs
+                        .iter()
+                        .map(|(b, o)| format!("{b} [{o}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let p = lifecycle::plan_bdfs(&ctx, 0, &dom.hostdevs)?;
+            let replan = || lifecycle::plan_bdfs(&ctx, 0, &dom.hostdevs);
+            crate::userhooks::pre_start(&ctx, &key, p, &replan)
+        }
+        Action::PostStop => crate::userhooks::post_stop(&ctx, &key),
+    }
+}
+
+/// The stdin handle and whether it is a terminal.
+pub fn stdin() -> (std::io::Stdin, bool) {
+    let s = std::io::stdin();
+    let tty = s.is_terminal();
+    (s, tty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='kvm' id='3'>
+  <name>win11 gaming</name>
+  <uuid>4DEA22B3-1D52-D8F3-2516-782E98AB3FA0</uuid>
+  <devices>
+    <disk type='file' device='disk'><source file='/x.qcow2'/></disk>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <driver name='vfio'/>
+      <source>
+        <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>
+      </source>
+      <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='pci' managed='no'>
+      <source><address bus='2' slot='0' function='1'/></source>
+    </hostdev>
+    <hostdev mode='subsystem' type='usb'>
+      <source><vendor id='0x046d'/><product id='0xc52b'/></source>
+    </hostdev>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn takes_pci_hostdevs_name_and_uuid() {
+        let d = parse_domain(XML, "t").unwrap();
+        assert_eq!(d.name, "win11 gaming");
+        assert_eq!(d.uuid, "4dea22b3-1d52-d8f3-2516-782e98ab3fa0");
+        let b: Vec<String> = d.hostdevs.iter().map(|(b, _)| b.to_string()).collect();
+        // The guest-side <address> of the hostdev is not the host function.
+        assert_eq!(b, ["0000:01:00.0", "0000:02:00.1"]);
+        assert!(d.hostdevs[0].1.contains("managed"), "{:?}", d.hostdevs[0]);
+        assert!(d.hostdevs[0].1.contains("line 6"), "{:?}", d.hostdevs[0]);
+    }
+
+    #[test]
+    fn refuses_malformed_and_hostile_xml() {
+        let cases: &[(&str, &str)] = &[
+            ("", "malformed XML"),
+            ("<domain><name>a</name>", "malformed XML"),
+            ("<domain><name>a</name><uuid>x</uuid></domain>", "not a UUID"),
+            ("<dom/>", "expected <domain>"),
+            ("<domain><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid></domain>", "no <name>"),
+            ("<domain><name>a</name><name>b</name></domain>", "second <name>"),
+            ("<domain><name>a/b</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid></domain>", "no '/'"),
+            (
+                "<!DOCTYPE d [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;'>]><domain><name>&b;</name></domain>",
+                "malformed XML",
+            ),
+        ];
+        for (xml, want) in cases {
+            let e = parse_domain(xml, "stdin").unwrap_err();
+            assert!(e.to_string().contains(want), "{xml}: {e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        let base = |addr: &str| {
+            format!("<domain><name>a</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid><devices><hostdev mode='subsystem' type='pci'><source>{addr}</source></hostdev></devices></domain>")
+        };
+        for (addr, want) in [
+            ("", "no <address>"),
+            ("<address bus='0x01' slot='0x00'/>", "no function="),
+            (
+                "<address bus='0x100' slot='0' function='0'/>",
+                "bus='0x100'",
+            ),
+            ("<address bus='1' slot='0x20' function='0'/>", "slot='0x20'"),
+            ("<address bus='1' slot='0' function='8'/>", "function='8'"),
+            ("<address bus='zz' slot='0' function='0'/>", "bus='zz'"),
+            ("<address bus='-1' slot='0' function='0'/>", "bus='-1'"),
+            (
+                "<address bus='1' slot='0' function='0'/><address bus='2' slot='0' function='0'/>",
+                "two <address>",
+            ),
+        ] {
+            let e = parse_domain(&base(addr), "stdin").unwrap_err();
+            assert!(e.to_string().contains(want), "{addr}: {e}");
+        }
+        // Octal as libvirt's strtoul(base 0) reads it.
+        let d = parse_domain(&base("<address bus='010' slot='0' function='0'/>"), "s").unwrap();
+        assert_eq!(d.hostdevs[0].0.bus, 8);
+    }
+
+    #[test]
+    fn never_panics_on_truncated_or_mangled_input() {
+        // Every prefix and single-byte mangling of a real domain XML: errors, no panics.
+        for i in 0..XML.len() {
+            if XML.is_char_boundary(i) {
+                let _ = parse_domain(&XML[..i], "t");
+            }
+        }
+        let bytes = XML.as_bytes();
+        for i in (0..bytes.len()).step_by(3) {
+            for c in [b'<', b'>', b'\'', b'&', 0u8, b'x'] {
+                let mut v = bytes.to_vec();
+                v[i] = c;
+                if let Ok(s) = std::str::from_utf8(&v) {
+                    let _ = parse_domain(s, "t");
+                }
+            }
+        }
+        // Random documents from XML's own alphabet (a fixed xorshift seed: reproducible).
+        let alphabet: Vec<char> = "<>/='\"&;!?[]- abcdemnostuvxy0123456789\n#x:"
+            .chars()
+            .collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5000 {
+            let mut doc = String::from("<domain><name>a</name>");
+            for _ in 0..(seed % 120) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                doc.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse_domain(&doc, "t");
+        }
+        let deep = "<a>".repeat(5000) + &"</a>".repeat(5000);
+        assert!(parse_domain(&deep, "t").is_err());
+    }
+
+    #[test]
+    fn names_uuids_and_argv0() {
+        assert!(check_name("web-01").is_ok());
+        assert!(check_name("ünïcode name").is_ok());
+        for bad in ["", "a/b", "../x", "a\nb", &"x".repeat(600)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_uuid("4dea22b3-1d52-d8f3-2516-782e98ab3fa0").as_deref(),
+            Some("4dea22b3-1d52-d8f3-2516-782e98ab3fa0")
+        );
+        for bad in [
+            "",
+            "4dea22b31d52d8f32516782e98ab3fa0",
+            "4dea22b3-1d52-d8f3-2516-782e98ab3fa",
+            "../../../../../../etc/passwd-aaaaaaa",
+            "4dea22b3-1d52-d8f3-2516-782e98ab3fag",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad}");
+        }
+        assert!(invoked_as_hook(OsStr::new("/etc/libvirt/hooks/qemu")));
+        assert!(invoked_as_hook(OsStr::new(
+            "/etc/libvirt/hooks/qemu.d/pt-hook"
+        )));
+        assert!(!invoked_as_hook(OsStr::new("/usr/sbin/pt-hook")));
+        assert!(!invoked_as_hook(OsStr::new("qemu")));
+        assert!(!invoked_as_hook(OsStr::new("/usr/bin/qemu")));
+        let a = rewrite_args(
+            ["/etc/libvirt/hooks/qemu", "-x", "prepare", "begin", "-"]
+                .iter()
+                .map(Into::into)
+                .collect(),
+        );
+        assert_eq!(
+            a,
+            [
+                "/etc/libvirt/hooks/qemu",
+                "libvirt",
+                "--",
+                "-x",
+                "prepare",
+                "begin",
+                "-"
+            ]
+        );
+        assert_eq!(action("prepare", "begin"), Some(Action::PreStart));
+        assert_eq!(action("release", "end"), Some(Action::PostStop));
+        assert_eq!(action("started", "begin"), None);
+    }
+
+    #[test]
+    fn read_xml_is_bounded() {
+        let big = vec![b' '; MAX_XML_BYTES + 10];
+        let e = read_xml(&mut &big[..]).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(read_xml(&mut &b""[..]).is_err());
+        assert!(read_xml(&mut &[0xffu8, 0xfe][..]).is_err());
+        assert_eq!(read_xml(&mut XML.as_bytes()).unwrap(), XML);
+    }
+}
