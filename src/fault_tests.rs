@@ -169,8 +169,14 @@ fn setup(t: &T, p: Phase) {
         Phase::Cleanup(vm) => {
             // The pre-start "died" after its last step: no post-stop will come.
             // The last step boundary: every step done, the process gone before "prepared".
-            let n = lifecycle::plan_vm(&t.ctx(), vm).unwrap().steps.len();
-            lifecycle::CRASH_AT.with(|c| c.set(Some(2 * n - 1)));
+            // Count the boundaries on a throwaway host: the counter goes down once per boundary.
+            const BIG: usize = 1_000_000;
+            let probe = T::new();
+            lifecycle::CRASH_AT.with(|c| c.set(Some(BIG)));
+            lifecycle::pre_start(&probe.ctx(), vm).unwrap();
+            let n = BIG - lifecycle::CRASH_AT.with(|c| c.get()).unwrap();
+            assert!(n > 0, "{p:?}: no step boundaries");
+            lifecycle::CRASH_AT.with(|c| c.set(Some(n - 1)));
             let r = lifecycle::pre_start(&t.ctx(), vm);
             lifecycle::CRASH_AT.with(|c| c.set(None));
             assert!(
