@@ -301,8 +301,8 @@ fn oversize_files_are_refused() {
     );
 }
 
-/// pt-hook never builds a shell command: the only process spawn is the host layer's
-/// `run(prog, args)` (argv, no shell), and no source file names a shell.
+/// pt-hook never builds a shell command: processes are spawned only in the host layer
+/// (`run(prog, args)` and user hook files, argv, no shell), and no source file names a shell.
 #[test]
 fn no_shell_strings_in_the_source() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -318,9 +318,23 @@ fn no_shell_strings_in_the_source() {
             if p.extension().is_none_or(|x| x != "rs") {
                 continue;
             }
+            // Test-only modules write shell scripts as fixtures (user hooks); they never run
+            // in pt-hook itself.
+            if p.to_string_lossy().ends_with("_tests.rs") {
+                continue;
+            }
             let text = std::fs::read_to_string(&p).unwrap();
-            for (i, line) in text.lines().enumerate() {
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
                 let l = line.trim();
+                // Inline test modules (fixtures) end the production code of a file.
+                if l == "#[cfg(test)]"
+                    && lines
+                        .get(i + 1)
+                        .is_some_and(|n| n.trim_start().starts_with("mod "))
+                {
+                    break;
+                }
                 if l.starts_with("//") {
                     continue;
                 }
@@ -340,6 +354,10 @@ fn no_shell_strings_in_the_source() {
             }
         }
     }
-    assert_eq!(spawns.len(), 1, "process spawns: {spawns:?}");
-    assert!(spawns[0].contains("host/real.rs"), "{spawns:?}");
+    // helper programs (modprobe, systemctl) and user hook files, both as argv
+    assert!(!spawns.is_empty());
+    assert!(
+        spawns.iter().all(|s| s.contains("host/real.rs")),
+        "process spawns outside the host layer: {spawns:?}"
+    );
 }
