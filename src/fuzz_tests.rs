@@ -1,12 +1,12 @@
 //! A self-contained mutation fuzzer (cargo-fuzz needs a nightly toolchain) for every parser of
-//! untrusted text: VM configs, hostpci values, pci.cfg, the reservation file, pt-hook.toml and
-//! quirk files. Seeds: tests/fixtures/proxmox, src/quirks.toml and hand-made lines. Each target
+//! untrusted text: VM configs, hostpci values, pci.cfg, the reservation file, pt-hook.toml,
+//! quirk files and libvirt domain XML. Seeds: tests/fixtures/proxmox, src/quirks.toml and hand-made lines. Each target
 //! runs for PT_HOOK_FUZZ_SECS seconds (default 1; `tests/fuzz.sh` runs longer), mutating seeds
 //! (byte flips, inserts, deletes, duplication, splices between seeds, dictionary tokens) and
 //! catching panics. A panicking input is written to target/fuzz-crashes/ and fails the test.
 //!
-//! To add a target (e.g. the libvirt XML parser, src/libvirt.rs): add a line to `targets()`
-//! with its seeds (XML fixtures) and a closure calling the parser; see "LIBVIRT" below.
+//! To add a target: add an entry to `targets()` with its seeds and a closure calling the
+//! parser (the libvirt domain XML parser, src/libvirt.rs, is one).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -99,6 +99,13 @@ fn quirk_seeds() -> Vec<String> {
     ]
 }
 
+fn libvirt_seeds() -> Vec<String> {
+    vec![
+        "<domain type='kvm' id='3'>\n  <name>win11 gaming</name>\n  <uuid>4DEA22B3-1D52-D8F3-2516-782E98AB3FA0</uuid>\n  <devices>\n    <disk type='file' device='disk'><source file='/x.qcow2'/></disk>\n    <hostdev mode='subsystem' type='pci' managed='yes'>\n      <driver name='vfio'/>\n      <source>\n        <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>\n      </source>\n      <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>\n    </hostdev>\n    <hostdev mode='subsystem' type='pci' managed='no'>\n      <source><address bus='2' slot='0' function='1'/></source>\n    </hostdev>\n    <hostdev mode='subsystem' type='usb'>\n      <source><vendor id='0x046d'/><product id='0xc52b'/></source>\n    </hostdev>\n  </devices>\n</domain>".into(),
+        "<?xml version='1.0'?>\n<!-- c -->\n<domain type='kvm'><name>a&amp;b</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid><devices><hostdev type='pci'><source><address domain='0x0000' bus='0xff' slot='0x1f' function='0x7'/></source></hostdev></devices><![CDATA[x]]></domain>".into(),
+    ]
+}
+
 fn targets() -> Vec<Target> {
     vec![
         Target {
@@ -147,9 +154,13 @@ fn targets() -> Vec<Target> {
                 let _ = crate::quirks::parse_file(t, "quirk.toml");
             },
         },
-        // LIBVIRT: when src/libvirt.rs lands, add its parser here, e.g.
-        // Target { name: "libvirt-xml", seeds: fixtures("tests/fixtures/libvirt", |_| true),
-        //          parse: |t| { let _ = crate::libvirt::parse_domain(t, "domain.xml"); } },
+        Target {
+            name: "libvirt-xml",
+            seeds: libvirt_seeds(),
+            parse: |t| {
+                let _ = crate::libvirt::parse_domain(t, "domain.xml");
+            },
+        },
     ]
 }
 
