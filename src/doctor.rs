@@ -1446,7 +1446,7 @@ impl<'a> Doctor<'a> {
                 "vm.hookscript",
                 Status::Warn,
                 "no hookscript: nothing unbinds the host driver cleanly before start, and the devices stay on vfio-pci after the VM stops".into(),
-                Some(format!("ln -s /usr/sbin/pt-hook /var/lib/vz/snippets/pt-hook; qm set {vmid} --hookscript local:snippets/pt-hook")),
+                Some(install_hint(vmid, "local")),
             );
             return;
         };
@@ -1467,23 +1467,21 @@ impl<'a> Doctor<'a> {
             );
             return;
         };
-        let dir = if storage == "local" {
-            Some("var/lib/vz".to_string())
-        } else {
-            storage_path(self.host, storage)
+        let dir = match snippets_base(self.host, storage) {
+            Ok(d) => d,
+            Err(why) => {
+                self.add_vm(
+                    vmid,
+                    None,
+                    "vm.hookscript",
+                    Status::Warn,
+                    format!("hookscript: {hs}: {why}; cannot check the snippet"),
+                    None,
+                );
+                return;
+            }
         };
-        let Some(dir) = dir else {
-            self.add_vm(
-                vmid,
-                None,
-                "vm.hookscript",
-                Status::Warn,
-                format!("hookscript: {hs}: storage {storage} is not a dir storage in /etc/pve/storage.cfg; cannot check the snippet"),
-                None,
-            );
-            return;
-        };
-        let rel = format!("{}/snippets/{name}", dir.trim_start_matches('/'));
+        let rel = format!("{dir}/snippets/{name}");
         let shown = self.host.display(&rel);
         match self.host.stat_owner_mode(&rel) {
             Err(_) => self.add_vm(
@@ -1494,7 +1492,7 @@ impl<'a> Doctor<'a> {
                 format!(
                     "hookscript: {hs}, but {shown} does not exist: Proxmox refuses to start the VM"
                 ),
-                Some(format!("ln -s /usr/sbin/pt-hook /{rel}")),
+                Some(install_hint(vmid, storage)),
             ),
             Ok((_, mode)) if mode & 0o111 == 0 => self.add_vm(
                 vmid,
@@ -1617,27 +1615,45 @@ impl<'a> Doctor<'a> {
     }
 }
 
-/// The path of a `dir:` storage in /etc/pve/storage.cfg.
-fn storage_path(host: &dyn Host, storage: &str) -> Option<String> {
-    let text = read_bounded(host, "etc/pve/storage.cfg").ok()?;
-    let mut current = false;
-    for l in text.lines() {
-        if !l.starts_with(char::is_whitespace) {
-            current = l
-                .split_once(':')
-                .is_some_and(|(t, n)| t.trim() == "dir" && n.trim() == storage);
-            continue;
+/// The fix for a missing hookscript: `pt-hook install` links pt-hook into the storage's
+/// snippets (and checks the storage allows them), then the VM points at it.
+fn install_hint(vmid: u32, storage: &str) -> String {
+    format!(
+        "pt-hook install --storage {storage} --vmid {vmid}; qm set {vmid} --hookscript {storage}:snippets/{}",
+        crate::install::LINK_NAME
+    )
+}
+
+/// The host-relative directory of a Proxmox storage, from /etc/pve/storage.cfg as
+/// `pt-hook install` reads it. Without storage.cfg (or without a `local` entry in it),
+/// `local` is Proxmox's built-in /var/lib/vz. The error says why there is none.
+fn snippets_base(host: &dyn Host, storage: &str) -> std::result::Result<String, String> {
+    const LOCAL: &str = "var/lib/vz";
+    let (file, all) = match crate::install::read_storage_cfg(host) {
+        Ok(Some(v)) => v,
+        Ok(None) if storage == "local" => return Ok(LOCAL.to_string()),
+        Ok(None) => {
+            return Err(format!(
+                "{} does not exist, so storage {storage} is unknown",
+                host.display(crate::install::STORAGE_CFG)
+            ))
         }
-        if current {
-            if let Some(p) = l.trim().strip_prefix("path") {
-                let p = p.trim();
-                if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
-                    return Some(p.to_string());
-                }
-            }
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(st) = all.iter().find(|s| s.id == storage) else {
+        if storage == "local" {
+            return Ok(LOCAL.to_string());
         }
+        return Err(format!("{file}: no storage {storage:?}"));
+    };
+    match st.dir_rel(&file) {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(format!(
+            "{file}:{}: storage {storage} is of type {} and has no directory",
+            st.line, st.kind
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    None
 }
 
 /// The interface of the default route and the PCI function behind it.
@@ -2191,6 +2207,82 @@ mod tests {
         assert!(c.message.contains("kvm=off") && c.message.contains("hidden=1"));
         write(&s, "usr/share/kvm/vega.rom", "rom");
         assert_eq!(status(&doctor(&s), "vm.romfile", Some(100)), Status::Pass);
+    }
+
+    #[test]
+    fn hookscript_storage_comes_from_the_install_parser() {
+        let s = host_with_vega();
+        let vm = "machine: q35\nbios: ovmf\nefidisk0: x:1\nballoon: 0\n\
+                  hookscript: nas:snippets/pt-hook\nhostpci0: 06:00,pcie=1\n";
+        write(&s, "etc/pve/qemu-server/100.conf", vm);
+        // No storage.cfg: only `local` is known.
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(
+            c.message.contains("storage nas is unknown"),
+            "{}",
+            c.message
+        );
+        // A broken storage.cfg: the install parser's error, with file and line.
+        write(
+            &s,
+            "etc/pve/storage.cfg",
+            "dir: local\n\tpath /var/lib/vz\ndir nas\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(
+            c.message.contains("storage.cfg:3: expected `type: id`"),
+            "{}",
+            c.message
+        );
+        // A network storage without `path` lives under /mnt/pve/<id>; the snippet is
+        // missing, so the fix is `pt-hook install` on that storage, then `qm set`.
+        write(
+            &s,
+            "etc/pve/storage.cfg",
+            "dir: local\n\tpath /var/lib/vz\n\nnfs: nas\n\tserver 10.0.0.2\n\tcontent snippets\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(
+            c.message.contains("mnt/pve/nas/snippets/pt-hook"),
+            "{}",
+            c.message
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("pt-hook install --storage nas --vmid 100; qm set 100 --hookscript nas:snippets/pt-hook")
+        );
+        // A storage with no directory at all.
+        write(
+            &s,
+            "etc/pve/storage.cfg",
+            "lvmthin: nas\n\tthinpool data\n\tvgname pve\n",
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert!(
+            c.status == Status::Warn
+                && c.message
+                    .contains("storage.cfg:1: storage nas is of type lvmthin"),
+            "{c:?}"
+        );
+        // No hookscript: the same install hint for `local`.
+        write(
+            &s,
+            "etc/pve/qemu-server/100.conf",
+            &vm.replace("hookscript: nas:snippets/pt-hook\n", ""),
+        );
+        let r = doctor(&s);
+        let c = &find(&r, "vm.hookscript", Some(100))[0];
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("pt-hook install --storage local --vmid 100; qm set 100 --hookscript local:snippets/pt-hook")
+        );
     }
 
     #[test]

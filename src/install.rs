@@ -118,6 +118,31 @@ impl Storage {
                 .then(|| format!("/mnt/pve/{}", self.id))
         })
     }
+
+    /// [`Storage::dir`] as a host-relative path, checked (absolute, no `.`/`..`); `file` is
+    /// storage.cfg as shown in errors.
+    pub fn dir_rel(&self, file: &str) -> Result<Option<String>> {
+        self.dir()
+            .map(|d| {
+                rel_of(
+                    &d,
+                    &format!("{file}:{}: storage {} path", self.line, self.id),
+                )
+                .map_err(|e| Error::Config(e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+/// Reads and parses /etc/pve/storage.cfg (trusted, bounded). `Ok(None)` when the file does
+/// not exist; otherwise the storages and the file's name as shown in messages.
+pub fn read_storage_cfg(host: &dyn Host) -> Result<Option<(String, Vec<Storage>)>> {
+    if !host.exists(STORAGE_CFG) {
+        return Ok(None);
+    }
+    let file = host.display(STORAGE_CFG);
+    let all = parse_storage_cfg(&read_bounded(host, STORAGE_CFG)?, &file)?;
+    Ok(Some((file, all)))
 }
 
 /// An absolute path without `..`, `.` or empty components, as a host-relative path.
@@ -219,14 +244,12 @@ pub fn command(
     if !valid_storage_id(&a.storage) {
         return Err(Error::Usage(format!("invalid storage id {:?}", a.storage)));
     }
-    if !host.exists(STORAGE_CFG) {
+    let Some((file, all)) = read_storage_cfg(host)? else {
         return Err(Error::Config(format!(
             "{}: not found; is this a Proxmox VE node? (for libvirt use --libvirt)",
             host.display(STORAGE_CFG)
         )));
-    }
-    let file = host.display(STORAGE_CFG);
-    let all = parse_storage_cfg(&read_bounded(host, STORAGE_CFG)?, &file)?;
+    };
     let with_snippets: Vec<&str> = all
         .iter()
         .filter(|s| s.dir().is_some() && s.content.iter().any(|c| c == "snippets"))
@@ -241,7 +264,7 @@ pub fn command(
         .iter()
         .find(|s| s.id == a.storage)
         .ok_or_else(|| Error::Config(format!("{file}: no storage {:?} ({hint})", a.storage)))?;
-    let dir = st.dir().ok_or_else(|| {
+    let dir_rel = st.dir_rel(&file)?.ok_or_else(|| {
         Error::Config(format!(
             "{file}:{}: storage {} is of type {} and has no directory; hookscripts need a directory storage with snippets content ({hint})",
             st.line, st.id, st.kind
@@ -263,8 +286,6 @@ pub fn command(
             st.line, st.id
         )));
     }
-    let dir_rel = rel_of(&dir, &format!("{file}:{}: storage {} path", st.line, st.id))
-        .map_err(|e| Error::Config(e.to_string()))?;
     if !host.exists(&dir_rel) {
         return Err(Error::Config(format!(
             "storage {}: its directory {} does not exist (not mounted?)",
