@@ -2,17 +2,14 @@
 //! ownership, crash recovery, generated fault injection, the reset ladder and the console
 //! handoff.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Timeouts};
 use crate::error::Error;
-use crate::host::sim::{Fault, FaultPoint, ResetBehaviour, SimDevice, SimHost, Snapshot};
-use crate::host::Host;
-use crate::lifecycle::{self, Ctx};
-use crate::log::Logger;
+use crate::host::sim::{Fault, FaultPoint, ResetBehaviour, SimDevice, SimHost};
+use crate::lifecycle;
 use crate::pci::Bdf;
 use crate::reset::{self, Mode, Verdict};
+use crate::test_support::T;
 
 const NVME: &str = "0000:02:00.0";
 const NVME2: &str = "0000:03:00.0";
@@ -22,77 +19,6 @@ const AUDIO: &str = "0000:01:00.1";
 
 fn bdf(s: &str) -> Bdf {
     Bdf::parse(s).unwrap()
-}
-
-struct T {
-    sim: Arc<SimHost>,
-    cfg: Config,
-    log: Logger,
-}
-
-impl T {
-    fn new() -> T {
-        T::with(SimHost::gpu_host())
-    }
-    fn with(sim: SimHost) -> T {
-        let sim = Arc::new(sim);
-        for (vm, body) in [
-            (100, "hostpci0: 02:00.0\nhostpci1: 04:00.0,pcie=1\n"),
-            (101, "hostpci0: 03:00.0;04:00.0\n"),
-            (102, "hostpci0: 01:00,x-vga=1\n"),
-            (103, "hostpci0: 03:00.0,driver=keep\nhostpci1: 05:00.0\n"),
-        ] {
-            let dir = sim.root_dir().join("etc/pve/qemu-server");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                dir.join(format!("{vm}.conf")),
-                format!("machine: q35\n{body}"),
-            )
-            .unwrap();
-        }
-        let cfg = Config {
-            timeouts: Timeouts {
-                step: Duration::from_millis(1500),
-                driver_bind: Duration::from_secs(3),
-                flr: Duration::from_millis(1500),
-                bus_reset: Duration::from_secs(3),
-                rescan: Duration::from_secs(3),
-                module: Duration::from_secs(3),
-                unit: Duration::from_secs(3),
-                lock: Duration::from_millis(300),
-                phase: Duration::from_secs(20),
-                hook: Duration::from_secs(5),
-            },
-            ..Config::default()
-        };
-        T {
-            sim,
-            cfg,
-            log: Logger::new(-3, false), // silent: tests assert on results
-        }
-    }
-    fn ctx(&self) -> Ctx<'_> {
-        self.ctx_dry(false)
-    }
-    fn ctx_dry(&self, dry_run: bool) -> Ctx<'_> {
-        Ctx {
-            host: Arc::clone(&self.sim) as Arc<dyn Host>,
-            cfg: &self.cfg,
-            log: &self.log,
-            dry_run,
-            node: "pve1".into(),
-        }
-    }
-    fn devices(&self) -> Snapshot {
-        let mut s = self.sim.snapshot();
-        // vfio-pci staying loaded after a cycle is intended (other VMs may use it).
-        s.modules.remove("vfio_pci");
-        s.modules.remove("vfio-pci");
-        s
-    }
-    fn has_state(&self, vm: u32) -> bool {
-        self.sim.exists(&format!("run/pt-hook/vm-{vm}.json"))
-    }
 }
 
 #[test]

@@ -29,6 +29,7 @@ use crate::host::Host;
 use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
 use crate::pci::Bdf;
+use crate::test_support::T;
 
 const BLACKWELL: &str = "0000:06:00.0";
 
@@ -56,12 +57,6 @@ fn budget() -> Duration {
     2 * timeouts().phase + Duration::from_secs(2)
 }
 
-struct T {
-    sim: Arc<SimHost>,
-    cfg: Config,
-    log: Logger,
-}
-
 fn host() -> SimHost {
     let sim = SimHost::gpu_host();
     // An RTX 5090-like card: the nvidia-blackwell profile removes FLR and pins power.
@@ -80,48 +75,22 @@ fn host() -> SimHost {
 }
 
 impl T {
-    fn new() -> T {
-        let sim = Arc::new(host());
-        let dir = sim.root_dir().join("etc/pve/qemu-server");
-        std::fs::create_dir_all(&dir).unwrap();
-        for (vm, body) in [
-            (100, "hostpci0: 02:00.0\nhostpci1: 04:00.0,pcie=1\n"),
-            (102, "hostpci0: 01:00,x-vga=1\n"),
-            (120, "hostpci0: 06:00.0\n"),
-        ] {
-            std::fs::write(
-                dir.join(format!("{vm}.conf")),
-                format!("machine: q35\n{body}"),
-            )
-            .unwrap();
-        }
-        sim.set_hang_limit(Duration::from_millis(2500));
-        T {
-            sim,
-            cfg: Config {
-                timeouts: timeouts(),
-                ..Config::default()
-            },
-            log: Logger::new(-3, false),
-        }
-    }
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            host: Arc::clone(&self.sim) as Arc<dyn Host>,
-            cfg: &self.cfg,
-            log: &self.log,
-            dry_run: false,
-            node: "pve1".into(),
-        }
-    }
-    fn devices(&self) -> Snapshot {
-        let mut s = self.sim.snapshot();
-        s.modules.remove("vfio_pci");
-        s.modules.remove("vfio-pci");
-        s
-    }
-    fn has_state(&self, vm: u32) -> bool {
-        self.sim.exists(&format!("run/pt-hook/vm-{vm}.json"))
+    /// gpu_host plus an RTX 5090-like card (VM 120), and hangs that end.
+    fn blackwell() -> T {
+        let t = T::build(
+            host(),
+            &[
+                (
+                    100,
+                    "machine: q35\nhostpci0: 02:00.0\nhostpci1: 04:00.0,pcie=1\n",
+                ),
+                (102, "machine: q35\nhostpci0: 01:00,x-vga=1\n"),
+                (120, "machine: q35\nhostpci0: 06:00.0\n"),
+            ],
+            timeouts(),
+        );
+        t.sim.set_hang_limit(Duration::from_millis(2500));
+        t
     }
     /// Takes the fault away: no more injected faults, hangs released, removed devices back.
     fn heal(&self) {
@@ -171,7 +140,7 @@ fn setup(t: &T, p: Phase) {
             // The last step boundary: every step done, the process gone before "prepared".
             // Count the boundaries on a throwaway host: the counter goes down once per boundary.
             const BIG: usize = 1_000_000;
-            let probe = T::new();
+            let probe = T::blackwell();
             lifecycle::CRASH_AT.with(|c| c.set(Some(BIG)));
             lifecycle::pre_start(&probe.ctx(), vm).unwrap();
             let n = BIG - lifecycle::CRASH_AT.with(|c| c.get()).unwrap();
@@ -238,7 +207,7 @@ struct Tally {
 /// The cases for one phase: each write of a clean run × each fault (and a vanish where the
 /// write names a device).
 fn cases(p: Phase) -> Vec<Case> {
-    let clean = T::new();
+    let clean = T::blackwell();
     setup(&clean, p);
     act(&clean, p).unwrap_or_else(|e| panic!("{p:?} clean run: {e}"));
     let writes: Vec<(String, String)> = clean
@@ -270,7 +239,7 @@ fn cases(p: Phase) -> Vec<Case> {
 }
 
 fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
-    let t = T::new();
+    let t = T::blackwell();
     let before = t.devices();
     setup(&t, c.phase);
     let mid = t.devices();
@@ -557,7 +526,7 @@ fn fault_at_every_cleanup_write_leaves_a_safe_state() {
 /// their budget and say what they could not do.
 #[test]
 fn every_write_hanging_still_returns_within_the_deadline() {
-    let t = T::new();
+    let t = T::blackwell();
     let mut cfg = t.cfg.clone();
     cfg.timeouts.step = Duration::from_secs(30);
     cfg.timeouts.driver_bind = Duration::from_secs(30);
@@ -610,7 +579,7 @@ fn every_write_hanging_still_returns_within_the_deadline() {
 /// on their host drivers and in use. Now the state keeps only what is not back.
 #[test]
 fn failed_restore_keeps_only_the_devices_not_back() {
-    let t = T::new();
+    let t = T::blackwell();
     let before = t.devices();
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
     t.sim.vanish("0000:04:00.0");
@@ -655,7 +624,7 @@ fn failed_restore_keeps_only_the_devices_not_back() {
 #[test]
 fn an_unrecovered_device_that_recovers_is_given_back_by_cleanup() {
     use crate::host::sim::ResetBehaviour;
-    let t = T::new();
+    let t = T::blackwell();
     let before = t.devices();
     let nvme = "0000:02:00.0";
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
@@ -690,7 +659,7 @@ fn an_unrecovered_device_that_recovers_is_given_back_by_cleanup() {
 /// take devices the damaged record may still describe. Now it counts as owning them.
 #[test]
 fn a_damaged_state_of_another_vm_blocks_the_start() {
-    let t = T::new();
+    let t = T::blackwell();
     let before = t.devices();
     let dir = t.sim.root_dir().join("run/pt-hook");
     std::fs::create_dir_all(&dir).unwrap();

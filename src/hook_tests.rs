@@ -5,25 +5,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Timeouts};
+use crate::config::Config;
 use crate::error::Result;
-use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost, Snapshot};
+use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost};
 use crate::host::Host;
 use crate::libvirt::{self, LibvirtArgs};
-use crate::lifecycle::Ctx;
-use crate::log::Logger;
 use crate::state::{self, Domain, VmKey};
+use crate::test_support::{self, T};
 use crate::userhooks;
 
 const NVME: &str = "0000:02:00.0";
 const NVME2: &str = "0000:03:00.0";
 const UUID: &str = "4dea22b3-1d52-d8f3-2516-782e98ab3fa0";
-
-struct T {
-    sim: Arc<SimHost>,
-    cfg: Config,
-    log: Logger,
-}
 
 fn xml(name: &str, addrs: &[(u8, u8, u8)]) -> String {
     let mut devs = String::new();
@@ -36,49 +29,16 @@ fn xml(name: &str, addrs: &[(u8, u8, u8)]) -> String {
 }
 
 impl T {
-    fn new() -> T {
-        let sim = Arc::new(SimHost::gpu_host());
-        let dir = sim.root_dir().join("etc/pve/qemu-server");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("100.conf"), "hostpci0: 02:00.0\n").unwrap();
-        let cfg = Config {
-            timeouts: Timeouts {
-                step: Duration::from_millis(1500),
-                driver_bind: Duration::from_secs(3),
-                flr: Duration::from_millis(1500),
-                bus_reset: Duration::from_secs(3),
-                rescan: Duration::from_secs(3),
-                module: Duration::from_secs(3),
-                unit: Duration::from_secs(3),
-                lock: Duration::from_millis(300),
-                phase: Duration::from_secs(20),
-                hook: Duration::from_secs(5),
-            },
-            ..Config::default()
-        };
-        T {
-            sim,
-            cfg,
-            log: Logger::new(-3, false),
-        }
-    }
-    fn ctx(&self, dry_run: bool) -> Ctx<'_> {
-        Ctx {
-            host: Arc::clone(&self.sim) as Arc<dyn Host>,
-            cfg: &self.cfg,
-            log: &self.log,
-            dry_run,
-            node: "pve1".into(),
-        }
+    /// gpu_host with only VM 100 (02:00.0, no machine line).
+    fn vm100() -> T {
+        T::build(
+            SimHost::gpu_host(),
+            &[(100, "hostpci0: 02:00.0\n")],
+            test_support::timeouts(),
+        )
     }
     fn root(&self) -> PathBuf {
         self.sim.root_dir().to_path_buf()
-    }
-    fn devices(&self) -> Snapshot {
-        let mut s = self.sim.snapshot();
-        s.modules.remove("vfio_pci");
-        s.modules.remove("vfio-pci");
-        s
     }
     fn libvirt(&self, dry_run: bool, name: &str, op: &str, sub: &str, xml: &str) -> Result<()> {
         let cfg = self.cfg.clone();
@@ -134,7 +94,7 @@ impl T {
 
 #[test]
 fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     let x = xml("web 01", &[(2, 0, 0)]);
     t.libvirt(false, "web 01", "prepare", "begin", &x).unwrap();
@@ -149,7 +109,7 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
     assert_eq!(st.domain.as_ref().unwrap().name, "web 01");
     assert_eq!(st.vmid, 0);
     // A Proxmox VM with the same device is refused, naming the domain.
-    let e = crate::userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = crate::userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         e.to_string()
             .contains("in use by libvirt domain \"web 01\""),
@@ -168,7 +128,7 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
 
 #[test]
 fn libvirt_dry_run_resolves_and_changes_nothing() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     let x = xml("vm", &[(2, 0, 0), (3, 0, 0)]);
     t.libvirt(true, "vm", "prepare", "begin", &x).unwrap();
@@ -183,7 +143,7 @@ fn libvirt_dry_run_resolves_and_changes_nothing() {
 
 #[test]
 fn libvirt_bad_input_touches_nothing() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     // A function that does not exist.
     let e = t
@@ -206,7 +166,7 @@ fn libvirt_bad_input_touches_nothing() {
 
 #[test]
 fn cleanup_restores_libvirt_state_unless_the_domain_runs() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     let x = xml("vm", &[(2, 0, 0)]);
     t.libvirt(false, "vm", "prepare", "begin", &x).unwrap();
@@ -219,17 +179,17 @@ fn cleanup_restores_libvirt_state_unless_the_domain_runs() {
     )
     .unwrap();
     assert_eq!(libvirt::domain_running(t.sim.as_ref(), UUID), Some(4242));
-    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert!(t.libvirt_state());
     std::fs::remove_dir_all(&p).unwrap();
-    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.libvirt_state());
     assert_eq!(t.devices(), before);
 }
 
 #[test]
 fn user_hooks_run_in_order_with_args_and_env_around_the_device_steps() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     t.hook("pre-start", "20-second", "");
     t.hook("pre-start", "10-first", "");
@@ -242,7 +202,7 @@ fn user_hooks_run_in_order_with_args_and_env_around_the_device_steps() {
     let p = t.hook("pre-start", "50-noexec", "exit 1");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::create_dir_all(t.root().join("etc/pt-hook/hooks.d/pre-start/60-dir")).unwrap();
-    let ctx = t.ctx(false);
+    let ctx = t.ctx();
     userhooks::pve_phase(&ctx, 100, "pre-start").unwrap();
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
     userhooks::pve_phase(&ctx, 100, "post-start").unwrap();
@@ -277,7 +237,7 @@ fn user_hooks_run_in_order_with_args_and_env_around_the_device_steps() {
 
 #[test]
 fn libvirt_hooks_get_the_domain_name_and_uuid() {
-    let t = T::new();
+    let t = T::vm100();
     t.hook("pre-start", "10-a", "");
     t.hook("post-stop", "10-b", "");
     let x = xml("db", &[(3, 0, 0)]);
@@ -294,7 +254,7 @@ fn libvirt_hooks_get_the_domain_name_and_uuid() {
 
 #[test]
 fn failing_pre_start_hook_aborts_before_any_device_change_and_undoes_earlier_hooks() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     t.hook("pre-start", "10-ok", "");
     t.hook(
@@ -304,7 +264,7 @@ fn failing_pre_start_hook_aborts_before_any_device_change_and_undoes_earlier_hoo
     );
     t.hook("pre-start", "30-never", "");
     t.hook("post-stop", "10-undo", "");
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 1);
     let m = e.to_string();
     assert!(
@@ -326,13 +286,13 @@ fn failing_pre_start_hook_aborts_before_any_device_change_and_undoes_earlier_hoo
 
 #[test]
 fn failing_device_step_after_hooks_rolls_back_devices_and_runs_post_stop_hooks() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     t.hook("pre-start", "10-ok", "");
     t.hook("post-stop", "10-undo", "");
     t.sim
         .inject(FaultPoint::write_suffix("/driver_override", Fault::Errno(libc::EIO)).nth(1));
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
     assert_eq!(t.devices(), before);
     assert!(!t.sim.exists("run/pt-hook/vm-100.json"));
@@ -342,11 +302,11 @@ fn failing_device_step_after_hooks_rolls_back_devices_and_runs_post_stop_hooks()
 
 #[test]
 fn untrusted_or_badly_named_hooks_are_refused_naming_the_file() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     let p = t.hook("pre-start", "10-open", "");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o757)).unwrap();
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(
         e.to_string().contains("10-open") && e.to_string().contains("writable by others"),
@@ -357,14 +317,14 @@ fn untrusted_or_badly_named_hooks_are_refused_naming_the_file() {
     let d = t.root().join("etc/pt-hook/hooks.d/post-stop");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         e.to_string().contains("post-stop") && e.to_string().contains("writable by group"),
         "{e}"
     );
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(d.join("bad name"), "#!/bin/sh\n").unwrap();
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(e.to_string().contains("bad name"), "{e}");
     assert!(t.hook_log().is_empty());
     assert_eq!(t.devices(), before);
@@ -372,7 +332,7 @@ fn untrusted_or_badly_named_hooks_are_refused_naming_the_file() {
 
 #[test]
 fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
-    let mut t = T::new();
+    let mut t = T::vm100();
     t.cfg.timeouts.hook = Duration::from_millis(600);
     let pidfile = t.root().join("bg.pid");
     t.hook(
@@ -381,7 +341,7 @@ fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
         &format!("sleep 60 & echo $! > {}\nsleep 60", pidfile.display()),
     );
     let start = Instant::now();
-    let e = userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap_err();
+    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -406,27 +366,27 @@ fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
 
 #[test]
 fn cleanup_runs_the_post_stop_hooks_of_what_it_restores() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     t.hook("post-stop", "10-undo", "");
-    userhooks::pve_phase(&t.ctx(false), 100, "pre-start").unwrap();
-    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap();
+    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.devices(), before);
     assert_eq!(
         t.hook_log(),
         ["10-undo 100 post-stop [100|post-stop|0000:02:00.0|pve||0]"]
     );
     // Nothing left: a second cleanup runs no hook.
-    crate::lifecycle::cleanup(&t.ctx(false), None).unwrap();
+    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.hook_log().len(), 1);
 }
 
 #[test]
 fn dry_run_lists_hooks_without_running_them() {
-    let t = T::new();
+    let t = T::vm100();
     let before = t.devices();
     t.hook("pre-start", "10-a", "");
-    userhooks::pve_phase(&t.ctx(true), 100, "pre-start").unwrap();
+    userhooks::pve_phase(&t.ctx_dry(true), 100, "pre-start").unwrap();
     assert!(t.hook_log().is_empty());
     assert_eq!(t.devices(), before);
     // Neither a device write nor a hook run.

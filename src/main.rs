@@ -34,6 +34,8 @@ mod quirks;
 mod reset;
 mod resolve;
 mod state;
+#[cfg(test)]
+mod test_support;
 mod userhooks;
 
 fn main() {
