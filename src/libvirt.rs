@@ -129,14 +129,7 @@ pub struct DomainXml {
 /// libvirt's number syntax for address attributes (base 0 of strtoul: 0x hex, leading 0
 /// octal, decimal).
 fn parse_num(s: &str) -> Option<u32> {
-    let s = s.trim();
-    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        (h, 16)
-    } else if s.len() > 1 && s.starts_with('0') {
-        (&s[1..], 8)
-    } else {
-        (s, 10)
-    };
+    let (digits, radix) = crate::pci::split_base0(s.trim());
     if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_digit(radix)) {
         return None;
     }

@@ -205,6 +205,18 @@ pub fn parse_sysfs_hex(s: &str) -> Option<u32> {
     u32::from_str_radix(t, 16).ok()
 }
 
+/// The digits and radix of a number in C's base-0 syntax (strtoul/kstrtoul with base 0):
+/// `0x`/`0X` hex, a leading `0` octal, otherwise decimal. The digits are not checked.
+pub fn split_base0(s: &str) -> (&str, u32) {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    }
+}
+
 pub const CLASS_BRIDGE_PCI: u32 = 0x0604;
 
 /// Reset method names the kernel knows, in its default priority order.
@@ -221,6 +233,17 @@ pub const RESET_METHODS: [&str; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base0_prefixes() {
+        assert_eq!(split_base0("0x1f"), ("1f", 16));
+        assert_eq!(split_base0("0XA"), ("A", 16));
+        assert_eq!(split_base0("010"), ("10", 8));
+        assert_eq!(split_base0("0"), ("0", 10));
+        assert_eq!(split_base0("12"), ("12", 10));
+        assert_eq!(split_base0(""), ("", 10));
+        assert_eq!(split_base0("0x"), ("", 16));
+    }
 
     #[test]
     fn parses_full_and_short_bdf() {

@@ -61,13 +61,7 @@ fn strip_nl(s: &str) -> &str {
 fn kstrtoul(s: &str) -> Option<u64> {
     let s = strip_nl(s);
     let s = s.strip_prefix('+').unwrap_or(s);
-    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        (h, 16)
-    } else if s.len() > 1 && s.starts_with('0') {
-        (&s[1..], 8)
-    } else {
-        (s, 10)
-    };
+    let (digits, radix) = crate::pci::split_base0(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
