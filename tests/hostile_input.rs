@@ -361,3 +361,31 @@ fn no_shell_strings_in_the_source() {
         "process spawns outside the host layer: {spawns:?}"
     );
 }
+
+#[test]
+fn unknown_hook_phases_are_logged_with_control_characters_escaped() {
+    let d = example_host();
+    let root = &d.path().join("h");
+    let before = tree(root);
+    let phase = "evil\nVM 100 post-stop: forged\r\u{1b}[2J\u{202e}";
+    let (code, out) = run(root, &["100", phase]);
+    assert_eq!(code, 0, "unknown phases are accepted: {out}");
+    // Every line is pt-hook's own: no forged line, no terminal escape, no bidi override.
+    assert!(
+        !out.chars().any(|c| c != '\n' && c.is_control()) && !out.contains('\u{202e}'),
+        "raw control characters in {out:?}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.starts_with("pt-hook: ")),
+        "{lines:?}"
+    );
+    let escaped = r"evil\nVM 100 post-stop: forged\r\u{1b}[2J\u{202e}";
+    assert!(
+        lines.iter().any(|l| l
+            .starts_with(&format!("pt-hook: VM 100 {escaped}: unknown phase \""))
+            && l.contains(escaped)),
+        "{lines:?}"
+    );
+    assert_eq!(tree(root), before, "an unknown phase changed the host tree");
+}
