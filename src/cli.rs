@@ -13,6 +13,7 @@ use crate::host::Host;
 use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
 use crate::pci::Bdf;
+use crate::state::VmKey;
 
 const AFTER_HELP: &str = "\
 Hookscript mode (what Proxmox runs):
@@ -97,7 +98,7 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner VM.
+    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner (Proxmox VM or libvirt domain).
     Status {
         /// Machine-readable output.
         #[arg(long)]
@@ -606,14 +607,15 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
     Ok(())
 }
 
-/// Which VM each device belongs to: running state first, then VM configs (host addresses).
-fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str)> {
+/// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
+/// libvirt domains), then Proxmox VM configs (host addresses).
+fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
     use crate::pve::hostpci::HostSource;
     let mut m = std::collections::BTreeMap::new();
-    for vm in crate::state::list_vms(host) {
-        if let Ok(Some(st)) = crate::state::load(host, vm) {
+    for key in crate::state::list_keys(host) {
+        if let Ok(Some(st)) = crate::state::load_key(host, &key) {
             for b in st.bdfs() {
-                m.insert(b, (vm, "state"));
+                m.insert(b, (key.clone(), "state"));
             }
         }
     }
@@ -647,12 +649,21 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (u32, &'static str
             };
             for a in &addrs {
                 for b in all.iter().filter(|b| a.matches(b)) {
-                    m.entry(*b).or_insert((id, "config"));
+                    m.entry(*b).or_insert((VmKey::Pve(id), "config"));
                 }
             }
         }
     }
     m
+}
+
+/// An owner as `status` shows it: the Proxmox VM id, or `libvirt:NAME` (control characters
+/// escaped: the name comes from a state file).
+fn owner_label(key: &VmKey) -> String {
+    match key {
+        VmKey::Pve(v) => v.to_string(),
+        VmKey::Libvirt(d) => format!("libvirt:{}", crate::log::escape_controls(&d.name)),
+    }
 }
 
 fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
@@ -669,7 +680,7 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .map(|g| device::group_members(host, g))
             .unwrap_or_default();
         let quirk = crate::quirks::find(&profiles, &d).map(|p| p.name.clone());
-        let vm = owners.get(&b).copied();
+        let vm = owners.get(&b).cloned();
         rows.push((d, members, quirk, vm));
     }
     let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
@@ -695,8 +706,18 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                     "link_speed": d.link_speed,
                     "link_width": d.link_width,
                     "quirk": quirk,
-                    "vm": vm.map(|v| v.0),
-                    "vm_source": vm.map(|v| v.1),
+                    // A Proxmox VM id (number), null for a libvirt domain or no owner.
+                    "vm": vm.as_ref().and_then(|v| match &v.0 {
+                        VmKey::Pve(id) => Some(*id),
+                        VmKey::Libvirt(_) => None,
+                    }),
+                    // Who holds it: "100" or "libvirt:NAME"; null if no one.
+                    "owner": vm.as_ref().map(|v| owner_label(&v.0)),
+                    "libvirt_uuid": vm.as_ref().and_then(|v| match &v.0 {
+                        VmKey::Libvirt(d) => Some(d.uuid.as_str()),
+                        VmKey::Pve(_) => None,
+                    }),
+                    "vm_source": vm.as_ref().map(|v| v.1),
                 })
             })
             .collect();
@@ -756,7 +777,8 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                 .replace(' ', ","),
             link,
             quirk.as_deref().unwrap_or("-"),
-            vm.map(|(v, src)| format!("{v}({src})"))
+            vm.as_ref()
+                .map(|(v, src)| format!("{}({src})", owner_label(v)))
                 .unwrap_or_else(|| "-".into()),
             if d.boot_vga == Some(true) {
                 "[boot_vga] "

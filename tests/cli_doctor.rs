@@ -457,6 +457,70 @@ fn status_json_groups_drivers_owners_and_names() {
 }
 
 #[test]
+fn status_shows_devices_held_for_libvirt_domains() {
+    let (_t, root) = build("good");
+    // A libvirt domain holds the iGPU (state file keyed by UUID, name only shown).
+    let igpu = serde_json::json!({
+        "bdf": "0000:00:02.0", "vendor": 0x8086, "device": 0xa780,
+        "subsystem_vendor": 0x8086, "subsystem_device": 0, "class": 0x030000,
+        "driver": "i915", "driver_override": null, "iommu_group": 0,
+        "reset_method": "flr", "has_reset": true, "boot_vga": true,
+        "d3cold_allowed": "1", "power_control": "auto", "link_speed": null, "link_width": null
+    });
+    let uuid = "4dea22b3-1d52-d8f3-2516-782e98ab3fa0";
+    let st = serde_json::json!({
+        "version": 1, "vmid": 0, "pid": 1, "created": 0, "phase": "prepared",
+        "devices": [{"original": igpu, "origin": "hostdev 1 (managed)", "quirk": null}],
+        "journal": [], "unrecovered": [],
+        "domain": {"uuid": uuid, "name": "win 11\u{1b}[2J"}
+    });
+    std::fs::create_dir_all(root.join("run/pt-hook")).unwrap();
+    std::fs::write(
+        root.join(format!("run/pt-hook/libvirt-{uuid}.json")),
+        st.to_string(),
+    )
+    .unwrap();
+
+    let r = pt_hook(&root, &["status", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = r.json();
+    let devs = doc["devices"].as_array().unwrap();
+    let dev = |bdf: &str| -> &Value {
+        devs.iter()
+            .find(|d| d["bdf"] == bdf)
+            .unwrap_or_else(|| panic!("{bdf} missing: {doc:#}"))
+    };
+    let igpu = dev("0000:00:02.0");
+    assert_eq!(igpu["vm"], Value::Null, "not a Proxmox VM: {igpu}");
+    assert_eq!(igpu["owner"], "libvirt:win 11\\u{1b}[2J");
+    assert_eq!(igpu["libvirt_uuid"], uuid);
+    assert_eq!(igpu["vm_source"], "state");
+    // Proxmox owners keep a numeric `vm`; `owner` is the same id as a string.
+    let gpu = dev("0000:01:00.0");
+    assert_eq!(gpu["vm"], 100);
+    assert_eq!(gpu["owner"], "100");
+    assert_eq!(gpu["libvirt_uuid"], Value::Null);
+    assert_eq!(gpu["vm_source"], "config");
+    let nic = dev("0000:03:00.0");
+    assert_eq!(nic["vm"], Value::Null);
+    assert_eq!(nic["owner"], Value::Null);
+
+    let text = pt_hook(&root, &["status"]);
+    assert_eq!(text.code, 0);
+    assert!(
+        !text.stdout.contains('\u{1b}'),
+        "raw escape in the table: {:?}",
+        text.stdout
+    );
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("0000:00:02.0"))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(line.contains("libvirt:win 11\\u{1b}[2J(state)"), "{line}");
+}
+
+#[test]
 fn status_without_pci_ids_uses_class_names() {
     let (_t, root) = build("broken");
     std::fs::remove_file(root.join("usr/share/misc/pci.ids")).unwrap();
