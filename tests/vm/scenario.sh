@@ -481,6 +481,20 @@ if section console; then
 fi
 
 # ================================================================ tools
+# JSON object of one device from `status --json` on one line, whitespace removed.
+dev_json() { # BDF
+    echo "$STDOUT" | awk -v b="\"bdf\": \"$1\"" '
+        index($0, b) { on = 1 }
+        on { printf "%s", $0 }
+        on && /^    }/ { exit }' | tr -d ' \n'
+}
+json_has() { # BDF PATTERN (fixed string in the device object)
+    case "$(dev_json "$1")" in
+        *"$2"*) return 0 ;;
+    esac
+    WHY="$1 lacks $2: $(dev_json "$1" | head -c 400)"
+    return 1
+}
 # libvirt mode (domain XML on stdin, run as /etc/libvirt/hooks/qemu), user hooks from
 # /etc/pt-hook/hooks.d, and `pt-hook install`.
 lvhook() { # EXE ARGS...: like hook(), with /tmp/dom.xml on stdin (as libvirt runs it)
@@ -532,6 +546,14 @@ XML
     lvhook $LV "guest one" started begin -
     check lv.started-exit-0 rc_is 0
     check lv.started-stdout-empty stdout_empty
+    # status: the domain's state wins over VM 100's config line for the same NVMe.
+    hook status --json
+    check lv.status-json-exit-0 rc_is 0
+    check lv.status-owner-domain json_has $NVME1 '"libvirt_uuid":"'$UUID'"'
+    check lv.status-owner-name json_has $NVME1 '"owner":"libvirt:guestone"'
+    check lv.status-vm-null json_has $NVME1 '"vm":null,"vm_source":"state"'
+    hook status
+    check lv.status-table out_has "libvirt:guest one(state)"
     hook 100 pre-start
     check lv.pve-vm-refused rc_is 1
     check lv.pve-vm-names-domain out_has "libvirt domain"
@@ -731,20 +753,6 @@ if section reliability; then
 fi
 
 # ====================================================== status and doctor
-# JSON object of one device from `status --json` on one line, whitespace removed.
-dev_json() { # BDF
-    echo "$STDOUT" | awk -v b="\"bdf\": \"$1\"" '
-        index($0, b) { on = 1 }
-        on { printf "%s", $0 }
-        on && /^    }/ { exit }' | tr -d ' \n'
-}
-json_has() { # BDF PATTERN (fixed string in the device object)
-    case "$(dev_json "$1")" in
-        *"$2"*) return 0 ;;
-    esac
-    WHY="$1 lacks $2: $(dev_json "$1" | head -c 400)"
-    return 1
-}
 # Status word of check ID in the human doctor output, within "host:" or "VM N:".
 doc_status() { # SECTION ID
     echo "$STDOUT" | awk -v s="$1:" -v id="$2" '
