@@ -823,3 +823,41 @@ fn companion_functions_move_with_the_gpu() {
     lifecycle::post_stop(&t.ctx(), 140, true).unwrap();
     assert_eq!(t.devices(), before);
 }
+
+/// The reset ladder keeps to the phase deadline: FLR "succeeds" but leaves the function
+/// wedged, and the check after it waits for config space until the (1.5 s) phase is used
+/// up; the bus reset is then not started, and the call returns in about the phase time, not
+/// the sum of the rungs' own timeouts (5 s each).
+#[test]
+fn reset_ladder_keeps_to_the_phase_deadline() {
+    let mut t = T::new();
+    t.cfg.timeouts.flr = Duration::from_secs(5);
+    t.cfg.timeouts.bus_reset = Duration::from_secs(5);
+    t.cfg.timeouts.rescan = Duration::from_secs(5);
+    t.cfg.timeouts.driver_bind = Duration::from_secs(5);
+    t.cfg.timeouts.phase = Duration::from_millis(1500);
+    t.sim
+        .set_reset_behaviour(NVME, "flr", ResetBehaviour::Wedge);
+    let start = std::time::Instant::now();
+    let r = ctx_reset(&t, &[NVME]);
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(3000), "took {took:?}: {r:?}");
+    assert_eq!(r[0].verdict, Verdict::Unrecovered, "{r:?}");
+    let bus = r[0].rungs.iter().find(|g| g.rung == "bus-reset").unwrap();
+    assert!(bus.detail.contains("phase deadline"), "{r:?}");
+}
+
+/// A reset write that never returns is never "reset", even when the function looks healthy
+/// afterwards: the kernel still holds the device. The ladder stops there and says so.
+#[test]
+fn a_reset_that_did_not_return_is_not_a_reset() {
+    let t = T::new();
+    t.sim.set_hang_limit(Duration::from_secs(5));
+    t.sim
+        .set_reset_behaviour(NVME2, "flr", ResetBehaviour::Hang);
+    let r = ctx_reset(&t, &[NVME2]);
+    t.sim.release_hangs();
+    assert_eq!(r[0].verdict, Verdict::Unrecovered, "{r:?}");
+    assert_eq!(r[0].rungs.len(), 1, "no rung after a stuck one: {r:?}");
+    assert!(r[0].message.contains("did not return"), "{r:?}");
+}

@@ -120,11 +120,20 @@ struct Ladder<'a, 'b> {
     quirks: &'a LadderQuirks,
     /// Functions the host-rebind rung left on their host driver (post-stop, `keep`).
     kept: std::sync::Mutex<Vec<(Bdf, String)>>,
+    /// The phase deadline (`phase_timeout` from the start of the ladder): no rung starts after
+    /// it and every wait is cut to what is left of it. Undo writes keep their own timeouts.
+    deadline: Instant,
 }
 
 impl Ladder<'_, '_> {
     fn h(&self) -> &dyn Host {
         &*self.ctx.host
+    }
+
+    /// A wait of `d`, cut to what is left of the phase.
+    fn budget(&self, d: Duration) -> Duration {
+        d.min(self.deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
     }
 
     fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
@@ -141,7 +150,7 @@ impl Ladder<'_, '_> {
     /// The checks after every rung.
     fn verify(&self, before: &[Before]) -> std::result::Result<(), String> {
         let h = self.h();
-        let t = self.ctx.cfg.timeouts.driver_bind;
+        let t = self.budget(self.ctx.cfg.timeouts.driver_bind);
         for b in before {
             let bdf = &b.info.bdf;
             if !device::exists(h, bdf) {
@@ -201,7 +210,8 @@ impl Ladder<'_, '_> {
     /// Rung 1: the function's own reset methods.
     fn function_reset(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
         let h = self.h();
-        let t = self.ctx.cfg.timeouts.flr;
+        let t = self.budget(self.ctx.cfg.timeouts.flr);
+        let undo_t = self.ctx.cfg.timeouts.flr;
         let mut done = Vec::new();
         let mut skipped = Vec::new();
         for b in before {
@@ -228,7 +238,7 @@ impl Ladder<'_, '_> {
             if self.method.is_some() {
                 if let Some(old) = &old {
                     let data = device::reset_method_data(old);
-                    if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, t) {
+                    if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, undo_t) {
                         self.ctx.log.error(&format!(
                             "{bdf}: restoring reset_method {old:?} in {}: {}",
                             h.display(&rm_rel),
@@ -314,7 +324,7 @@ impl Ladder<'_, '_> {
         if let Some(why) = self.bus_unsafe(&bridge, &below) {
             return Err((false, format!("bus reset refused: {why}")));
         }
-        let t = self.ctx.cfg.timeouts.bus_reset;
+        let t = self.budget(self.ctx.cfg.timeouts.bus_reset);
         let sub = paths::dev(&bridge, DevFile::ResetSubordinate);
         if h.exists(&sub) {
             // EAGAIN: the bus lock is busy; poll until the deadline.
@@ -374,7 +384,12 @@ impl Ladder<'_, '_> {
             ));
         }
         let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
-        let _ = write_with_deadline(&self.ctx.host, &rm, device::reset_method_data(&old), t);
+        let _ = write_with_deadline(
+            &self.ctx.host,
+            &rm,
+            device::reset_method_data(&old),
+            self.ctx.cfg.timeouts.bus_reset,
+        );
         match r {
             Ok(()) => Ok(format!("bus reset of {first}")),
             Err(e) => Err((
@@ -388,7 +403,7 @@ impl Ladder<'_, '_> {
     /// the driver they had.
     fn remove_rescan(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
         let h = self.h();
-        let t = self.ctx.cfg.timeouts.rescan;
+        let t = self.budget(self.ctx.cfg.timeouts.rescan);
         let first = before[0].info.bdf;
         let bridge = device::parent_bridge(h, &first);
         // Highest function first, function 0 last, like a hot-unplug.
@@ -489,6 +504,7 @@ impl Ladder<'_, '_> {
                 continue;
             };
             let t0 = Instant::now();
+            let wait = self.budget(r.wait);
             let cur = device::driver_of(h, &bdf);
             let ov0 = device::override_of(h, &bdf);
             let back = |why: String| -> (bool, String) {
@@ -544,17 +560,17 @@ impl Ladder<'_, '_> {
             }
             // The probe runs inside the bind write: give it the profile's whole wait.
             let bind = paths::driver_file(&r.driver, "bind").unwrap_or_default();
-            if let Err(e) = self.write(&bdf, &bind, &bdf.to_string(), r.wait) {
+            if let Err(e) = self.write(&bdf, &bind, &bdf.to_string(), wait) {
                 return Err(back(format!(
                     "{bdf}: host rebind: {} refused it: {e}",
                     r.driver
                 )));
             }
-            let left = r.wait.saturating_sub(t0.elapsed());
+            let left = wait.saturating_sub(t0.elapsed());
             if let Err(e) = exec.wait_driver(&bdf, Some(&r.driver), left) {
                 return Err(back(format!("{bdf}: host rebind: {e}")));
             }
-            let left = r.wait.saturating_sub(t0.elapsed());
+            let left = wait.saturating_sub(t0.elapsed());
             if poll_until(left, || device::config_healthy(h, &bdf).ok()).is_none() {
                 let why = device::config_healthy(h, &bdf).unwrap_err();
                 return Err(back(format!(
@@ -653,6 +669,7 @@ impl Ladder<'_, '_> {
         }
         ladder.push(("remove-rescan", Ladder::remove_rescan));
         let mut reasons: Vec<String> = Vec::new();
+        let mut hung = false;
         for (name, f) in ladder {
             if let Some((b, _)) = self
                 .quirks
@@ -674,6 +691,23 @@ impl Ladder<'_, '_> {
                 reasons.push(format!("{name}: {detail}"));
                 continue;
             }
+            if Instant::now() >= self.deadline {
+                let detail = format!(
+                    "not tried: the phase deadline ({}) was reached",
+                    humantime::format_duration(self.ctx.cfg.timeouts.phase)
+                );
+                self.ctx
+                    .log
+                    .warn(&format!("{}: {name}: {detail}", list(funcs)));
+                rungs.push(Rung {
+                    rung: name,
+                    ok: false,
+                    detail: detail.clone(),
+                    ms: 0,
+                });
+                reasons.push(format!("{name}: {detail}"));
+                break;
+            }
             // remove+rescan is a recovery for a device that is broken, not a reset of a
             // healthy one.
             if name == "remove-rescan" && healthy_before && self.verify(&before).is_ok() {
@@ -685,8 +719,12 @@ impl Ladder<'_, '_> {
                 Ok(d) => (true, d),
                 Err((touched, why)) => (touched, why),
             };
+            // A write that never returned: the kernel still holds the device (its reset
+            // thread owns the device lock). Whatever the checks say, it is not reset, and no
+            // further rung can run on it.
+            let stuck = ran && detail.contains("ETIMEDOUT");
             let check = if ran { self.verify(&before) } else { Ok(()) };
-            let ok = ran && check.is_ok();
+            let ok = ran && !stuck && check.is_ok();
             let detail = match &check {
                 Err(c) if ran => format!("{detail}; check failed: {c}"),
                 _ => detail,
@@ -711,12 +749,16 @@ impl Ladder<'_, '_> {
                 return report(Verdict::Reset, rungs, format!("{name}: {detail}"));
             }
             reasons.push(format!("{name}: {detail}"));
+            if stuck {
+                hung = true;
+                break;
+            }
             if !ran && healthy_before && name == "bus-reset" {
                 // Nothing was done and nothing is wrong: refuse rather than escalate.
                 break;
             }
         }
-        if self.verify(&before).is_ok() {
+        if !hung && self.verify(&before).is_ok() {
             let msg = format!("not reset: {}", reasons.join("; "));
             let msg = if self.mode == Mode::PostStop {
                 format!("{msg} (healthy; vfio-pci already reset what it could on release)")
@@ -773,6 +815,7 @@ pub fn reset_many(
         owned,
         quirks,
         kept: std::sync::Mutex::new(Vec::new()),
+        deadline: Instant::now() + ctx.cfg.timeouts.phase,
     };
     let mut out = Vec::new();
     std::thread::scope(|s| {
