@@ -2215,72 +2215,54 @@ mod tests {
         let vm = "machine: q35\nbios: ovmf\nefidisk0: x:1\nballoon: 0\n\
                   hookscript: nas:snippets/pt-hook\nhostpci0: 06:00,pcie=1\n";
         write(&s, "etc/pve/qemu-server/100.conf", vm);
-        // No storage.cfg: only `local` is known.
-        let r = doctor(&s);
-        let c = &find(&r, "vm.hookscript", Some(100))[0];
-        assert_eq!(c.status, Status::Warn, "{c:?}");
-        assert!(
-            c.message.contains("storage nas is unknown"),
-            "{}",
-            c.message
-        );
-        // A broken storage.cfg: the install parser's error, with file and line.
-        write(
-            &s,
-            "etc/pve/storage.cfg",
-            "dir: local\n\tpath /var/lib/vz\ndir nas\n",
-        );
-        let r = doctor(&s);
-        let c = &find(&r, "vm.hookscript", Some(100))[0];
-        assert_eq!(c.status, Status::Warn, "{c:?}");
-        assert!(
-            c.message.contains("storage.cfg:3: expected `type: id`"),
-            "{}",
-            c.message
-        );
-        // A network storage without `path` lives under /mnt/pve/<id>; the snippet is
-        // missing, so the fix is `pt-hook install` on that storage, then `qm set`.
-        write(
-            &s,
-            "etc/pve/storage.cfg",
-            "dir: local\n\tpath /var/lib/vz\n\nnfs: nas\n\tserver 10.0.0.2\n\tcontent snippets\n",
-        );
-        let r = doctor(&s);
-        let c = &find(&r, "vm.hookscript", Some(100))[0];
-        assert_eq!(c.status, Status::Fail, "{c:?}");
-        assert!(
-            c.message.contains("mnt/pve/nas/snippets/pt-hook"),
-            "{}",
-            c.message
-        );
-        assert_eq!(
-            c.fix.as_deref(),
-            Some("pt-hook install --storage nas --vmid 100; qm set 100 --hookscript nas:snippets/pt-hook")
-        );
-        // A storage with no directory at all.
-        write(
-            &s,
-            "etc/pve/storage.cfg",
-            "lvmthin: nas\n\tthinpool data\n\tvgname pve\n",
-        );
-        let r = doctor(&s);
-        let c = &find(&r, "vm.hookscript", Some(100))[0];
-        assert!(
-            c.status == Status::Warn
-                && c.message
-                    .contains("storage.cfg:1: storage nas is of type lvmthin"),
-            "{c:?}"
-        );
-        // No hookscript: the same install hint for `local`.
+        let hookscript = |storage_cfg: Option<&str>| -> Check {
+            let cfg = s.root_dir().join("etc/pve/storage.cfg");
+            match storage_cfg {
+                Some(text) => write(&s, "etc/pve/storage.cfg", text),
+                None => drop(std::fs::remove_file(cfg)),
+            }
+            find(&doctor(&s), "vm.hookscript", Some(100))[0].clone()
+        };
+        let install_nas = "pt-hook install --storage nas --vmid 100; qm set 100 --hookscript nas:snippets/pt-hook";
+        for (storage_cfg, status, needle, fix) in [
+            // No storage.cfg: only `local` is known.
+            (None, Status::Warn, "storage nas is unknown", None),
+            // A broken storage.cfg: the install parser's error, with file and line.
+            (
+                Some("dir: local\n\tpath /var/lib/vz\ndir nas\n"),
+                Status::Warn,
+                "storage.cfg:3: expected `type: id`",
+                None,
+            ),
+            // A network storage without `path` lives under /mnt/pve/<id>; the snippet is
+            // missing, so the fix is `pt-hook install` on that storage, then `qm set`.
+            (
+                Some("dir: local\n\tpath /var/lib/vz\n\nnfs: nas\n\tserver 10.0.0.2\n\tcontent snippets\n"),
+                Status::Fail,
+                "mnt/pve/nas/snippets/pt-hook",
+                Some(install_nas),
+            ),
+            // A storage with no directory at all.
+            (
+                Some("lvmthin: nas\n\tthinpool data\n\tvgname pve\n"),
+                Status::Warn,
+                "storage.cfg:1: storage nas is of type lvmthin",
+                None,
+            ),
+        ] {
+            let c = hookscript(storage_cfg);
+            assert_eq!(c.status, status, "{storage_cfg:?}: {c:?}");
+            assert!(c.message.contains(needle), "{storage_cfg:?}: {c:?}");
+            assert_eq!(c.fix.as_deref(), fix, "{storage_cfg:?}");
+        }
+        // No hookscript: the same install hint, for `local`.
         write(
             &s,
             "etc/pve/qemu-server/100.conf",
             &vm.replace("hookscript: nas:snippets/pt-hook\n", ""),
         );
-        let r = doctor(&s);
-        let c = &find(&r, "vm.hookscript", Some(100))[0];
         assert_eq!(
-            c.fix.as_deref(),
+            hookscript(None).fix.as_deref(),
             Some("pt-hook install --storage local --vmid 100; qm set 100 --hookscript local:snippets/pt-hook")
         );
     }
