@@ -682,13 +682,7 @@ impl Ladder<'_, '_> {
                 self.ctx
                     .log
                     .info(&format!("{}: {name}: {detail}", list(funcs)));
-                rungs.push(Rung {
-                    rung: name,
-                    ok: false,
-                    detail: detail.clone(),
-                    ms: 0,
-                });
-                reasons.push(format!("{name}: {detail}"));
+                not_run(&mut rungs, &mut reasons, name, detail);
                 continue;
             }
             if Instant::now() >= self.deadline {
@@ -699,13 +693,7 @@ impl Ladder<'_, '_> {
                 self.ctx
                     .log
                     .warn(&format!("{}: {name}: {detail}", list(funcs)));
-                rungs.push(Rung {
-                    rung: name,
-                    ok: false,
-                    detail: detail.clone(),
-                    ms: 0,
-                });
-                reasons.push(format!("{name}: {detail}"));
+                not_run(&mut rungs, &mut reasons, name, detail);
                 break;
             }
             // remove+rescan is a recovery for a device that is broken, not a reset of a
@@ -777,6 +765,17 @@ impl Ladder<'_, '_> {
             ),
         )
     }
+}
+
+/// Records a rung that did not run (skipped by a profile, or past the deadline).
+fn not_run(rungs: &mut Vec<Rung>, reasons: &mut Vec<String>, name: &'static str, detail: String) {
+    reasons.push(format!("{name}: {detail}"));
+    rungs.push(Rung {
+        rung: name,
+        ok: false,
+        detail,
+        ms: 0,
+    });
 }
 
 fn list(v: &[Bdf]) -> String {
