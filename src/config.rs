@@ -119,19 +119,33 @@ impl Config {
 /// Refuses a file that someone other than root (or the current user) owns, or that group or
 /// others can write: pt-hook runs as root and acts on what it reads.
 pub fn check_trusted(host: &dyn Host, rel: &str) -> Result<()> {
+    trusted_entry(host, rel, false)?;
+    // Every directory above it too: whoever can write one of them can swap the file. A
+    // sticky directory (/tmp) is fine: others cannot rename or delete root's entries in it.
+    let mut dir = std::path::Path::new(rel).parent();
+    while let Some(d) = dir {
+        trusted_entry(host, d.to_str().unwrap_or(""), true)?;
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+fn trusted_entry(host: &dyn Host, rel: &str, is_dir: bool) -> Result<()> {
     let (uid, mode) = host
         .stat_owner_mode(rel)
         .map_err(|e| Error::host("config", "stat", host.display(rel), e))?;
+    let what = if is_dir { "directory " } else { "" };
     let me = nix::unistd::geteuid().as_raw();
     if uid != 0 && uid != me {
         return Err(Error::Config(format!(
-            "{}: refusing: owned by uid {uid}, not root",
+            "{what}{}: refusing: owned by uid {uid}, not root",
             host.display(rel)
         )));
     }
-    if mode & 0o022 != 0 {
+    let sticky_dir = is_dir && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky_dir {
         return Err(Error::Config(format!(
-            "{}: refusing: writable by {} (mode {:o}); run chmod go-w on it",
+            "{what}{}: refusing: writable by {} (mode {:o}); run chmod go-w on it",
             host.display(rel),
             if mode & 0o002 != 0 { "others" } else { "group" },
             mode & 0o7777

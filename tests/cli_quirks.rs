@@ -235,3 +235,48 @@ fn malformed_or_unsafe_quirk_files_are_refused_naming_file_and_line() {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(run(&root, &["plan", "101"]).status.code(), Some(0));
 }
+
+#[test]
+fn unsafe_directories_and_planted_links_are_refused() {
+    let (_d, root) = example_host();
+    let f = write_cfg(
+        &root,
+        "etc/pt-hook/quirks.d/site.toml",
+        "[[quirk]]\nname = \"site\"\nvendor = \"144d\"\ndevices = [\"a808\"]\n",
+    );
+    assert_eq!(run(&root, &["quirks"]).status.code(), Some(0));
+    // A group-writable quirks.d: someone else could swap the file.
+    let dir = root.join("etc/pt-hook/quirks.d");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let o = run(&root, &["quirks"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("directory") && t.contains("quirks.d") && t.contains("group"),
+        "{t}"
+    );
+    // Sticky and world-writable (like /tmp) is fine for root's own files.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = run(&root, &["quirks"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A symbolic link planted by another user, pointing at a root-owned file.
+    std::fs::remove_file(&f).unwrap();
+    let target = root.join("etc/pt-hook/real.toml");
+    std::fs::write(
+        &target,
+        "[[quirk]]\nname = \"site\"\nvendor = \"144d\"\ndevices = [\"a808\"]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&target, &f).unwrap();
+    assert_eq!(
+        run(&root, &["quirks"]).status.code(),
+        Some(0),
+        "root's own link"
+    );
+    std::os::unix::fs::lchown(&f, Some(65534), Some(65534)).unwrap();
+    let o = run(&root, &["quirks"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("site.toml") && t.contains("uid 65534"), "{t}");
+}

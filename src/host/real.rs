@@ -138,9 +138,19 @@ impl Host for RealHost {
         fs::remove_file(self.path(rel))
     }
 
+    /// Owner and mode of what the path names; a symbolic link counts as owned by whoever
+    /// owns the link when that is not root (a link planted by a user is not trusted, whatever
+    /// it points to).
     fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)> {
-        let m = fs::metadata(self.path(rel))?;
-        Ok((m.uid(), m.mode()))
+        let p = self.path(rel);
+        let l = fs::symlink_metadata(&p)?;
+        let m = fs::metadata(&p)?;
+        let uid = if l.file_type().is_symlink() && l.uid() != 0 {
+            l.uid()
+        } else {
+            m.uid()
+        };
+        Ok((uid, m.mode()))
     }
 
     fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
