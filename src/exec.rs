@@ -129,10 +129,15 @@ impl<'a> Exec<'a> {
     /// Runs a batch (see `plan::batches`): one step inline, several in parallel. Every step
     /// runs to its own end (each is bounded by its timeouts); the first error is returned.
     pub fn apply_batch(&self, batch: &[Step]) -> Result<()> {
-        if batch.len() == 1 {
-            return self.apply(&batch[0]);
+        self.apply_each(batch).into_iter().collect()
+    }
+
+    /// Runs a batch like `apply_batch` and gives every step's own result, in batch order.
+    pub fn apply_each(&self, batch: &[Step]) -> Vec<Result<()>> {
+        if let [one] = batch {
+            return vec![self.apply(one)];
         }
-        let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        std::thread::scope(|sc| {
             let hs: Vec<_> = batch
                 .iter()
                 .map(|s| sc.spawn(move || self.apply(s)))
@@ -143,8 +148,7 @@ impl<'a> Exec<'a> {
                         .unwrap_or_else(|_| Err(Error::Failed("a step panicked".into())))
                 })
                 .collect()
-        });
-        results.into_iter().collect()
+        })
     }
 
     pub fn apply(&self, step: &Step) -> Result<()> {

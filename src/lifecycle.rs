@@ -335,31 +335,13 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         .into_iter()
         .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
         .collect();
+    // Each step of a batch on its own: one failure must not hide the others.
     for batch in plan::batches(&todo) {
-        if batch.len() == 1 {
-            if let Err(e) = exec.apply(&batch[0]) {
+        for (s, r) in batch.iter().zip(exec.apply_each(&batch)) {
+            if let Err(e) = r {
                 failed.push(e.to_string());
-                undo_failed.extend(batch[0].bdf());
+                undo_failed.extend(s.bdf());
             }
-            continue;
-        }
-        // Each step of a batch on its own: one failure must not hide the others.
-        let errs: Vec<(Option<Bdf>, String)> = std::thread::scope(|sc| {
-            let hs: Vec<_> = batch
-                .iter()
-                .map(|s| (s.bdf(), sc.spawn(|| exec.apply(s))))
-                .collect();
-            hs.into_iter()
-                .filter_map(|(b, h)| match h.join() {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some((b, e.to_string())),
-                    Err(_) => Some((b, "a restore step panicked".into())),
-                })
-                .collect()
-        });
-        for (b, e) in errs {
-            failed.push(e);
-            undo_failed.extend(b);
         }
     }
     let profiles =

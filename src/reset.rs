@@ -507,33 +507,32 @@ impl Ladder<'_, '_> {
             let wait = self.budget(r.wait);
             let cur = device::driver_of(h, &bdf);
             let ov0 = device::override_of(h, &bdf);
-            let back = |why: String| -> (bool, String) {
-                // Safe state: the driver it had before the rung, with its override.
-                let mut steps = Vec::new();
+            // Back to the driver it had before the rung, with its override: the hand-back
+            // after a good rebind and the safe state after a failed one.
+            let to_before = || -> Result<()> {
                 if let Some(now) = device::driver_of(h, &bdf) {
                     if Some(&now) != cur.as_ref() {
-                        steps.push(crate::plan::Step::Unbind { bdf, driver: now });
+                        exec.apply(&crate::plan::Step::Unbind { bdf, driver: now })?;
                     }
                 }
-                steps.push(crate::plan::Step::SetOverride {
+                exec.apply(&crate::plan::Step::SetOverride {
                     bdf,
                     from: None,
                     to: ov0.clone(),
-                });
-                if let Some(c) = &cur {
-                    steps.push(crate::plan::Step::Bind {
+                })?;
+                match &cur {
+                    Some(c) => exec.apply(&crate::plan::Step::Bind {
                         bdf,
                         driver: c.clone(),
-                    });
+                    }),
+                    None => Ok(()),
                 }
-                let mut why = why;
-                for s in steps {
-                    if let Err(e) = exec.apply(&s) {
-                        why.push_str(&format!("; putting it back failed: {e}"));
-                        break;
-                    }
+            };
+            let back = |why: String| -> (bool, String) {
+                match to_before() {
+                    Ok(()) => (true, why),
+                    Err(e) => (true, format!("{why}; putting it back failed: {e}")),
                 }
-                (true, why)
             };
             let mut steps = Vec::new();
             if !h.exists(&paths::driver_dir(&r.driver).unwrap_or_default()) {
@@ -590,28 +589,8 @@ impl Ladder<'_, '_> {
                 continue;
             }
             // Hand it back (when it came from the host driver itself, it is there already).
-            let mut back_steps = Vec::new();
-            if cur.as_deref() != Some(r.driver.as_str()) {
-                back_steps.push(crate::plan::Step::Unbind {
-                    bdf,
-                    driver: r.driver.clone(),
-                });
-            }
-            back_steps.push(crate::plan::Step::SetOverride {
-                bdf,
-                from: Some(r.driver.clone()),
-                to: ov0.clone(),
-            });
-            if let Some(c) = cur.as_ref().filter(|c| **c != r.driver) {
-                back_steps.push(crate::plan::Step::Bind {
-                    bdf,
-                    driver: c.clone(),
-                });
-            }
-            for s in &back_steps {
-                if let Err(e) = exec.apply(s) {
-                    return Err((true, format!("{bdf}: handing it back: {e}")));
-                }
+            if let Err(e) = to_before() {
+                return Err((true, format!("{bdf}: handing it back: {e}")));
             }
             done.push(format!(
                 "{bdf}: {} bound in {}, handed back to {}",
