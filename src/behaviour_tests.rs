@@ -355,19 +355,7 @@ fn forced_unsupported_method_is_reported_not_guessed() {
 /// starts, so post-stop resets through the slot and the card comes back.
 #[test]
 fn blackwell_profile_avoids_flr_and_recovers() {
-    let sim = SimHost::gpu_host();
-    sim.add_driver(crate::host::sim::SimDriver::new("nvidia").id(0x10de, 0x2b85));
-    sim.add_device(
-        SimDevice::new("0000:06:00.0", 0x10de, 0x2b85, 0x030000)
-            .parent("0000:00:1c.2")
-            .group(30)
-            .reset_methods(&["flr", "bus"])
-            .reset_behaviour("flr", ResetBehaviour::Wedge)
-            .link("32.0 GT/s PCIe", 16)
-            .d3cold(Some(true))
-            .driver("nvidia"),
-    );
-    let t = T::with(sim);
+    let t = T::with(crate::test_support::blackwell_host());
     std::fs::write(
         t.sim.root_dir().join("etc/pve/qemu-server/120.conf"),
         "hostpci0: 06:00.0\n",
@@ -715,20 +703,9 @@ mod amd {
 /// so with exit 3 and keeps the state; nothing is handed to the host driver.
 #[test]
 fn blackwell_gone_after_every_rung_is_exit_3() {
-    let sim = SimHost::gpu_host();
-    sim.add_driver(crate::host::sim::SimDriver::new("nvidia").id(0x10de, 0x2b85));
-    sim.add_device(
-        SimDevice::new("0000:06:00.0", 0x10de, 0x2b85, 0x030000)
-            .parent("0000:00:1c.2")
-            .group(30)
-            .reset_methods(&["flr", "bus"])
-            .reset_behaviour("flr", ResetBehaviour::Wedge)
-            .reset_behaviour("bus", ResetBehaviour::Wedge)
-            .link("32.0 GT/s PCIe", 16)
-            .d3cold(Some(true))
-            .driver("nvidia"),
-    );
-    let mut t = T::with(sim);
+    let mut t = T::with(crate::test_support::blackwell_host());
+    t.sim
+        .set_reset_behaviour("0000:06:00.0", "bus", ResetBehaviour::Wedge);
     t.cfg.timeouts.driver_bind = Duration::from_millis(300);
     t.cfg.timeouts.rescan = Duration::from_millis(300);
     std::fs::write(

@@ -21,17 +21,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, Timeouts};
 use crate::error::Error;
-use crate::host::sim::{
-    Fault, FaultOp, FaultPoint, OpKind, PathMatch, ResetBehaviour, SimDevice, SimDriver, SimHost,
-    Snapshot,
-};
+use crate::host::sim::{Fault, FaultOp, FaultPoint, OpKind, PathMatch, Snapshot};
 use crate::host::Host;
 use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
 use crate::pci::Bdf;
-use crate::test_support::T;
-
-const BLACKWELL: &str = "0000:06:00.0";
+use crate::test_support::{blackwell_host, T};
 
 fn timeouts() -> Timeouts {
     // Short enough to keep ~600 cases quick, long enough that a clean step never times out
@@ -57,28 +52,11 @@ fn budget() -> Duration {
     2 * timeouts().phase + Duration::from_secs(2)
 }
 
-fn host() -> SimHost {
-    let sim = SimHost::gpu_host();
-    // An RTX 5090-like card: the nvidia-blackwell profile removes FLR and pins power.
-    sim.add_driver(SimDriver::new("nvidia").id(0x10de, 0x2b85));
-    sim.add_device(
-        SimDevice::new(BLACKWELL, 0x10de, 0x2b85, 0x030000)
-            .parent("0000:00:1c.2")
-            .group(30)
-            .reset_methods(&["flr", "bus"])
-            .reset_behaviour("flr", ResetBehaviour::Wedge)
-            .link("32.0 GT/s PCIe", 16)
-            .d3cold(Some(true))
-            .driver("nvidia"),
-    );
-    sim
-}
-
 impl T {
     /// gpu_host plus an RTX 5090-like card (VM 120), and hangs that end.
     fn blackwell() -> T {
         let t = T::build(
-            host(),
+            blackwell_host(),
             &[
                 (
                     100,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, Timeouts};
-use crate::host::sim::{SimHost, Snapshot};
+use crate::host::sim::{ResetBehaviour, SimDevice, SimDriver, SimHost, Snapshot};
 use crate::host::Host;
 use crate::lifecycle::Ctx;
 use crate::log::Logger;
@@ -28,6 +28,27 @@ pub const GPU_HOST_VMS: &[(u32, &str)] = &[
 
 /// Timeouts short enough for quick tests, long enough that a clean step never times out on
 /// a loaded 2-core machine.
+/// Where `blackwell_host` puts its card (behind root port 00:1c.2, IOMMU group 30).
+pub const BLACKWELL: &str = "0000:06:00.0";
+
+/// gpu_host plus an RTX 5090-like card on nvidia (the nvidia-blackwell profile removes FLR
+/// and pins power): FLR leaves its config space at 0xffffffff; the slot reset works.
+pub fn blackwell_host() -> SimHost {
+    let sim = SimHost::gpu_host();
+    sim.add_driver(SimDriver::new("nvidia").id(0x10de, 0x2b85));
+    sim.add_device(
+        SimDevice::new(BLACKWELL, 0x10de, 0x2b85, 0x030000)
+            .parent("0000:00:1c.2")
+            .group(30)
+            .reset_methods(&["flr", "bus"])
+            .reset_behaviour("flr", ResetBehaviour::Wedge)
+            .link("32.0 GT/s PCIe", 16)
+            .d3cold(Some(true))
+            .driver("nvidia"),
+    );
+    sim
+}
+
 pub fn timeouts() -> Timeouts {
     Timeouts {
         step: Duration::from_millis(1500),
