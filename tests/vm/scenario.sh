@@ -112,14 +112,29 @@ fbcon_bound() { # polls ~3 s
 # Called like Proxmox does: stdin closed, cwd /, LC_ALL=C.
 RC=0
 OUT=""
-hook() {
+hook() { run_exe - pt-hook $HOOK "$@"; }
+# run_exe STDIN LABEL EXE ARGS...: STDIN is a file, or - for a closed stdin (as Proxmox runs
+# the hookscript); sets RC, STDOUT, OUT and HOOK_SECS and prints the transcript.
+run_exe() {
+    _in=$1
+    _label=$2
+    _exe=$3
+    shift 3
     _t0=$(now)
-    (cd / && exec timeout $HOOK_TIMEOUT $HOOK "$@" >/tmp/hook.stdout 2>/tmp/hook.stderr <&-)
+    if [ "$_in" = - ]; then
+        (cd / && exec timeout $HOOK_TIMEOUT "$_exe" "$@" >/tmp/hook.stdout 2>/tmp/hook.stderr <&-)
+    else
+        (cd / && exec timeout $HOOK_TIMEOUT "$_exe" "$@" <"$_in" >/tmp/hook.stdout 2>/tmp/hook.stderr)
+    fi
     RC=$?
     STDOUT=$(cat /tmp/hook.stdout)
     OUT=$(cat /tmp/hook.stdout /tmp/hook.stderr)
     HOOK_SECS=$(elapsed "$_t0")
-    echo "  \$ pt-hook $* -> exit $RC ($HOOK_SECS s)"
+    if [ "$_in" = - ]; then
+        echo "  \$ $_label $* -> exit $RC ($HOOK_SECS s)"
+    else
+        echo "  \$ $_label $* < $_in -> exit $RC ($HOOK_SECS s)"
+    fi
     [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
     return 0
 }
@@ -498,17 +513,9 @@ json_has() { # BDF PATTERN (fixed string in the device object)
 # libvirt mode (domain XML on stdin, run as /etc/libvirt/hooks/qemu), user hooks from
 # /etc/pt-hook/hooks.d, and `pt-hook install`.
 lvhook() { # EXE ARGS...: like hook(), with /tmp/dom.xml on stdin (as libvirt runs it)
-    _exe=$1
+    _lv=$1
     shift
-    _t0=$(now)
-    (cd / && exec timeout $HOOK_TIMEOUT "$_exe" "$@" </tmp/dom.xml >/tmp/hook.stdout 2>/tmp/hook.stderr)
-    RC=$?
-    STDOUT=$(cat /tmp/hook.stdout)
-    OUT=$(cat /tmp/hook.stdout /tmp/hook.stderr)
-    HOOK_SECS=$(elapsed "$_t0")
-    echo "  \$ $_exe $* < /tmp/dom.xml -> exit $RC ($HOOK_SECS s)"
-    [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
-    return 0
+    run_exe /tmp/dom.xml "$_lv" "$_lv" "$@"
 }
 stdout_empty() { [ -z "$STDOUT" ] || { WHY="stdout: $(echo "$STDOUT" | head -c 200)"; return 1; }; }
 file_has() { grep -q -- "$2" "$1" 2>/dev/null || { WHY="$1 lacks '$2': $(head -c 300 "$1" 2>&1 | tr '\n' ' ')"; return 1; }; }
