@@ -305,6 +305,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     st.pid = std::process::id();
     state::save(ctx.h(), &st)?;
     let exec = ctx.exec();
+    let profiles =
+        crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
     let mut failed: Vec<String> = Vec::new();
     // An earlier "unrecovered" device that is present again was reset once more just now
     // (post_stop_reset): it stays unrecovered only if that failed too.
@@ -318,7 +320,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.unrecovered.clone()
     };
     if with_reset {
-        let outcome = crate::reset::post_stop_reset(ctx, &st);
+        let outcome = crate::reset::post_stop_reset(ctx, &st, &profiles);
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(
                 "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"
@@ -344,8 +346,6 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             }
         }
     }
-    let profiles =
-        crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
     for d in &st.devices {
         let b = d.original.bdf;
         if held(&b) {

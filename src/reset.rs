@@ -828,7 +828,8 @@ pub struct Outcome {
 }
 
 /// post-stop: reset every device the VM had, with the VM as owner of all of them.
-pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
+/// `profiles`: the quirk profiles in force (the caller loaded them once for the phase).
+pub fn post_stop_reset(ctx: &Ctx, st: &VmState, profiles: &[crate::quirks::Profile]) -> Outcome {
     let mut o = Outcome::default();
     let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
     let bdfs: Vec<Bdf> = st
@@ -845,16 +846,15 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
         }
         return o;
     }
-    let all =
-        crate::quirks::load_all(&*ctx.host, ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
     // A profile's reset_method (e.g. Blackwell: no FLR) must hold while the ladder runs, even
     // when an earlier restore already put the original list back or a remove/rescan brought
     // the kernel's default back: the original list is restored after the reset.
+    let mut quirks = LadderQuirks::default();
     for d in &st.devices {
         let Some(p) = d
             .quirk
             .as_deref()
-            .and_then(|q| crate::quirks::by_name(&all, q))
+            .and_then(|q| crate::quirks::by_name(profiles, q))
         else {
             continue;
         };
@@ -873,16 +873,7 @@ pub fn post_stop_reset(ctx: &Ctx, st: &VmState) -> Outcome {
                 }
             }
         }
-    }
-    let mut quirks = LadderQuirks::default();
-    for d in &st.devices {
-        if let Some(p) = d
-            .quirk
-            .as_deref()
-            .and_then(|q| crate::quirks::by_name(&all, q))
-        {
-            quirks.add(d.original.bdf, p, d.original.driver.as_deref());
-        }
+        quirks.add(b, p, d.original.driver.as_deref());
     }
     for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &quirks) {
         match r.verdict {
