@@ -316,7 +316,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             } else {
                 print_plan(&p, &ctx.node);
             }
-            Ok(())
+            // The same refusal pre-start would give, and its exit status.
+            match p.refusal(&crate::state::VmKey::Pve(vmid)) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }
         Cmd::Cleanup { vmid } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
@@ -332,7 +336,10 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Doctor { vmid, json } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
             let cfg = load_cfg(&*host)?;
-            let report = crate::doctor::run(&*host, &cfg, vmid)?;
+            let quiet = Logger::new(-3, false);
+            let pctx = make_ctx(Arc::clone(&host), &cfg, &quiet, true);
+            let planner = |v: u32| lifecycle::plan_vm(&pctx, v);
+            let report = crate::doctor::run(&*host, &cfg, vmid, &planner)?;
             if *json {
                 println!(
                     "{}",
@@ -416,6 +423,9 @@ fn plan_json(p: &lifecycle::VmPlan) -> serde_json::Value {
         "steps": steps,
         "post_stop": p.post_stop,
         "warnings": p.warnings,
+        "users": p.users.findings,
+        "refusals": p.refusals,
+        "fixes": p.fixes,
     })
 }
 
@@ -465,6 +475,27 @@ fn print_plan(p: &lifecycle::VmPlan, node: &str) {
     }
     for w in &p.warnings {
         println!("warning: {w}");
+    }
+    let released: Vec<String> = p
+        .users
+        .lines()
+        .into_iter()
+        .filter(|l| !p.refusals.iter().any(|r| r.ends_with(l.as_str())))
+        .collect();
+    if !released.is_empty() {
+        println!("in use, released by the plan:");
+        for l in released {
+            println!("  {l}");
+        }
+    }
+    if !p.refusals.is_empty() {
+        println!("REFUSED: pre-start would change nothing and abort the start; in use:");
+        for r in &p.refusals {
+            println!("  {r}");
+        }
+        for f in &p.fixes {
+            println!("fix: {f}");
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Timeouts {
     pub phase: Duration,
     /// One user hook from /etc/pt-hook/hooks.d/<phase>/ (its process group is killed then).
     pub hook: Duration,
+    /// Shutting down one container that holds a device (`release_containers`).
+    pub container: Duration,
 }
 
 impl Default for Timeouts {
@@ -49,6 +51,7 @@ impl Default for Timeouts {
             lock: Duration::from_secs(10),
             phase: Duration::from_secs(120),
             hook: Duration::from_secs(60),
+            container: Duration::from_secs(60),
         }
     }
 }
@@ -73,6 +76,9 @@ pub struct VmOptions {
     pub units: Vec<String>,
     /// Reset devices at post-stop before giving them back (default true).
     pub reset_on_stop: Option<bool>,
+    /// Shut down the LXC containers whose processes hold the VM's devices before pre-start
+    /// takes them, and start them again after post-stop (default false: refuse).
+    pub release_containers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -88,6 +94,7 @@ struct RawTimeouts {
     lock_timeout: Option<String>,
     phase_timeout: Option<String>,
     hook_timeout: Option<String>,
+    container_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -211,6 +218,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         lock: dur(file, "lock_timeout", &t.lock_timeout, d.lock)?,
         phase: dur(file, "phase_timeout", &t.phase_timeout, d.phase)?,
         hook: dur(file, "hook_timeout", &t.hook_timeout, d.hook)?,
+        container: dur(file, "container_timeout", &t.container_timeout, d.container)?,
     };
     let mut vm = BTreeMap::new();
     for (k, v) in raw.vm {

@@ -223,9 +223,9 @@ struct Doctor<'a> {
     vms: Vec<VmEntry>,
     kernel: Option<String>,
     iommu_units: Vec<String>,
-    mgmt_nic: Option<(String, Bdf)>,
-    /// The root filesystem's device and the PCI functions under it.
-    root_disk: Option<(String, Vec<Bdf>)>,
+    /// pre-start's own plan for a VM: its refusals are doctor's `vm.in-use` findings, word
+    /// for word (the host guard decides both).
+    planner: &'a dyn Fn(u32) -> Result<crate::lifecycle::VmPlan>,
 }
 
 impl<'a> Doctor<'a> {
@@ -1044,18 +1044,20 @@ impl<'a> Doctor<'a> {
                 );
                 continue;
             }
+            // A group member the host uses is named with its use (the management NIC...).
+            let users = crate::guard::scan(
+                self.host,
+                &others,
+                &crate::guard::Opts {
+                    me: Some(&crate::state::VmKey::Pve(vmid)),
+                    node: &crate::resolve::node_name(),
+                },
+            );
             let mut desc = Vec::new();
             for o in &others {
                 let mut s = self.label(o);
-                if self.mgmt_nic.as_ref().is_some_and(|(_, m)| m == o) {
-                    let nic = self
-                        .mgmt_nic
-                        .as_ref()
-                        .map(|(n, _)| n.clone())
-                        .unwrap_or_default();
-                    s.push_str(&format!(
-                        " — the host's management NIC {nic} (default route)"
-                    ));
+                if let Some(u) = users.uses_of(o).first() {
+                    s.push_str(&format!(" — {u}"));
                 }
                 desc.push(s);
             }
@@ -1074,20 +1076,19 @@ impl<'a> Doctor<'a> {
             );
         }
 
-        // Never the controller of the disk the host runs from.
-        if let Some((dev, ctrl)) = self.root_disk.clone() {
-            if let Some(r) = resolved.iter().find(|r| ctrl.contains(&r.info.bdf)) {
+        // Devices the host or another VM uses: pre-start's own refusal, in its words.
+        if let Ok(p) = (self.planner)(vmid) {
+            for r in &p.refusals {
+                let dev = r
+                    .split_whitespace()
+                    .find_map(|w| Bdf::parse(w.trim_end_matches(':')).ok());
                 self.add_vm(
                     vmid,
-                    Some(r.info.bdf),
-                    "vm.boot-disk",
+                    dev,
+                    "vm.in-use",
                     Status::Fail,
-                    format!(
-                        "{} is the controller of the host's root filesystem ({dev}) and this VM takes it ({}): starting it pulls the disk from under the running host",
-                        self.label(&r.info.bdf),
-                        r.origin
-                    ),
-                    Some("pass another controller; keep the boot disk's controller (and its IOMMU group) on the host".into()),
+                    r.clone(),
+                    Some(p.fixes.join("; ")),
                 );
             }
         }
@@ -1116,23 +1117,6 @@ impl<'a> Doctor<'a> {
                 ),
             }
         }
-        // Management path: never the NIC behind the default route.
-        if let Some((nic, m)) = self.mgmt_nic.clone() {
-            if let Some(r) = resolved.iter().find(|r| r.info.bdf == m) {
-                self.add_vm(
-                    vmid,
-                    Some(m),
-                    "vm.management-nic",
-                    Status::Fail,
-                    format!(
-                        "{m} is the host's management NIC ({nic}, default route) and this VM takes it ({}): starting it cuts the host off the network",
-                        r.origin
-                    ),
-                    Some("pass another NIC; keep the management NIC on the host".into()),
-                );
-            }
-        }
-
         let gpus: Vec<&crate::resolve::Resolved> = explicit
             .iter()
             .copied()
@@ -1656,30 +1640,6 @@ fn snippets_base(host: &dyn Host, storage: &str) -> std::result::Result<String, 
     }
 }
 
-/// The interface of the default route and the PCI function behind it.
-fn management_nic(host: &dyn Host) -> Option<(String, Bdf)> {
-    let text = host.read("proc/net/route").ok()?;
-    let iface = text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
-    })?;
-    if !paths::safe_name(&iface) {
-        return None;
-    }
-    // A bridge (vmbr0) has no device: follow its single port under brif/.
-    let mut dev = iface.clone();
-    if let Ok(ports) = host.list(&format!("sys/class/net/{iface}/brif")) {
-        if let Some(p) = ports.into_iter().find(|p| paths::safe_name(p)) {
-            dev = p;
-        }
-    }
-    let target = host
-        .link_target(&format!("sys/class/net/{dev}/device"))
-        .ok()?;
-    let bdf = Bdf::parse(target.rsplit('/').next()?).ok()?;
-    Some((iface, bdf))
-}
-
 /// The pid of a running sshd: its pid file, else a scan of /proc/*/comm.
 fn sshd_running(host: &dyn Host) -> Option<u32> {
     for f in ["run/sshd.pid", "var/run/sshd.pid"] {
@@ -1699,60 +1659,6 @@ fn sshd_running(host: &dyn Host) -> Option<u32> {
 
 /// The last PCI function in a sysfs device path
 /// ("../../devices/pci0000:00/0000:00:1d.0/0000:02:00.0/nvme/nvme0/nvme0n1/nvme0n1p3").
-fn bdf_in_path(target: &str) -> Option<Bdf> {
-    target.split('/').rev().find_map(|c| Bdf::parse(c).ok())
-}
-
-/// The PCI functions a block device sits on, following device-mapper slaves (LVM, LUKS).
-fn block_controllers(host: &dyn Host, name: &str, depth: u32, out: &mut Vec<Bdf>) {
-    if depth > 4 || !paths::safe_name(name) {
-        return;
-    }
-    let slaves = host
-        .list(&format!("sys/class/block/{name}/slaves"))
-        .unwrap_or_default();
-    if !slaves.is_empty() {
-        for s in slaves {
-            block_controllers(host, &s, depth + 1, out);
-        }
-        return;
-    }
-    if let Some(b) = host
-        .link_target(&format!("sys/class/block/{name}"))
-        .ok()
-        .and_then(|t| bdf_in_path(&t))
-    {
-        if !out.contains(&b) {
-            out.push(b);
-        }
-    }
-}
-
-/// The root filesystem's source (/proc/mounts) and the PCI functions under it; None for
-/// sources that are not block devices (ZFS datasets, rootfs, network).
-fn root_disk(host: &dyn Host) -> Option<(String, Vec<Bdf>)> {
-    let mounts = host.read("proc/mounts").ok()?;
-    let src = mounts.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == "/").then(|| f[0].to_string())
-    })?;
-    let dev = src.strip_prefix("/dev/")?;
-    let name = match dev.strip_prefix("mapper/") {
-        Some(dm) => host
-            .list("sys/class/block")
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with("dm-"))
-            .find(|n| {
-                read_trim(host, &format!("sys/class/block/{n}/dm/name")).as_deref() == Some(dm)
-            })?,
-        None => dev.to_string(),
-    };
-    let mut out = Vec::new();
-    block_controllers(host, &name, 0, &mut out);
-    (!out.is_empty()).then_some((src, out))
-}
-
 fn load_vms(host: &dyn Host) -> Vec<VmEntry> {
     let dir = "etc/pve/qemu-server";
     let mut v = Vec::new();
@@ -1771,7 +1677,12 @@ fn load_vms(host: &dyn Host) -> Vec<VmEntry> {
 }
 
 /// Runs every check. `vmid`: only that VM (its config must exist).
-pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
+pub fn run(
+    host: &dyn Host,
+    cfg: &Config,
+    vmid: Option<u32>,
+    planner: &dyn Fn(u32) -> Result<crate::lifecycle::VmPlan>,
+) -> Result<Report> {
     let mut devices = BTreeMap::new();
     for b in device::list_all(host) {
         if let Some(d) = device::read_device(host, &b) {
@@ -1805,8 +1716,7 @@ pub fn run(host: &dyn Host, cfg: &Config, vmid: Option<u32>) -> Result<Report> {
         vms,
         kernel: read_trim(host, "proc/sys/kernel/osrelease"),
         iommu_units: host.list("sys/class/iommu").unwrap_or_default(),
-        mgmt_nic: management_nic(host),
-        root_disk: root_disk(host),
+        planner,
     };
     d.check_iommu();
     d.check_interrupt_remapping();
@@ -1890,7 +1800,10 @@ mod tests {
     }
 
     fn doctor(s: &SimHost) -> Report {
-        run(s, &Config::default(), None).unwrap()
+        run(s, &Config::default(), None, &|_| {
+            Err(Error::Usage("no planner in these tests".into()))
+        })
+        .unwrap()
     }
 
     /// The q35 test bed's devices with a Vega 64 (vendor-reset family) in its own group.
@@ -2320,9 +2233,10 @@ mod tests {
         assert!(c.message.contains("VM 103"), "{}", c.message);
         // The template's config is not a running VM's: it does not count.
         assert!(!c.message.contains("101"), "{}", c.message);
-        let r = run(&s, &Config::default(), Some(100)).unwrap();
+        let none = |_| Err(Error::Usage("no planner".into()));
+        let r = run(&s, &Config::default(), Some(100), &none).unwrap();
         assert_eq!(r.vms, [100]);
         assert!(r.checks.iter().all(|c| c.vm.is_none() || c.vm == Some(100)));
-        assert!(run(&s, &Config::default(), Some(109)).is_err());
+        assert!(run(&s, &Config::default(), Some(109), &none).is_err());
     }
 }

@@ -276,7 +276,98 @@ impl<'a> Exec<'a> {
             | Step::StartUnit { .. }
             | Step::Vtcon { .. }
             | Step::UnbindPlatform { .. } => crate::console::apply(self, step),
+            Step::StopContainer { ctid } => self.container(*ctid, false),
+            Step::StartContainer { ctid } => self.container(*ctid, true),
+            Step::AwaitFree { bdfs } => {
+                if self.dry_run {
+                    return Ok(());
+                }
+                let left = crate::guard::wait_unheld(h, bdfs, self.budget(self.t.unit));
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::Failed(format!(
+                        "still held after the units/containers holding them were stopped: {}",
+                        left.join("; ")
+                    )))
+                }
+            }
         }
+    }
+
+    fn pct(&self, args: &[&str], timeout: Duration) -> Result<crate::host::CmdOutput> {
+        let shown = format!("pct {}", args.join(" "));
+        self.h()
+            .run("pct", args, self.budget(timeout))
+            .map_err(|e| Error::host("container", "running", shown, e))
+    }
+
+    fn container_running(&self, id: &str) -> Result<bool> {
+        let o = self.pct(&["status", id], self.t.step)?;
+        if !o.success() {
+            return Err(Error::Failed(format!(
+                "pct status {id} failed (exit {}): {}",
+                o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                o.stderr.trim()
+            )));
+        }
+        Ok(o.stdout.contains("status: running"))
+    }
+
+    /// `pct shutdown` (clean, within the container timeout), then `pct stop`; or `pct start`.
+    /// Checked with `pct status` before and after, so undo and replay are idempotent.
+    fn container(&self, ctid: u32, start: bool) -> Result<()> {
+        let id = ctid.to_string();
+        if self.dry_run {
+            println!(
+                "dry-run: run pct {} {id}",
+                if start { "start" } else { "shutdown" }
+            );
+            return Ok(());
+        }
+        let running = self.container_running(&id)?;
+        if running == start {
+            return Ok(());
+        }
+        if start {
+            let o = self.pct(&["start", &id], self.t.container)?;
+            if !o.success() {
+                return Err(Error::Failed(format!(
+                    "container {ctid}: pct start failed (exit {}): {}",
+                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                    o.stderr.trim()
+                )));
+            }
+        } else {
+            let secs = self.budget(self.t.container).as_secs().max(1).to_string();
+            let o = self.pct(
+                &["shutdown", &id, "--timeout", &secs],
+                self.t.container + Duration::from_secs(5),
+            )?;
+            if !o.success() {
+                self.log.warn(&format!(
+                    "container {ctid}: clean shutdown failed (exit {}): {}; stopping it",
+                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                    o.stderr.trim()
+                ));
+                let o = self.pct(&["stop", &id], self.t.container)?;
+                if !o.success() {
+                    return Err(Error::Failed(format!(
+                        "container {ctid}: pct stop failed (exit {}): {}",
+                        o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                        o.stderr.trim()
+                    )));
+                }
+            }
+        }
+        if self.container_running(&id)? != start {
+            return Err(Error::Failed(format!(
+                "container {ctid}: still {} after pct {}",
+                if start { "stopped" } else { "running" },
+                if start { "start" } else { "shutdown/stop" }
+            )));
+        }
+        Ok(())
     }
 
     /// Gives a device to `driver`: explicit bind, falling back to the normal probe.

@@ -42,6 +42,7 @@ fn timeouts() -> Timeouts {
         lock: Duration::from_millis(500),
         phase: Duration::from_secs(10),
         hook: Duration::from_secs(5),
+        container: Duration::from_secs(5),
     }
 }
 

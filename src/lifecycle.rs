@@ -1,12 +1,14 @@
 //! The hookscript phases: pre-start takes a VM's devices from the host, post-stop (and
 //! cleanup) gives them back from pt-hook's own state.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::device;
 use crate::error::{Error, Result};
 use crate::exec::Exec;
+use crate::guard;
 use crate::host::{paths, Host, LockGuard};
 use crate::log::Logger;
 use crate::pci::Bdf;
@@ -44,22 +46,211 @@ pub struct VmPlan {
     pub steps: Vec<Step>,
     pub post_stop: Vec<String>,
     pub warnings: Vec<String>,
+    /// Who uses the functions (the host guard), released ones included.
+    pub users: guard::Report,
+    /// Users that make pre-start refuse: "hostpci0 0000:02:00.0: /dev/nvme0n1p1 is mounted
+    /// at /srv (ext4)". Empty: pre-start may proceed.
+    pub refusals: Vec<String>,
+    /// What to do about the refusals.
+    pub fixes: Vec<String>,
+}
+
+impl VmPlan {
+    /// The error pre-start (and `plan`) gives for the refusals.
+    pub fn refusal(&self, key: &VmKey) -> Option<Error> {
+        if self.refusals.is_empty() {
+            return None;
+        }
+        Some(Error::Failed(format!(
+            "{key} would take devices in use, so nothing was changed: {} — {}",
+            self.refusals.join("; "),
+            self.fixes.join("; ")
+        )))
+    }
 }
 
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
     let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
-    plan_resolved(ctx, vmid, resolved)
+    plan_resolved(ctx, &VmKey::Pve(vmid), vmid, resolved)
 }
 
 /// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
 /// `vmid` selects `[vm.N]` options; 0 means the defaults.
-pub fn plan_bdfs(ctx: &Ctx, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
     let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
-    plan_resolved(ctx, vmid, resolved)
+    plan_resolved(ctx, key, vmid, resolved)
 }
 
-fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
+/// A display-manager alias ("display-manager.service" → "gdm.service"), as the cgroup of its
+/// processes names it.
+fn unit_id(host: &dyn Host, unit: &str) -> String {
+    host.link_name(&format!("etc/systemd/system/{unit}"))
+        .ok()
+        .filter(|n| paths::safe_name(n))
+        .unwrap_or_else(|| unit.to_string())
+}
+
+/// The hostpciN a function was named by ("IOMMU group 8 (with X)" → X's origin).
+fn config_key(devices: &[PlannedDevice], origin: &str) -> Option<String> {
+    if origin.starts_with("hostpci") {
+        return origin.split_whitespace().next().map(str::to_string);
+    }
+    let anchor = origin.split("(with ").nth(1)?.trim_end_matches(')');
+    let b = Bdf::parse(anchor).ok()?;
+    let d = devices.iter().find(|d| d.info.bdf == b)?;
+    d.origin
+        .starts_with("hostpci")
+        .then(|| d.origin.split_whitespace().next().map(str::to_string))
+        .flatten()
+}
+
+struct Guarded {
+    users: guard::Report,
+    refusals: Vec<String>,
+    fixes: Vec<String>,
+    containers: Vec<u32>,
+    released: bool,
+}
+
+/// The host guard applied to a plan: which users refuse the start, which the plan itself
+/// releases (units the console handoff stops; containers with `release_containers`).
+fn guard_plan(
+    ctx: &Ctx,
+    key: &VmKey,
+    vmid: u32,
+    devices: &[PlannedDevice],
+    handoff: &[Step],
+) -> Guarded {
+    let h = ctx.h();
+    let bdfs: Vec<Bdf> = devices
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.info.bdf)
+        .collect();
+    let users = guard::scan(
+        h,
+        &bdfs,
+        &guard::Opts {
+            me: Some(key),
+            node: &ctx.node,
+        },
+    );
+    let stopped: BTreeSet<String> = handoff
+        .iter()
+        .filter_map(|s| match s {
+            Step::StopUnit { unit } => Some(unit_id(h, unit)),
+            _ => None,
+        })
+        .collect();
+    let release_ct =
+        matches!(key, VmKey::Pve(_)) && ctx.cfg.vm(vmid).release_containers.unwrap_or(false);
+    let mut refusals = Vec::new();
+    let mut containers = BTreeSet::new();
+    let mut released = false;
+    let mut keys = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    let mut not_released_ct = BTreeSet::new();
+    let mut others = BTreeSet::new();
+    for (b, u) in users.pairs() {
+        let scope = u.process().map(|p| &p.scope);
+        let kind = u.kind();
+        let ok = match (kind, scope) {
+            (guard::Kind::Process, Some(guard::Scope::Unit(unit))) if stopped.contains(unit) => {
+                true
+            }
+            (guard::Kind::Process, Some(guard::Scope::Container(c))) if release_ct => {
+                containers.insert(*c);
+                true
+            }
+            _ => false,
+        };
+        if ok {
+            released = true;
+            continue;
+        }
+        let origin = devices
+            .iter()
+            .find(|d| d.info.bdf == *b)
+            .map(|d| d.origin.clone())
+            .unwrap_or_default();
+        if let Some(k) = config_key(devices, &origin) {
+            keys.insert(k);
+        }
+        kinds.insert(format!("{kind:?}"));
+        match (kind, scope) {
+            (guard::Kind::Process, Some(guard::Scope::Container(c))) => {
+                not_released_ct.insert(*c);
+            }
+            (guard::Kind::Process, Some(_)) => {
+                others.insert(u.process().map(|p| p.to_string()).unwrap_or_default());
+            }
+            _ => {}
+        }
+        refusals.push(format!("{origin} {b}: {u}").trim_start().to_string());
+    }
+    let mut fixes = Vec::new();
+    if !refusals.is_empty() {
+        let cfg = match key {
+            VmKey::Pve(v) => crate::pve::config::vm_config_path(*v, None)
+                .map(|p| h.display(&p))
+                .unwrap_or_default(),
+            VmKey::Libvirt(_) => String::new(),
+        };
+        match key {
+            VmKey::Pve(_) if !keys.is_empty() => fixes.push(format!(
+                "if an address is wrong, fix {} in {cfg} or use a PCI mapping",
+                keys.into_iter().collect::<Vec<_>>().join(", ")
+            )),
+            VmKey::Pve(_) => fixes.push(format!(
+                "if an address is wrong, fix the hostpci lines in {cfg} or use a PCI mapping"
+            )),
+            VmKey::Libvirt(_) => fixes.push(
+                "if an address is wrong, fix the <hostdev> source address in the domain XML".into(),
+            ),
+        }
+        if kinds.contains("Storage") {
+            fixes.push("storage the host uses is never taken: unmount it, swapoff, or stop what is stacked on it first".into());
+        }
+        if kinds.contains("Network") {
+            fixes.push(
+                "move the host's addresses, routes and bridge ports off the interface first".into(),
+            );
+        }
+        if !not_released_ct.is_empty() {
+            let cts = not_released_ct
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            fixes.push(match key {
+                VmKey::Pve(v) => format!(
+                    "stop container {cts} first, or set release_containers = true under [vm.{v}] in {} to have pt-hook stop and restart it",
+                    h.display(paths::DEFAULT_CONFIG)
+                ),
+                VmKey::Libvirt(_) => format!("stop container {cts} first"),
+            });
+        }
+        if !others.is_empty() {
+            fixes.push(format!(
+                "stop {} first",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if kinds.contains("Vm") {
+            fixes.push("stop the other VM first (or pass it another device)".into());
+        }
+    }
+    Guarded {
+        users,
+        refusals,
+        fixes,
+        containers: containers.into_iter().collect(),
+        released,
+    }
+}
+
+fn plan_resolved(ctx: &Ctx, key: &VmKey, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
@@ -70,7 +261,23 @@ fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan
     };
     let mut steps = Vec::new();
     let handoff = crate::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
+    let g = guard_plan(ctx, key, vmid, &devices, &handoff);
+    warnings.extend(g.users.notes.iter().cloned());
+    steps.extend(
+        g.containers
+            .iter()
+            .map(|c| Step::StopContainer { ctid: *c }),
+    );
     steps.extend(handoff);
+    if g.released {
+        steps.push(Step::AwaitFree {
+            bdfs: devices
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.info.bdf)
+                .collect(),
+        });
+    }
     steps.extend(plan::pre_start_steps(&devices, &facts));
     let mut post_stop: Vec<String> = Vec::new();
     let active: Vec<&PlannedDevice> = devices.iter().filter(|d| !d.keep).collect();
@@ -98,6 +305,9 @@ fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan
         steps,
         post_stop,
         warnings,
+        users: g.users,
+        refusals: g.refusals,
+        fixes: g.fixes,
     })
 }
 
@@ -156,6 +366,10 @@ pub fn prepare(
     for w in &p.warnings {
         ctx.log.warn(w);
     }
+    // The host guard, before any change: a device the host or another VM uses is refused.
+    if let Some(e) = p.refusal(key) {
+        return Err(e);
+    }
     let active: Vec<&PlannedDevice> = p.devices.iter().filter(|d| !d.keep).collect();
     for d in p.devices.iter().filter(|d| d.keep) {
         ctx.log
@@ -192,7 +406,11 @@ pub fn prepare(
         } else {
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
-            replan()?
+            let p = replan()?;
+            if let Some(e) = p.refusal(key) {
+                return Err(e);
+            }
+            p
         }
     } else {
         p
@@ -301,10 +519,63 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         }
         return Ok(());
     }
+    let exec = ctx.exec();
+    // A function already back on the host driver it had (a late bind that finished after
+    // an earlier post-stop gave up) is verified below and never reset: a reset under a
+    // bound host driver can wedge it (a NIC then blocks `ip link` under the RTNL lock).
+    let back: Vec<Bdf> = st
+        .devices
+        .iter()
+        .filter(|d| {
+            let b = d.original.bdf;
+            d.original.driver.as_deref().is_some_and(|o| {
+                o != plan::VFIO && device::driver_of(ctx.h(), &b).as_deref() == Some(o)
+            })
+        })
+        .map(|d| d.original.bdf)
+        .collect();
+    for b in &back {
+        ctx.log.info(&format!(
+            "{b}: already back on its host driver: verifying it, not resetting it"
+        ));
+    }
+    // Nothing is reset or unbound while something holds it: QEMU may still be exiting, so
+    // wait (most of the phase), then keep the state and name the holder.
+    let check: Vec<Bdf> = st
+        .bdfs()
+        .into_iter()
+        .filter(|b| !back.contains(b) && device::exists(ctx.h(), b))
+        .collect();
+    if !check.is_empty() {
+        let phase = ctx.cfg.timeouts.phase;
+        let wait = phase.saturating_sub((phase / 4).min(std::time::Duration::from_secs(30)));
+        let left = guard::wait_free(
+            ctx.h(),
+            &check,
+            &guard::Opts {
+                me: Some(&key),
+                node: &ctx.node,
+            },
+            wait.min(
+                exec.deadline
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+        );
+        if !left.is_clear() {
+            st.phase = "held".into();
+            state::save(ctx.h(), &st)?;
+            return Err(Error::Failed(format!(
+                "{key}: {} after {}; nothing was reset or unbound; state kept in {}; run `{}` once it is released",
+                left.lines().join("; "),
+                humantime::format_duration(wait),
+                ctx.h().display(&key.state_file()),
+                key.cleanup_hint()
+            )));
+        }
+    }
     st.phase = "post-stop".into();
     st.pid = std::process::id();
     state::save(ctx.h(), &st)?;
-    let exec = ctx.exec();
     let profiles =
         crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
     let mut failed: Vec<String> = Vec::new();
@@ -320,7 +591,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.unrecovered.clone()
     };
     if with_reset {
-        let outcome = crate::reset::post_stop_reset(ctx, &st, &profiles);
+        let outcome = crate::reset::post_stop_reset(ctx, &st, &profiles, &back);
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(
                 "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"

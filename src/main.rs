@@ -18,6 +18,7 @@ mod exec;
 mod fault_tests;
 #[cfg(test)]
 mod fuzz_tests;
+mod guard;
 mod handoff;
 #[cfg(test)]
 mod hook_tests;

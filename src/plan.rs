@@ -72,6 +72,19 @@ pub enum Step {
         driver: String,
         device: String,
     },
+    /// Shut an LXC container down (`pct shutdown`, then `pct stop`) whose processes hold a
+    /// device the VM takes (`release_containers`); undo starts it again.
+    StopContainer {
+        ctid: u32,
+    },
+    StartContainer {
+        ctid: u32,
+    },
+    /// Wait until no process holds the functions any more (after the units or containers
+    /// that held them were stopped); no inverse.
+    AwaitFree {
+        bdfs: Vec<Bdf>,
+    },
 }
 
 impl Step {
@@ -121,7 +134,9 @@ impl Step {
             Step::StopUnit { unit } => Step::StartUnit { unit },
             Step::StartUnit { unit } => Step::StopUnit { unit },
             Step::Vtcon { vtcon, bind } => Step::Vtcon { vtcon, bind: !bind },
-            Step::UnbindPlatform { .. } => return None,
+            Step::UnbindPlatform { .. } | Step::AwaitFree { .. } => return None,
+            Step::StopContainer { ctid } => Step::StartContainer { ctid },
+            Step::StartContainer { ctid } => Step::StopContainer { ctid },
         })
     }
 
@@ -171,6 +186,16 @@ impl fmt::Display for Step {
             Step::UnbindPlatform { driver, device } => {
                 write!(f, "unbind firmware framebuffer {device} from {driver}")
             }
+            Step::StopContainer { ctid } => write!(f, "shut down container {ctid}"),
+            Step::StartContainer { ctid } => write!(f, "start container {ctid}"),
+            Step::AwaitFree { bdfs } => write!(
+                f,
+                "wait until no process holds {}",
+                bdfs.iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         }
     }
 }

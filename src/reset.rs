@@ -829,12 +829,19 @@ pub struct Outcome {
 
 /// post-stop: reset every device the VM had, with the VM as owner of all of them.
 /// `profiles`: the quirk profiles in force (the caller loaded them once for the phase).
-pub fn post_stop_reset(ctx: &Ctx, st: &VmState, profiles: &[crate::quirks::Profile]) -> Outcome {
+/// `skip`: functions already back on their host drivers, never reset.
+pub fn post_stop_reset(
+    ctx: &Ctx,
+    st: &VmState,
+    profiles: &[crate::quirks::Profile],
+    skip: &[Bdf],
+) -> Outcome {
     let mut o = Outcome::default();
     let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
     let bdfs: Vec<Bdf> = st
         .bdfs()
         .into_iter()
+        .filter(|b| !skip.contains(b))
         .filter(|b| !st.unrecovered.contains(b) || device::exists(&*ctx.host, b))
         .collect();
     if !reset_on {
@@ -914,6 +921,27 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
                 "{b} is a PCI bridge; name the device below it"
             )));
         }
+    }
+    // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
+    // is not a user: resetting its devices is what this command is for.
+    let users = crate::guard::scan(
+        &*ctx.host,
+        bdfs,
+        &crate::guard::Opts {
+            me: None,
+            node: &ctx.node,
+        },
+    );
+    let refused: Vec<String> = users
+        .pairs()
+        .filter(|(_, u)| !matches!(u, crate::guard::Use::State { .. }))
+        .map(|(b, u)| format!("{b}: {u}"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::Failed(format!(
+            "not resetting devices in use, nothing was changed: {}",
+            refused.join("; ")
+        )));
     }
     if ctx.dry_run {
         for b in bdfs {

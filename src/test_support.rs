@@ -61,6 +61,7 @@ pub fn timeouts() -> Timeouts {
         lock: Duration::from_millis(300),
         phase: Duration::from_secs(20),
         hook: Duration::from_secs(5),
+        container: Duration::from_secs(5),
     }
 }
 

@@ -80,6 +80,38 @@ pub trait Host: Send + Sync {
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>>;
     /// Absolute path for messages.
     fn display(&self, rel: &str) -> String;
+    /// Every open file of every process (but this one) that is a device node, or a vfio
+    /// device fd: what lsof and fuser read from /proc/*/fd. The host guard's only source for
+    /// "which process holds this device".
+    fn open_nodes(&self) -> io::Result<Vec<OpenNode>> {
+        Ok(Vec::new())
+    }
+    /// IPv4 addresses per interface (getifaddrs): /proc has no file that lists them.
+    fn ipv4_addrs(&self) -> io::Result<Vec<Ipv4Addr>> {
+        Ok(Vec::new())
+    }
+}
+
+/// One open device node of a process (see `Host::open_nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenNode {
+    pub pid: u32,
+    /// The fd's link text: "/dev/nvme0n1", "/dev/vfio/8", "anon_inode:[vfio-device]".
+    pub path: String,
+    /// major:minor of a character or block node.
+    pub rdev: Option<(u32, u32)>,
+    pub block: bool,
+    /// For a vfio device fd: the device's sysfs path, where the kernel shows it in fdinfo
+    /// (`vfio-device-syspath:`).
+    pub vfio_syspath: Option<String>,
+}
+
+/// An IPv4 address on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Addr {
+    pub iface: String,
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 pub trait LockGuard: Send {}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{poll_until, CmdOutput, Host, LockGuard};
+use super::{poll_until, CmdOutput, Host, Ipv4Addr, LockGuard, OpenNode};
 
 pub struct RealHost {
     root: PathBuf,
@@ -349,4 +349,119 @@ impl Host for RealHost {
     fn display(&self, rel: &str) -> String {
         self.path(rel).display().to_string()
     }
+
+    fn open_nodes(&self) -> io::Result<Vec<OpenNode>> {
+        let proc_dir = self.path("proc");
+        let me = std::process::id();
+        let pids: Vec<u32> = fs::read_dir(&proc_dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| *p != me)
+            .collect();
+        // /proc/PID/fd is walked per process; on a host with thousands of processes the walk
+        // is most of the guard's cost, so it is split over a few threads.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        let chunk = pids.len().div_ceil(workers).max(1);
+        let mut out = Vec::new();
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = pids
+                .chunks(chunk)
+                .map(|c| {
+                    sc.spawn(|| {
+                        c.iter()
+                            .flat_map(|p| scan_fds(&proc_dir, *p))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in hs {
+                out.extend(h.join().unwrap_or_default());
+            }
+        });
+        Ok(out)
+    }
+
+    fn ipv4_addrs(&self) -> io::Result<Vec<Ipv4Addr>> {
+        if !self.is_real_root() {
+            return Ok(Vec::new());
+        }
+        let mut v = Vec::new();
+        for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+            let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+                continue;
+            };
+            let prefix = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .map(|m| m.ip().to_bits().count_ones() as u8)
+                .unwrap_or(32);
+            v.push(Ipv4Addr {
+                iface: ifa.interface_name.clone(),
+                addr: addr.ip(),
+                prefix,
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// The device nodes (and vfio device fds) process `pid` holds open. A process that exits
+/// meanwhile simply yields nothing.
+fn scan_fds(proc_dir: &Path, pid: u32) -> Vec<OpenNode> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = proc_dir.join(pid.to_string()).join("fd");
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let Ok(t) = fs::read_link(e.path()) else {
+            continue;
+        };
+        let Some(text) = t.to_str() else { continue };
+        if text == "anon_inode:[vfio-device]" {
+            let fdinfo = proc_dir
+                .join(pid.to_string())
+                .join("fdinfo")
+                .join(e.file_name());
+            let syspath = fs::read_to_string(fdinfo).ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("vfio-device-syspath:"))
+                    .map(|p| p.trim().to_string())
+            });
+            v.push(OpenNode {
+                pid,
+                path: text.to_string(),
+                rdev: None,
+                block: false,
+                vfio_syspath: syspath,
+            });
+            continue;
+        }
+        // Device nodes live under a /dev (the host's, or a container's); sockets, pipes,
+        // anonymous inodes and regular files are not device nodes.
+        if !text.starts_with('/') || !text.contains("/dev/") && !text.starts_with("/dev") {
+            continue;
+        }
+        let Ok(m) = fs::metadata(e.path()) else {
+            continue;
+        };
+        let ft = m.file_type();
+        if !ft.is_char_device() && !ft.is_block_device() {
+            continue;
+        }
+        let rdev = m.rdev();
+        v.push(OpenNode {
+            pid,
+            path: text.to_string(),
+            rdev: Some((libc::major(rdev), libc::minor(rdev))),
+            block: ft.is_block_device(),
+            vfio_syspath: None,
+        });
+    }
+    v
 }

@@ -828,6 +828,31 @@ struct State {
     busy: BTreeSet<Bdf>,
     hang_gen: u64,
     hang_limit: Duration,
+    /// sysfs nodes beside the PCI model (block/net/drm class devices, dm holders...).
+    extras: Vec<Extra>,
+    /// Device nodes processes hold open (what /proc/*/fd would show).
+    open_nodes: Vec<super::OpenNode>,
+    addrs4: Vec<super::Ipv4Addr>,
+    /// LXC containers `pct` knows: id → (running, the holds its processes have while it runs).
+    containers: BTreeMap<u32, SimContainer>,
+}
+
+/// A sysfs node beside the PCI model. With `when`, it exists only while that device is
+/// present and bound to that driver (a namespace exists while nvme is bound).
+#[derive(Clone, Debug)]
+struct Extra {
+    when: Option<(Bdf, String)>,
+    path: String,
+    node: Node,
+    content: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SimContainer {
+    pub running: bool,
+    pub holds: Vec<super::OpenNode>,
+    /// `pct shutdown` fails with this exit code (the container refuses to stop).
+    pub refuse_stop: Option<i32>,
 }
 
 impl State {
@@ -847,6 +872,20 @@ impl State {
             busy: BTreeSet::new(),
             hang_gen: 0,
             hang_limit: DEFAULT_HANG_LIMIT,
+            extras: Vec::new(),
+            open_nodes: Vec::new(),
+            addrs4: Vec::new(),
+            containers: BTreeMap::new(),
+        }
+    }
+
+    fn extra_live(&self, e: &Extra) -> bool {
+        match &e.when {
+            None => true,
+            Some((b, drv)) => self
+                .devices
+                .get(b)
+                .is_some_and(|d| d.present && d.s.driver.as_deref() == Some(drv.as_str())),
         }
     }
 
@@ -1512,6 +1551,11 @@ impl State {
                 put(&mut t, &format!("{base}/{}.0", fw.driver), Node::Link(dev));
             }
         }
+        for e in &self.extras {
+            if self.extra_live(e) {
+                put(&mut t, &e.path, e.node.clone());
+            }
+        }
         t
     }
 
@@ -1522,6 +1566,14 @@ impl State {
             Some(Node::File) => {}
             Some(_) => return Err(err(libc::EISDIR)),
             None => return Err(err(libc::ENOENT)),
+        }
+        if let Some(e) = self
+            .extras
+            .iter()
+            .rev()
+            .find(|e| e.path == canon && e.content.is_some() && self.extra_live(e))
+        {
+            return Ok(e.content.clone().unwrap_or_default().into_bytes());
         }
         let parts: Vec<&str> = canon.split('/').collect();
         let text = match parts.as_slice() {
@@ -1940,6 +1992,164 @@ impl SimHost {
     }
 
     /// Adds a systemd unit ("gdm" means "gdm.service") and turns systemd on.
+    /// A sysfs file with `content` (e.g. "sys/class/block/dm-0/dm/name").
+    pub fn add_sys_file(&self, path: &str, content: &str) {
+        self.with(|st| {
+            st.extras.push(Extra {
+                when: None,
+                path: path.to_string(),
+                node: Node::File,
+                content: Some(content.to_string()),
+            })
+        });
+    }
+
+    /// A sysfs symlink `path` → canonical `target` ("sys/class/block/dm-0/holders/...").
+    pub fn add_sys_link(&self, path: &str, target: &str) {
+        self.with(|st| {
+            st.extras.push(Extra {
+                when: None,
+                path: path.to_string(),
+                node: Node::Link(target.to_string()),
+                content: None,
+            })
+        });
+    }
+
+    /// A class device below a PCI function that exists while the function is bound to
+    /// `driver`: `sub` is its place under the device ("nvme/nvme0/nvme0n1"), its name the
+    /// last component, `dev` its major:minor. Adds `sys/class/CLASS/NAME` → it.
+    pub fn add_child(
+        &self,
+        bdf: impl AsBdf,
+        driver: &str,
+        sub: &str,
+        class: &str,
+        dev: Option<&str>,
+    ) {
+        let bdf = bdf.as_bdf();
+        let path = format!("sys/bus/pci/devices/{bdf}/{sub}");
+        let name = sub.rsplit('/').next().unwrap_or(sub).to_string();
+        let when = Some((bdf, driver.to_string()));
+        self.with(|st| {
+            st.extras.push(Extra {
+                when: when.clone(),
+                path: path.clone(),
+                node: Node::Dir,
+                content: None,
+            });
+            if let Some(d) = dev {
+                st.extras.push(Extra {
+                    when: when.clone(),
+                    path: format!("{path}/dev"),
+                    node: Node::File,
+                    content: Some(format!("{d}\n")),
+                });
+            }
+            st.extras.push(Extra {
+                when,
+                path: format!("sys/class/{class}/{name}"),
+                node: Node::Link(path),
+                content: None,
+            });
+        });
+    }
+
+    /// Process `pid` (`comm`, cgroup path) holds the node open: /proc/PID/{comm,cgroup}
+    /// exist from now on.
+    pub fn hold(
+        &self,
+        pid: u32,
+        comm: &str,
+        cgroup: &str,
+        node: &str,
+        rdev: Option<(u32, u32)>,
+        block: bool,
+    ) {
+        self.add_process(pid, comm, cgroup);
+        self.with(|st| {
+            st.open_nodes.push(super::OpenNode {
+                pid,
+                path: node.to_string(),
+                rdev,
+                block,
+                vfio_syspath: None,
+            })
+        });
+    }
+
+    /// Process `pid` holds a vfio device fd (`syspath` as a 6.x kernel shows it in fdinfo).
+    pub fn hold_vfio_fd(&self, pid: u32, comm: &str, cgroup: &str, syspath: Option<&str>) {
+        self.add_process(pid, comm, cgroup);
+        self.with(|st| {
+            st.open_nodes.push(super::OpenNode {
+                pid,
+                path: "anon_inode:[vfio-device]".into(),
+                rdev: None,
+                block: false,
+                vfio_syspath: syspath.map(str::to_string),
+            })
+        });
+    }
+
+    /// /proc/PID with comm and cgroup (a live process).
+    pub fn add_process(&self, pid: u32, comm: &str, cgroup: &str) {
+        let dir = self.root.join(format!("proc/{pid}"));
+        std::fs::create_dir_all(&dir).expect("sim proc dir");
+        std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("sim comm");
+        std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).expect("sim cgroup");
+    }
+
+    /// The process closes everything and exits.
+    pub fn exit_process(&self, pid: u32) {
+        self.with(|st| st.open_nodes.retain(|n| n.pid != pid));
+        let _ = std::fs::remove_dir_all(self.root.join(format!("proc/{pid}")));
+    }
+
+    pub fn set_ipv4_addrs(&self, addrs: &[(&str, &str, u8)]) {
+        let v = addrs
+            .iter()
+            .map(|(i, a, p)| super::Ipv4Addr {
+                iface: i.to_string(),
+                addr: a.parse().expect("test address"),
+                prefix: *p,
+            })
+            .collect();
+        self.with(|st| st.addrs4 = v);
+    }
+
+    /// A container `pct` manages; `holds` are its processes' open nodes while it runs.
+    pub fn add_container(&self, ctid: u32, running: bool, holds: Vec<super::OpenNode>) {
+        for h in &holds {
+            self.add_process(h.pid, "ct-proc", &format!("/lxc/{ctid}/ns/init.scope"));
+        }
+        self.with(|st| {
+            if running {
+                st.open_nodes.extend(holds.iter().cloned());
+            }
+            st.containers.insert(
+                ctid,
+                SimContainer {
+                    running,
+                    holds,
+                    refuse_stop: None,
+                },
+            );
+        });
+    }
+
+    pub fn set_container_refuses_stop(&self, ctid: u32, code: Option<i32>) {
+        self.with(|st| {
+            if let Some(c) = st.containers.get_mut(&ctid) {
+                c.refuse_stop = code;
+            }
+        });
+    }
+
+    pub fn container_running(&self, ctid: u32) -> bool {
+        self.st().containers.get(&ctid).is_some_and(|c| c.running)
+    }
+
     pub fn add_unit(&self, name: &str, active: bool) {
         let _ = std::fs::create_dir_all(self.root.join("run/systemd/system"));
         self.with(|s| {
@@ -2724,6 +2934,57 @@ impl SimHost {
         Ok(out(0, "", ""))
     }
 
+    /// Proxmox's `pct status|shutdown|stop|start CTID`: stopping a container ends its
+    /// processes (their holds go), starting it brings them back.
+    fn pct(&self, args: &[&str]) -> io::Result<CmdOutput> {
+        let (Some(verb), Some(id)) = (
+            args.first(),
+            args.get(1).and_then(|a| a.parse::<u32>().ok()),
+        ) else {
+            return Ok(out(255, "", "usage: pct <command> <vmid>"));
+        };
+        let mut g = self.st();
+        let Some(c) = g.containers.get(&id).cloned() else {
+            return Ok(out(
+                2,
+                "",
+                &format!("Configuration file 'nodes/pve1/lxc/{id}.conf' does not exist"),
+            ));
+        };
+        match *verb {
+            "status" => Ok(out(
+                0,
+                if c.running {
+                    "status: running\n"
+                } else {
+                    "status: stopped\n"
+                },
+                "",
+            )),
+            "shutdown" | "stop" => {
+                if let (Some(code), "shutdown") = (c.refuse_stop, *verb) {
+                    return Ok(out(code, "", "container did not stop in time"));
+                }
+                let pids: Vec<u32> = c.holds.iter().map(|h| h.pid).collect();
+                g.open_nodes.retain(|n| !pids.contains(&n.pid));
+                if let Some(c) = g.containers.get_mut(&id) {
+                    c.running = false;
+                }
+                Ok(out(0, "", ""))
+            }
+            "start" => {
+                if !c.running {
+                    g.open_nodes.extend(c.holds.iter().cloned());
+                    if let Some(c) = g.containers.get_mut(&id) {
+                        c.running = true;
+                    }
+                }
+                Ok(out(0, "", ""))
+            }
+            _ => Ok(out(255, "", "unknown command")),
+        }
+    }
+
     fn systemctl(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
         let mut g = self.st();
         if !g.systemd {
@@ -2815,6 +3076,7 @@ impl SimHost {
         match prog {
             "modprobe" => self.modprobe(args, timeout),
             "systemctl" => self.systemctl(args, timeout),
+            "pct" => self.pct(args),
             _ => Err(err(libc::ENOENT)),
         }
     }
@@ -2834,6 +3096,14 @@ fn parse_id_fields(data: &str) -> io::Result<PciId> {
 }
 
 impl Host for SimHost {
+    fn open_nodes(&self) -> io::Result<Vec<super::OpenNode>> {
+        Ok(self.st().open_nodes.clone())
+    }
+
+    fn ipv4_addrs(&self) -> io::Result<Vec<super::Ipv4Addr>> {
+        Ok(self.st().addrs4.clone())
+    }
+
     fn read(&self, rel: &str) -> io::Result<String> {
         self.read_fault(rel)?;
         if rel == "proc/modules" {
