@@ -236,7 +236,9 @@ fn device_lock_live_holder_is_waited_for_then_named_dead_holder_is_recovered() {
     assert!(r.out.contains("in use by VM 100"), "{}", r.out);
     assert!(r.elapsed < Duration::from_millis(900), "{:?}", r.elapsed);
 
-    // The kernel "recovers" (the write can complete again); cleanup restores the host.
+    // The kernel "recovers" (the write can complete again); cleanup restores the host. The
+    // blocked write the holder left behind (a child process) completes into the FIFO.
+    drain_fifo(&unbind);
     std::fs::remove_file(&unbind).unwrap();
     std::fs::write(&unbind, "").unwrap();
     let r = run(root, &["cleanup", "100"]);
@@ -283,6 +285,7 @@ fn phase_deadline_bounds_a_write_that_never_returns() {
     let st: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state_file(root, 100)).unwrap()).unwrap();
     assert_eq!(st["phase"], "rollback-pending");
+    drain_fifo(&unbind);
     std::fs::remove_file(&unbind).unwrap();
     std::fs::write(&unbind, "").unwrap();
     let r = run(root, &["cleanup"]);
