@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::host::real::RealHost;
-use crate::host::Host;
+use crate::host::{kio, Host};
 use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
 use crate::pci::Bdf;
@@ -264,6 +264,14 @@ pub fn main() -> i32 {
 fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
     let load_cfg =
         |host: &dyn Host| -> Result<Config> { config::load(host, cli.global.config.as_deref()) };
+    // The phases that change the host run under the hard deadline (`phase_timeout` from the
+    // moment the config is loaded): no bounded kernel op waits beyond it and a watchdog ends
+    // the process shortly after it (see `host::kio`).
+    let load_armed = |host: &dyn Host, phase: &str| -> Result<Config> {
+        let cfg = load_cfg(host)?;
+        kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
+        Ok(cfg)
+    };
     match &cli.cmd {
         Cmd::Hook(args) => {
             let (vmid, phase) = match args.as_slice() {
@@ -277,7 +285,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             };
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
-            let cfg = load_cfg(&*host)?;
+            let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
             let r = crate::userhooks::pve_phase(&ctx, vmid, phase);
@@ -287,14 +295,12 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             r
         }
         Cmd::Libvirt(a) => {
-            log.set_context(&format!(
-                "libvirt {:?} {} {}",
-                a.domain, a.operation, a.sub_operation
-            ));
+            let context = format!("libvirt {:?} {} {}", a.domain, a.operation, a.sub_operation);
+            log.set_context(&context);
             let (stdin, tty) = crate::libvirt::stdin();
             crate::libvirt::command(
                 host,
-                &load_cfg,
+                &|h: &dyn Host| load_armed(h, &context),
                 cli.global.dry_run,
                 log,
                 a,
@@ -325,7 +331,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Cleanup { vmid } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
             log.set_context("cleanup");
-            let cfg = load_cfg(&*host)?;
+            let cfg = load_armed(&*host, "cleanup")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             lifecycle::cleanup(&ctx, vmid)
         }
@@ -366,7 +372,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 list.push(Bdf::parse(b).map_err(|e| Error::Usage(e.to_string()))?);
             }
             log.set_context("reset");
-            let cfg = load_cfg(&*host)?;
+            let cfg = load_armed(&*host, "reset")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             crate::reset::command(&ctx, &list, method.as_deref(), *json)
         }

@@ -236,7 +236,9 @@ fn device_lock_live_holder_is_waited_for_then_named_dead_holder_is_recovered() {
     assert!(r.out.contains("in use by VM 100"), "{}", r.out);
     assert!(r.elapsed < Duration::from_millis(900), "{:?}", r.elapsed);
 
-    // The kernel "recovers" (the write can complete again); cleanup restores the host.
+    // The kernel "recovers" (the write can complete again); cleanup restores the host. The
+    // blocked write the holder left behind (a child process) completes into the FIFO.
+    drain_fifo(&unbind);
     std::fs::remove_file(&unbind).unwrap();
     std::fs::write(&unbind, "").unwrap();
     let r = run(root, &["cleanup", "100"]);
@@ -283,10 +285,150 @@ fn phase_deadline_bounds_a_write_that_never_returns() {
     let st: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state_file(root, 100)).unwrap()).unwrap();
     assert_eq!(st["phase"], "rollback-pending");
+    drain_fifo(&unbind);
     std::fs::remove_file(&unbind).unwrap();
     std::fs::write(&unbind, "").unwrap();
     let r = run(root, &["cleanup"]);
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(!state_file(root, 100).exists());
     assert_eq!(snapshot(root), before);
+}
+
+/// What a caller like Proxmox sees of a run: the exit, and when each output pipe reached EOF
+/// (Proxmox waits for both). Gives up (None) at `limit`.
+struct Bounded {
+    code: Option<i32>,
+    exited: Option<Duration>,
+    eof: [Option<Duration>; 2],
+    out: String,
+}
+
+fn run_watched(mut c: Command, limit: Duration) -> Bounded {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+            let _ = tx.send((i, v, t.elapsed()));
+        });
+    }
+    let status = poll(limit, || child.try_wait().unwrap());
+    let exited = status.map(|_| t.elapsed());
+    let mut eof = [None, None];
+    let mut out = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        match rx.recv_timeout(limit.saturating_sub(t.elapsed())) {
+            Ok((i, v, at)) => {
+                eof[i] = Some(at);
+                out[i] = v;
+            }
+            Err(_) => break,
+        }
+    }
+    if status.is_none() {
+        kill9(&mut child);
+    }
+    Bounded {
+        code: status.and_then(|s| s.code()),
+        exited,
+        eof,
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out[0]),
+            String::from_utf8_lossy(&out[1])
+        ),
+    }
+}
+
+/// Lets whatever is blocked opening a FIFO for writing go on (the child pt-hook left behind).
+fn drain_fifo(p: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(f);
+    }
+}
+
+/// A reset whose sysfs write never returns (a FIFO without a reader as `reset`): pt-hook gives
+/// up at the phase deadline, exits non-zero naming the device, the file and ETIMEDOUT, and
+/// both of its output pipes reach EOF within phase_timeout + 1 s, although the blocked write
+/// is still pending (in a child that holds none of pt-hook's pipes).
+#[test]
+fn a_reset_blocked_in_the_kernel_still_exits_and_closes_its_pipes() {
+    let host = shared_nic_host("vfio-pci");
+    let root = host.path();
+    let reset = root.join(format!("sys/bus/pci/devices/{NIC}/reset"));
+    std::fs::remove_file(&reset).unwrap();
+    nix_mkfifo(&reset);
+    write_config(
+        root,
+        "[timeouts]\nstep = \"60s\"\nflr_timeout = \"60s\"\nphase_timeout = \"1s\"\n",
+    );
+    let limit = Duration::from_secs(2);
+    let r = run_watched(cmd(root, &["reset", NIC]), limit + Duration::from_secs(3));
+    drain_fifo(&reset);
+    let exited = r.exited.expect("pt-hook exited");
+    assert!(exited < limit, "exited after {exited:?}: {}", r.out);
+    assert!(
+        matches!(r.code, Some(c) if c != 0),
+        "{:?}: {}",
+        r.code,
+        r.out
+    );
+    for (i, e) in r.eof.iter().enumerate() {
+        let e = e.unwrap_or_else(|| panic!("pipe {} never reached EOF: {}", i + 1, r.out));
+        assert!(e < limit, "pipe {} reached EOF after {e:?}", i + 1);
+    }
+    assert!(r.out.contains(NIC), "{}", r.out);
+    assert!(r.out.contains(&reset.display().to_string()), "{}", r.out);
+    assert!(r.out.contains("ETIMEDOUT"), "{}", r.out);
+}
+
+/// The watchdog: a pre-start still running half a second after phase_timeout (here a user
+/// hook allowed longer than the phase) is ended with one line naming the phase, exit 1, and
+/// its pipes close.
+#[test]
+fn the_watchdog_ends_a_phase_that_outlives_its_deadline() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = shared_nic_host("igc");
+    let root = host.path();
+    let dir = root.join("etc/pt-hook/hooks.d/pre-start");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hook = dir.join("10-slow");
+    std::fs::write(&hook, "#!/bin/sh\nexec sleep 4\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_config(
+        root,
+        "[timeouts]\nphase_timeout = \"1s\"\nhook_timeout = \"20s\"\n",
+    );
+    let limit = Duration::from_millis(2500);
+    let r = run_watched(cmd(root, &["100", "pre-start"]), Duration::from_secs(8));
+    let exited = r.exited.expect("pt-hook exited");
+    assert_eq!(r.code, Some(1), "{}", r.out);
+    assert!(
+        exited >= Duration::from_millis(1400) && exited < limit,
+        "exited after {exited:?}: {}",
+        r.out
+    );
+    for (i, e) in r.eof.iter().enumerate() {
+        let e = e.unwrap_or_else(|| panic!("pipe {} never reached EOF: {}", i + 1, r.out));
+        assert!(e < limit, "pipe {} reached EOF after {e:?}", i + 1);
+    }
+    assert!(
+        r.out.contains("VM 100 pre-start: still running"),
+        "{}",
+        r.out
+    );
 }

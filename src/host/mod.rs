@@ -4,6 +4,7 @@
 //! ("sys/bus/pci/devices/0000:01:00.0/driver"); they are built only by `paths` from validated
 //! values.
 
+pub mod kio;
 pub mod paths;
 pub mod real;
 pub mod sim;
@@ -27,13 +28,49 @@ impl CmdOutput {
     }
 }
 
-pub trait Host: Send + Sync {
+pub trait Host: Send + Sync + 'static {
     /// Reads a whole (small) file as text.
     fn read(&self, rel: &str) -> io::Result<String>;
     /// Reads at most `max` bytes (config space).
     fn read_bytes(&self, rel: &str, max: usize) -> io::Result<Vec<u8>>;
     /// One write(2) of `data` to an existing file (sysfs attribute semantics).
     fn write(&self, rel: &str, data: &str) -> io::Result<()>;
+    /// `write` that may block in the kernel (unbind, bind, reset, remove): gives up waiting
+    /// after `timeout` (capped by the hard deadline, `kio::cap`) with ETIMEDOUT. This default
+    /// runs `write` on a helper thread (enough for the simulated kernel); `RealHost` runs it in
+    /// a child process, since a thread blocked in the kernel keeps the whole process alive.
+    fn write_bounded(self: Arc<Self>, rel: &str, data: &str, timeout: Duration) -> io::Result<()> {
+        let timeout = kio::cap(timeout);
+        let (tx, rx) = mpsc::channel();
+        let (rel, data) = (rel.to_string(), data.to_string());
+        std::thread::Builder::new()
+            .name("sysfs-write".into())
+            .spawn(move || {
+                let _ = tx.send(self.write(&rel, &data));
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+        }
+    }
+    /// `read` that may block in the kernel, given up after `timeout` (capped by the hard
+    /// deadline) with ETIMEDOUT. Default: a helper thread, like `write_bounded`. (`RealHost`
+    /// bounds its reads of the attributes that can block without being asked: `kio`.)
+    #[allow(dead_code)]
+    fn read_bounded(self: Arc<Self>, rel: &str, timeout: Duration) -> io::Result<String> {
+        let timeout = kio::cap(timeout);
+        let (tx, rx) = mpsc::channel();
+        let rel = rel.to_string();
+        std::thread::Builder::new()
+            .name("sysfs-read".into())
+            .spawn(move || {
+                let _ = tx.send(self.read(&rel));
+            })?;
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+        }
+    }
     /// The last path component of a symlink's target (`driver` → "vfio-pci").
     fn link_name(&self, rel: &str) -> io::Result<String>;
     /// The whole target of a symlink (a device node's place in the PCI tree).
@@ -116,29 +153,18 @@ pub struct Ipv4Addr {
 
 pub trait LockGuard: Send {}
 
-/// Runs a write that can block in the kernel (unbind, reset, remove) on a helper thread and
-/// gives up waiting after `timeout`. A timed-out write leaves its thread blocked in the kernel;
-/// the caller reports ETIMEDOUT and moves on, so the hook itself always returns.
+/// Runs a write that can block in the kernel (unbind, reset, remove) through
+/// `Host::write_bounded` and gives up waiting after `timeout` (or at the hard deadline). A
+/// timed-out write is left to finish in the kernel (on `RealHost`, in a child process that
+/// holds none of the hook's files); the caller reports ETIMEDOUT and moves on, so the hook
+/// itself always returns and exits.
 pub fn write_with_deadline(
     host: &Arc<dyn Host>,
     rel: &str,
     data: &str,
     timeout: Duration,
 ) -> io::Result<()> {
-    let (tx, rx) = mpsc::channel();
-    let h = Arc::clone(host);
-    let rel_owned = rel.to_string();
-    let data_owned = data.to_string();
-    std::thread::Builder::new()
-        .name("sysfs-write".into())
-        .spawn(move || {
-            let r = h.write(&rel_owned, &data_owned);
-            let _ = tx.send(r);
-        })?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
-    }
+    Arc::clone(host).write_bounded(rel, data, timeout)
 }
 
 /// Polls `check` until it returns Some or the deadline passes. The interval starts at 1 ms and

@@ -6,9 +6,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{poll_until, CmdOutput, Host, Ipv4Addr, LockGuard, OpenNode};
+use super::{kio, poll_until, CmdOutput, Host, Ipv4Addr, LockGuard, OpenNode};
 
 pub struct RealHost {
     root: PathBuf,
@@ -54,7 +55,12 @@ const MAX_HOOK_OUTPUT: u64 = 64 * 1024;
 const BIN_DIRS: [&str; 4] = ["usr/sbin", "sbin", "usr/bin", "bin"];
 
 impl Host for RealHost {
+    /// A PCI device's `driver_override` can block in the kernel (see `kio::read_can_block`):
+    /// read in a child process, bounded by `kio::read_timeout()`. Everything else directly.
     fn read(&self, rel: &str) -> io::Result<String> {
+        if kio::read_can_block(rel) {
+            return kio::read_text(&self.path(rel), kio::read_timeout());
+        }
         let mut s = String::new();
         fs::File::open(self.path(rel))?
             .take(1 << 20)
@@ -62,7 +68,11 @@ impl Host for RealHost {
         Ok(s)
     }
 
+    /// `config` (and `driver_override`) bounded like `read`.
     fn read_bytes(&self, rel: &str, max: usize) -> io::Result<Vec<u8>> {
+        if kio::read_can_block(rel) {
+            return kio::read(&self.path(rel), max, kio::read_timeout());
+        }
         let mut v = Vec::new();
         fs::File::open(self.path(rel))?
             .take(max as u64)
@@ -79,6 +89,16 @@ impl Host for RealHost {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
         }
         Ok(())
+    }
+
+    /// In a child process that holds none of our descriptors (`kio`): a write blocked in the
+    /// kernel cannot keep pt-hook from exiting.
+    fn write_bounded(self: Arc<Self>, rel: &str, data: &str, timeout: Duration) -> io::Result<()> {
+        kio::write(&self.path(rel), data.as_bytes(), timeout)
+    }
+
+    fn read_bounded(self: Arc<Self>, rel: &str, timeout: Duration) -> io::Result<String> {
+        kio::read_text(&self.path(rel), timeout)
     }
 
     fn link_name(&self, rel: &str) -> io::Result<String> {

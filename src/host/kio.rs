@@ -1,0 +1,676 @@
+//! Kernel I/O that may never return, bounded by a child process, and the process-wide hard
+//! deadline with its watchdog.
+//!
+//! A sysfs write such as a vfio-pci `unbind` can sleep uninterruptibly in the kernel for as
+//! long as another process holds the device (`vfio_unregister_group_dev`), and a `bind`,
+//! a `driver_override` read (Linux 6.1) or a `config` read can wait behind it. Doing that on a
+//! helper thread bounds the caller's wait but not the process: exit_group waits for every
+//! thread, so the hook would never be reaped and the pipes Proxmox waits on would stay open.
+//! Here the operation runs in a forked child that owns nothing of ours (0-2 on /dev/null, every
+//! other descriptor closed except the pipe it reports on); on timeout the caller closes its end
+//! of that pipe and returns ETIMEDOUT, and the child is left behind to finish in the kernel on
+//! its own time. A fork (not a re-exec of /proc/self/exe) because it is cheaper (no exec, no
+//! start-up, no argument passing) and the child runs only async-signal-safe system calls
+//! prepared before the fork: no allocation, no locks.
+//!
+//! Children are reaped by pid only (`waitpid(pid, WNOHANG)` before every bounded op), never
+//! with `waitpid(-1)`, and SIGCHLD keeps its default disposition, so the `Command` children
+//! elsewhere (modprobe, systemctl, user hooks) keep their exit statuses.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a bounded read without its own timeout (`Host::read` of `driver_override`,
+/// `read_bytes` of `config`) waits, unless a phase set another (`[timeouts] step`); the hard
+/// deadline caps it as well.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A bounded op started when the hard deadline has (nearly) passed still gets this long, so
+/// that a rollback's writes the kernel does at once land; the watchdog bounds the rest.
+pub const MIN_WAIT: Duration = Duration::from_millis(5);
+/// The watchdog ends the process this long after the hard deadline.
+pub const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
+/// Most bytes a bounded read returns (`read`: one page, a sysfs attribute's limit).
+pub const MAX_BOUNDED_READ: usize = 64 * 1024;
+const TEXT_READ_MAX: usize = 4096;
+/// Status a child reports for a short write.
+const SHORT_WRITE: i32 = i32::MIN;
+
+struct Deadline {
+    at: Option<Instant>,
+    read_timeout: Duration,
+}
+
+static DEADLINE: Mutex<Deadline> = Mutex::new(Deadline {
+    at: None,
+    read_timeout: DEFAULT_READ_TIMEOUT,
+});
+static ARMED: AtomicU64 = AtomicU64::new(0);
+/// Children that timed out (or had not exited yet when their report arrived).
+static PENDING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets the process-wide hard deadline to `phase_timeout` from now: no bounded op waits beyond
+/// it (`cap`), reads without a timeout wait at most `read_timeout`, and a watchdog thread
+/// writes one line naming `phase` to stderr and ends the process with `_exit(1)` if it is still
+/// running `WATCHDOG_GRACE` after the deadline (stuck in logic, a wait that is not bounded).
+/// The write-ahead state makes that like a crash: `pt-hook cleanup` recovers. Calling it again
+/// replaces the deadline and the watchdog.
+pub fn arm_phase_deadline(phase: &str, phase_timeout: Duration, read_timeout: Duration) {
+    let at = Instant::now() + phase_timeout;
+    {
+        let mut d = lock(&DEADLINE);
+        d.at = Some(at);
+        d.read_timeout = read_timeout;
+    }
+    let gen = ARMED.fetch_add(1, Ordering::SeqCst) + 1;
+    let msg = format!(
+        "pt-hook: {}: still running {} after the phase deadline ({}): exiting now; the state in /run/pt-hook is kept, run `pt-hook cleanup`\n",
+        crate::log::escape_controls(phase),
+        humantime::format_duration(WATCHDOG_GRACE),
+        humantime::format_duration(phase_timeout)
+    )
+    .into_bytes();
+    let _ = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            let now = Instant::now();
+            let fire = at + WATCHDOG_GRACE;
+            if ARMED.load(Ordering::SeqCst) != gen {
+                return;
+            }
+            if now >= fire {
+                // SAFETY: write(2) of a buffer we own, then _exit(2): no unwinding, no atexit
+                // handlers, no locks taken.
+                unsafe {
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    libc::_exit(1);
+                }
+            }
+            std::thread::sleep((fire - now).min(Duration::from_millis(200)));
+        });
+}
+
+/// `timeout`, but no later than the hard deadline (at least `MIN_WAIT`).
+pub fn cap(timeout: Duration) -> Duration {
+    let at = lock(&DEADLINE).at;
+    cap_at(at, Instant::now(), timeout)
+}
+
+fn cap_at(at: Option<Instant>, now: Instant, timeout: Duration) -> Duration {
+    match at {
+        Some(at) => timeout
+            .min(at.saturating_duration_since(now))
+            .max(MIN_WAIT.min(timeout)),
+        None => timeout,
+    }
+}
+
+/// The wait for a bounded read that has no timeout of its own.
+pub fn read_timeout() -> Duration {
+    let t = lock(&DEADLINE).read_timeout;
+    cap(t)
+}
+
+/// Reaps the children that have exited since (by pid; never `waitpid(-1)`).
+pub fn reap() {
+    let mut p = lock(&PENDING);
+    p.retain(|&pid| {
+        let mut st = 0;
+        // SAFETY: waitpid on a child this module forked; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        r == 0
+    });
+}
+
+/// Whether a child is still pending (timed out and not yet reaped).
+#[cfg(test)]
+fn is_pending(pid: libc::pid_t) -> bool {
+    reap();
+    lock(&PENDING).contains(&pid)
+}
+
+fn devnull() -> io::Result<libc::c_int> {
+    static NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into();
+    Ok(NULL.get_or_init(|| f).as_raw_fd())
+}
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// The upper bound for the close loop when close_range(2) is missing (Linux < 5.9).
+fn max_fd() -> libc::c_int {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    if n <= 0 {
+        1024
+    } else {
+        n.min(1 << 16) as libc::c_int
+    }
+}
+
+/// A bounded op in flight: the child and our end of its report pipe.
+pub struct Child {
+    pub pid: libc::pid_t,
+    rx: OwnedFd,
+}
+
+enum Op<'a> {
+    Write(&'a [u8]),
+    Read(usize),
+}
+
+/// Forks the child for one op on `path`. Everything it needs is prepared here.
+fn start(path: &Path, op: Op) -> io::Result<Child> {
+    reap();
+    let cpath = cstr(path)?;
+    let null = devnull()?;
+    let maxfd = max_fd();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2, owned from here on.
+    let (rx, mut tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    if tx.as_raw_fd() < 3 {
+        // Keep the report end clear of 0-2, which the child points at /dev/null.
+        // SAFETY: fcntl on a descriptor we own; the result is a new descriptor we own.
+        let d = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if d < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: d is a new descriptor owned from here on.
+        tx = unsafe { OwnedFd::from_raw_fd(d) };
+    }
+    let (flags, wdata, mut rbuf): (libc::c_int, &[u8], Vec<u8>) = match op {
+        Op::Write(d) => (libc::O_WRONLY, d, Vec::new()),
+        Op::Read(cap) => (libc::O_RDONLY, &[], vec![0u8; cap]),
+    };
+    let is_read = flags == libc::O_RDONLY;
+    let report = tx.as_raw_fd();
+    let rptr = rbuf.as_mut_ptr();
+    let rcap = rbuf.len();
+    // SAFETY: the child runs only async-signal-safe system calls on memory prepared above and
+    // ends with _exit; the parent only records the pid.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; this never returns.
+        unsafe {
+            child_main(
+                null,
+                report,
+                maxfd,
+                cpath.as_ptr(),
+                flags,
+                wdata,
+                is_read,
+                rptr,
+                rcap,
+            )
+        }
+    }
+    drop(tx);
+    drop(rbuf);
+    Ok(Child { pid, rx })
+}
+
+/// The child: nothing of the parent's stays open but the report pipe (as fd 3), then one open,
+/// one write (or reads up to `rcap`), the errno (0: done) and any bytes read on the pipe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn child_main(
+    null: libc::c_int,
+    report: libc::c_int,
+    maxfd: libc::c_int,
+    path: *const libc::c_char,
+    flags: libc::c_int,
+    wdata: &[u8],
+    is_read: bool,
+    rbuf: *mut u8,
+    rcap: usize,
+) -> ! {
+    for fd in 0..3 {
+        libc::dup2(null, fd);
+    }
+    if report != 3 {
+        libc::dup2(report, 3);
+    }
+    if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+        for fd in 4..maxfd {
+            libc::close(fd);
+        }
+    }
+    let errno = || *libc::__errno_location();
+    let mut status: i32 = 0;
+    let mut n: usize = 0;
+    let fd = libc::open(path, flags | libc::O_CLOEXEC | libc::O_NOCTTY);
+    if fd < 0 {
+        status = errno();
+    } else if !is_read {
+        let r = libc::write(fd, wdata.as_ptr().cast(), wdata.len());
+        if r < 0 {
+            status = errno();
+        } else if r as usize != wdata.len() {
+            status = SHORT_WRITE;
+        }
+    } else {
+        while n < rcap {
+            let r = libc::read(fd, rbuf.add(n).cast(), rcap - n);
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                status = errno();
+                break;
+            }
+            if r == 0 {
+                break;
+            }
+            n += r as usize;
+        }
+    }
+    let st = status.to_ne_bytes();
+    libc::write(3, st.as_ptr().cast(), st.len());
+    let mut off = 0;
+    while off < n {
+        let r = libc::write(3, rbuf.add(off).cast(), n - off);
+        if r <= 0 {
+            break;
+        }
+        off += r as usize;
+    }
+    libc::_exit(0)
+}
+
+impl Child {
+    /// Waits for the report until `timeout`; on timeout the child is left behind (ETIMEDOUT).
+    pub fn finish(self, timeout: Duration, max: usize) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut got: Vec<u8> = Vec::with_capacity(64);
+        let mut buf = [0u8; 4096];
+        let fd = self.rx.as_raw_fd();
+        let eof = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one descriptor we own.
+            let r = unsafe { libc::poll(&mut p, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                self.leave();
+                return Err(e);
+            }
+            if r == 0 {
+                continue;
+            }
+            // SAFETY: read into a stack buffer of the given length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                    continue;
+                }
+                self.leave();
+                return Err(e);
+            }
+            if n == 0 {
+                break true;
+            }
+            let n = n as usize;
+            got.extend_from_slice(&buf[..n.min((max + 4).saturating_sub(got.len()))]);
+        };
+        self.leave();
+        if !eof {
+            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        }
+        if got.len() < 4 {
+            return Err(io::Error::other(
+                "the bounded I/O child ended without a report",
+            ));
+        }
+        let status = i32::from_ne_bytes([got[0], got[1], got[2], got[3]]);
+        match status {
+            0 => {
+                got.drain(..4);
+                Ok(got)
+            }
+            SHORT_WRITE => Err(io::Error::new(io::ErrorKind::WriteZero, "short write")),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Closes our end; reaps the child if it is done, else keeps its pid for `reap`.
+    fn leave(self) {
+        let pid = self.pid;
+        drop(self.rx);
+        let mut st = 0;
+        // SAFETY: waitpid on our own child; WNOHANG never blocks.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
+            lock(&PENDING).push(pid);
+        }
+    }
+}
+
+/// One open + write(2) of `data` to `path` in a child process, waiting at most `timeout`
+/// (capped by the hard deadline).
+pub fn write(path: &Path, data: &[u8], timeout: Duration) -> io::Result<()> {
+    let timeout = cap(timeout);
+    let c = start(path, Op::Write(data))?;
+    c.finish(timeout, 0).map(|_| ())
+}
+
+/// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in a child process,
+/// waiting at most `timeout` (capped by the hard deadline).
+pub fn read(path: &Path, max: usize, timeout: Duration) -> io::Result<Vec<u8>> {
+    let timeout = cap(timeout);
+    let max = max.min(MAX_BOUNDED_READ);
+    let c = start(path, Op::Read(max))?;
+    c.finish(timeout, max)
+}
+
+/// Like `read`, as text of at most one page.
+pub fn read_text(path: &Path, timeout: Duration) -> io::Result<String> {
+    let v = read(path, TEXT_READ_MAX, timeout)?;
+    String::from_utf8(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Starts a bounded write and returns the child (tests: inspect it while it blocks).
+#[cfg(test)]
+fn start_write(path: &Path, data: &[u8]) -> io::Result<Child> {
+    start(path, Op::Write(data))
+}
+
+/// Whether a host path names an attribute whose read can block in the kernel: a PCI
+/// device's `driver_override` (device lock, Linux 6.1) or `config` (config access held by a
+/// reset).
+pub fn read_can_block(rel: &str) -> bool {
+    rel.starts_with("sys/") && (rel.ends_with("/driver_override") || rel.ends_with("/config"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::real::RealHost;
+    use crate::host::Host;
+    use std::sync::Arc;
+
+    fn mkfifo(p: &Path) {
+        let c = cstr(p).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    /// Opens the FIFO's other end so a child blocked in open(2) finishes and exits.
+    fn release_fifo(p: &Path, read_side: bool) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        if read_side {
+            o.read(true);
+        } else {
+            // O_RDWR on a FIFO never blocks; the blocked reader's open then returns.
+            o.read(true).write(true);
+        }
+        let f = o.custom_flags(libc::O_NONBLOCK).open(p).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(f);
+    }
+
+    fn fd_links(pid: libc::pid_t) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| {
+                        let t = std::fs::read_link(e.path())
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_default();
+                        (e.file_name().to_string_lossy().into_owned(), t)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn wait_reaped(pid: libc::pid_t) {
+        let t = Instant::now();
+        while is_pending(pid) {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "child {pid} never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The child of a write blocked in open(2) holds /dev/null on 0-2 and its report pipe,
+    /// nothing else: not a pipe the test made without CLOEXEC, not the test's stdout/stderr.
+    #[test]
+    fn blocked_child_holds_no_descriptor_of_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let mut p = [0; 2];
+        // SAFETY: plain pipe(2): inheritable descriptors, as a naive fork would keep them.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        let mine = std::fs::read_link(format!("/proc/self/fd/{}", p[1]))
+            .unwrap()
+            .display()
+            .to_string();
+        let c = start_write(&fifo, b"1").unwrap();
+        let report = std::fs::read_link(format!("/proc/self/fd/{}", c.rx.as_raw_fd()))
+            .unwrap()
+            .display()
+            .to_string();
+        let want: Vec<(String, String)> = vec![
+            ("0".into(), "/dev/null".into()),
+            ("1".into(), "/dev/null".into()),
+            ("2".into(), "/dev/null".into()),
+            ("3".into(), report.clone()),
+        ];
+        let t = Instant::now();
+        let mut got = fd_links(c.pid);
+        while got != want && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+            got = fd_links(c.pid);
+        }
+        assert_eq!(
+            got, want,
+            "child fds (test pipe is {mine}, report pipe {report})"
+        );
+        assert!(!got.iter().any(|(_, t)| *t == mine));
+        let pid = c.pid;
+        let t = Instant::now();
+        let e = c.finish(Duration::from_millis(200), 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        // Left behind, still blocked: not waited for.
+        assert!(is_pending(pid));
+        release_fifo(&fifo, true);
+        wait_reaped(pid);
+        // SAFETY: closing the two descriptors pipe(2) gave us.
+        unsafe {
+            libc::close(p[0]);
+            libc::close(p[1]);
+        }
+    }
+
+    #[test]
+    fn real_host_write_bounded_times_out_on_a_fifo_without_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("reset"));
+        let h = Arc::new(RealHost::new(dir.path()));
+        let t = Instant::now();
+        let e = h
+            .write_bounded("reset", "1", Duration::from_millis(300))
+            .unwrap_err();
+        let el = t.elapsed();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT), "{e}");
+        assert!(
+            el >= Duration::from_millis(300) && el < Duration::from_millis(400),
+            "{el:?}"
+        );
+        release_fifo(&dir.path().join("reset"), true);
+    }
+
+    #[test]
+    fn real_host_write_bounded_writes_and_reports_errno() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Arc::new(RealHost::new(dir.path()));
+        std::fs::write(dir.path().join("attr"), "").unwrap();
+        Arc::clone(&h)
+            .write_bounded("attr", "0000:01:00.0", Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("attr")).unwrap(),
+            "0000:01:00.0"
+        );
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("full")).unwrap();
+        for (rel, errno) in [
+            ("dir", libc::EISDIR),
+            ("missing", libc::ENOENT),
+            ("full", libc::ENOSPC),
+        ] {
+            let e = Arc::clone(&h)
+                .write_bounded(rel, "1", Duration::from_secs(5))
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno), "{rel}: {e}");
+        }
+    }
+
+    #[test]
+    fn bounded_reads_return_the_bytes_errno_or_etimedout() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("sys/bus/pci/devices/0000:01:00.0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("driver_override"), "vfio-pci\n").unwrap();
+        let cfg: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        std::fs::write(d.join("config"), &cfg).unwrap();
+        let h = Arc::new(RealHost::new(dir.path()));
+        let rel = "sys/bus/pci/devices/0000:01:00.0";
+        assert!(read_can_block(&format!("{rel}/driver_override")));
+        assert!(read_can_block(&format!("{rel}/config")));
+        assert!(!read_can_block(&format!("{rel}/vendor")));
+        assert!(!read_can_block("etc/pve/qemu-server/100.conf"));
+        assert_eq!(
+            h.read(&format!("{rel}/driver_override")).unwrap(),
+            "vfio-pci\n"
+        );
+        assert_eq!(h.read_bytes(&format!("{rel}/config"), 4096).unwrap(), cfg);
+        assert_eq!(
+            h.read_bytes(&format!("{rel}/config"), 64).unwrap(),
+            cfg[..64]
+        );
+        let e = h.read(&format!("{rel}/nothing")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let e = h.read_bytes("sys/config", 16).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let t = Instant::now();
+        let e = Arc::clone(&h)
+            .read_bounded("fifo", Duration::from_millis(200))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(t.elapsed() < Duration::from_millis(300));
+        release_fifo(&fifo, false);
+    }
+
+    #[test]
+    fn the_hard_deadline_caps_every_wait() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(cap_at(None, now, s(60)), s(60));
+        assert_eq!(cap_at(Some(now + s(2)), now, s(60)), s(2));
+        assert_eq!(cap_at(Some(now + s(90)), now, s(60)), s(60));
+        assert_eq!(cap_at(Some(now), now, s(60)), MIN_WAIT);
+        assert_eq!(cap_at(Some(now), now + s(5), s(60)), MIN_WAIT);
+        assert_eq!(
+            cap_at(Some(now), now, Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+    }
+
+    /// Cost of one bounded write/read (child process) against the direct call, on tmpfs:
+    /// `cargo test --release --target x86_64-unknown-linux-gnu kio_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kio_cost() {
+        let base = if Path::new("/dev/shm").is_dir() {
+            tempfile::tempdir_in("/dev/shm").unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        std::fs::write(base.path().join("attr"), "").unwrap();
+        let h = Arc::new(RealHost::new(base.path()));
+        let n = 1000;
+        let per = |f: &mut dyn FnMut()| {
+            for _ in 0..50 {
+                f();
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        };
+        let p = base.path().join("attr");
+        let direct_w = per(&mut || h.write("attr", "1").unwrap());
+        let bounded_w = per(&mut || {
+            Arc::clone(&h)
+                .write_bounded("attr", "1", Duration::from_secs(5))
+                .unwrap()
+        });
+        let direct_r = per(&mut || {
+            std::fs::read(&p).unwrap();
+        });
+        let bounded_r = per(&mut || {
+            read(&p, 4096, Duration::from_secs(5)).unwrap();
+        });
+        let thread_w = per(&mut || {
+            let h2 = Arc::clone(&h);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(h2.write("attr", "1")));
+            rx.recv().unwrap().unwrap();
+        });
+        eprintln!(
+            "per op over {n}: write direct {direct_w:.1} us, thread {thread_w:.1} us, child {bounded_w:.1} us; read direct {direct_r:.1} us, child {bounded_r:.1} us"
+        );
+    }
+}
