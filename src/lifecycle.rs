@@ -44,24 +44,29 @@ pub struct VmPlan {
     pub steps: Vec<Step>,
     pub post_stop: Vec<String>,
     pub warnings: Vec<String>,
+    /// Address drift since the last good start: pre-start refuses while it is not empty.
+    pub identity: crate::identity::PlanIdentity,
 }
 
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
     let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
-    plan_resolved(ctx, vmid, resolved)
+    plan_resolved(ctx, &VmKey::Pve(vmid), resolved)
 }
 
 /// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
-/// `vmid` selects `[vm.N]` options; 0 means the defaults.
-pub fn plan_bdfs(ctx: &Ctx, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+/// `key.vmid()` selects `[vm.N]` options (0, the defaults, for a libvirt domain).
+pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
     let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
-    plan_resolved(ctx, vmid, resolved)
+    plan_resolved(ctx, key, resolved)
 }
 
-fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
+fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPlan> {
+    let vmid = key.vmid();
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
+    // Before anything else reads or plans a change: what the named addresses hold now.
+    let identity = crate::identity::check(ctx.h(), key, &devices, &mut warnings);
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
     let facts = HostFacts {
         vfio_loaded: ctx
@@ -98,6 +103,7 @@ fn plan_resolved(ctx: &Ctx, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan
         steps,
         post_stop,
         warnings,
+        identity,
     })
 }
 
@@ -156,6 +162,8 @@ pub fn prepare(
     for w in &p.warnings {
         ctx.log.warn(w);
     }
+    // Address drift (driver=keep functions included): refused before anything is touched.
+    crate::identity::refuse(&p.identity)?;
     let active: Vec<&PlannedDevice> = p.devices.iter().filter(|d| !d.keep).collect();
     for d in p.devices.iter().filter(|d| d.keep) {
         ctx.log
@@ -163,6 +171,7 @@ pub fn prepare(
     }
     if active.is_empty() {
         ctx.log.info("no PCI devices to prepare");
+        crate::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
@@ -192,7 +201,9 @@ pub fn prepare(
         } else {
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
-            replan()?
+            let p = replan()?;
+            crate::identity::refuse(&p.identity)?;
+            p
         }
     } else {
         p
@@ -216,6 +227,7 @@ pub fn prepare(
         for s in &p.steps {
             exec.apply(s)?;
         }
+        crate::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     state::save(ctx.h(), &st)?;
@@ -263,6 +275,7 @@ pub fn prepare(
     }
     st.phase = "prepared".into();
     state::save(ctx.h(), &st)?;
+    crate::identity::remember(ctx, key, &p.identity);
     ctx.log.info(&format!(
         "{} device(s) on vfio-pci: {}",
         bdfs.len(),
