@@ -1552,8 +1552,8 @@ impl<'a> Doctor<'a> {
                         Status::Fail,
                         d.message,
                         Some(format!(
-                            "fix {} in the VM config if the addresses moved; if you replaced the card on purpose: {}",
-                            d.origin, d.accept
+                            "if the addresses moved: {}; if you replaced the card on purpose: {}",
+                            d.fix, d.accept
                         )),
                     );
                 }

@@ -88,6 +88,8 @@ pub struct Drift {
     pub now: FunctionId,
     /// The refusal: both devices, the fix and the accept command.
     pub message: String,
+    /// Where to fix the address: "fix hostpci0 in /etc/pve/qemu-server/100.conf (...)".
+    pub fix: String,
     /// The command that accepts the device now at the address.
     pub accept: String,
 }
@@ -420,12 +422,12 @@ pub fn compare(
         .into_iter()
         .map(|(w, n)| {
             let origin = escape_controls(&n.origin);
+            let fix = fix_hint(host, key, &n.origin);
             let message = format!(
-                "{origin} {} was {} at {who}, now it is {}: PCI addresses moved; {}, or if you replaced the card on purpose run `{accept}`",
+                "{origin} {} was {} at {who}, now it is {}: PCI addresses moved; {fix}, or if you replaced the card on purpose run `{accept}`",
                 n.bdf,
                 describe(w, n, &names),
                 describe(n, w, &names),
-                fix_hint(host, key, &n.origin),
             );
             Drift {
                 origin,
@@ -433,6 +435,7 @@ pub fn compare(
                 was: w.clone(),
                 now: n.clone(),
                 message,
+                fix,
                 accept: accept.clone(),
             }
         })
