@@ -84,6 +84,23 @@ pub enum Cmd {
         /// The VM id; all when omitted.
         vmid: Option<String>,
     },
+    /// Accept the devices now at a VM's PCI addresses after they changed on purpose (a card
+    /// replaced): rewrites what pt-hook remembers from the VM's last good start, so the next
+    /// pre-start no longer refuses. Prints each change (old -> new); with --dry-run only prints.
+    #[command(
+        after_help = "pre-start refuses (exit 1) when an address in hostpciN (or a libvirt <hostdev>) now holds\nanother device than at the VM's last good start (vendor:device, subsystem, class or serial).\nIf the addresses moved, fix the config instead. Remembered in\n/var/lib/pt-hook/identity/vm-<VMID>.json and libvirt-<uuid>.json.\nNothing remembered: says so and exits 0.\n\nExamples:\n  pt-hook --dry-run accept 100\n  pt-hook accept 100\n  pt-hook accept --libvirt-uuid 4dea22b3-1d52-d8f3-2516-782e98ab3fa0"
+    )]
+    Accept {
+        /// The VM id (e.g. 100).
+        #[arg(
+            required_unless_present = "libvirt_uuid",
+            conflicts_with = "libvirt_uuid"
+        )]
+        vmid: Option<String>,
+        /// A libvirt domain (by its <uuid>) instead of a Proxmox VM.
+        #[arg(long, value_name = "UUID")]
+        libvirt_uuid: Option<String>,
+    },
     /// Recover stuck devices with the escalation ladder (function reset, bus/slot reset,
     /// remove+rescan), checking each device after every step. Exit 3 when a device needs a
     /// host reboot.
@@ -241,7 +258,7 @@ pub fn main() -> i32 {
     };
     if !matches!(
         cli.cmd,
-        Cmd::Hook(_) | Cmd::Cleanup { .. } | Cmd::Reset { .. }
+        Cmd::Hook(_) | Cmd::Cleanup { .. } | Cmd::Reset { .. } | Cmd::Accept { .. }
     ) {
         // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
         // that change the host keep SIGPIPE ignored and finish what they started.
@@ -323,6 +340,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 print_plan(&p, &ctx.node);
             }
             // The same refusal pre-start would give, and its exit status.
+            crate::identity::refuse(&p.identity)?;
             match p.refusal(&crate::state::VmKey::Pve(vmid)) {
                 Some(e) => Err(e),
                 None => Ok(()),
@@ -361,6 +379,22 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 )));
             }
             Ok(())
+        }
+        Cmd::Accept { vmid, libvirt_uuid } => {
+            let key = match (vmid, libvirt_uuid) {
+                (Some(v), None) => VmKey::Pve(parse_vmid(v)?),
+                (None, Some(u)) => VmKey::Libvirt(crate::state::Domain {
+                    uuid: crate::libvirt::parse_uuid(u).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "invalid UUID {:?}: expected 8-4-4-4-12 hex digits",
+                            crate::log::escape_controls(u)
+                        ))
+                    })?,
+                    name: String::new(),
+                }),
+                _ => return Err(Error::Usage("give a VM id or --libvirt-uuid UUID".into())),
+            };
+            crate::identity::accept(&*host, &key, cli.global.dry_run)
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
@@ -432,6 +466,7 @@ fn plan_json(p: &lifecycle::VmPlan) -> serde_json::Value {
         "users": p.users.findings,
         "refusals": p.refusals,
         "fixes": p.fixes,
+        "drift": p.identity.drift,
     })
 }
 
@@ -466,6 +501,12 @@ fn print_plan(p: &lifecycle::VmPlan, node: &str) {
         }
         for w in &d.warnings {
             println!("      warning: {w}");
+        }
+    }
+    if !p.identity.drift.is_empty() {
+        println!("address drift: pre-start refuses (exit 1):");
+        for d in &p.identity.drift {
+            println!("  {}", d.message);
         }
     }
     println!("pre-start:");
@@ -707,6 +748,14 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
     use crate::device;
     let profiles = crate::quirks::load_all(host, cfg)?;
     let owners = owners(host);
+    let drift = crate::identity::all_drift(host);
+    let drift_at = |b: &Bdf| -> Vec<&str> {
+        drift
+            .iter()
+            .filter(|x| x.bdf == *b)
+            .map(|x| x.message.as_str())
+            .collect()
+    };
     let mut rows = Vec::new();
     for b in device::list_all(host) {
         let Some(d) = device::read_device(host, &b) else {
@@ -755,6 +804,8 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                         VmKey::Pve(_) => None,
                     }),
                     "vm_source": vm.as_ref().map(|v| v.1),
+                    // Address drift: a VM's remembered device was another one.
+                    "drift": drift_at(&d.bdf),
                 })
             })
             .collect();
@@ -793,7 +844,7 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .describe(d.vendor, d.device)
             .unwrap_or_else(|| names.class(d.class));
         println!(
-            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}",
+            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}{}",
             d.bdf,
             d.vendor_hex(),
             d.device_hex(),
@@ -822,8 +873,16 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             } else {
                 ""
             },
+            if drift_at(&d.bdf).is_empty() {
+                ""
+            } else {
+                "[DRIFT] "
+            },
             name,
         );
+    }
+    for x in &drift {
+        println!("DRIFT: {}", x.message);
     }
     Ok(())
 }

@@ -1380,6 +1380,7 @@ impl<'a> Doctor<'a> {
 
         self.check_hookscript(vmid, &cfg);
         self.check_quirks(vmid, &resolved);
+        self.check_identity(vmid, &resolved);
 
         if let Ok(text) = read_bounded(self.host, "etc/pve/ha/resources.cfg") {
             let ours = text.lines().any(|l| {
@@ -1511,6 +1512,44 @@ impl<'a> Doctor<'a> {
                     );
                 }
             }
+        }
+    }
+
+    /// Address drift: the named addresses hold what they held at the VM's last good start.
+    fn check_identity(&mut self, vmid: u32, resolved: &[crate::resolve::Resolved]) {
+        match crate::identity::doctor_drift(self.host, vmid, resolved) {
+            Ok(None) => {}
+            Ok(Some(drift)) if drift.is_empty() => self.add_vm(
+                vmid,
+                None,
+                "vm.identity",
+                Status::Pass,
+                "the PCI addresses hold the devices they held at the last start".into(),
+                None,
+            ),
+            Ok(Some(drift)) => {
+                for d in drift {
+                    self.add_vm(
+                        vmid,
+                        Some(d.bdf),
+                        "vm.identity",
+                        Status::Fail,
+                        d.message,
+                        Some(format!(
+                            "if the addresses moved: {}; if you replaced the card on purpose: {}",
+                            d.fix, d.accept
+                        )),
+                    );
+                }
+            }
+            Err(w) => self.add_vm(
+                vmid,
+                None,
+                "vm.identity",
+                Status::Warn,
+                w,
+                Some("nothing to do: the next successful start rewrites it".into()),
+            ),
         }
     }
 

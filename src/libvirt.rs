@@ -361,8 +361,8 @@ pub fn command(
                         .join(", ")
                 );
             }
-            let p = lifecycle::plan_bdfs(&ctx, &key, 0, &dom.hostdevs)?;
-            let replan = || lifecycle::plan_bdfs(&ctx, &key, 0, &dom.hostdevs);
+            let p = lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs)?;
+            let replan = || lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs);
             crate::userhooks::pre_start(&ctx, &key, p, &replan)
         }
         Action::PostStop => crate::userhooks::post_stop(&ctx, &key),

@@ -46,6 +46,8 @@ pub struct VmPlan {
     pub steps: Vec<Step>,
     pub post_stop: Vec<String>,
     pub warnings: Vec<String>,
+    /// Address drift since the last good start: pre-start refuses while it is not empty.
+    pub identity: crate::identity::PlanIdentity,
     /// Who uses the functions (the host guard), released ones included.
     pub users: guard::Report,
     /// Users that make pre-start refuse: "hostpci0 0000:02:00.0: /dev/nvme0n1p1 is mounted
@@ -72,14 +74,14 @@ impl VmPlan {
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
     let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
     let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
-    plan_resolved(ctx, &VmKey::Pve(vmid), vmid, resolved)
+    plan_resolved(ctx, &VmKey::Pve(vmid), resolved)
 }
 
 /// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
-/// `vmid` selects `[vm.N]` options; 0 means the defaults.
-pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, vmid: u32, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+/// `key.vmid()` selects `[vm.N]` options (0, the defaults, for a libvirt domain).
+pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
     let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
-    plan_resolved(ctx, key, vmid, resolved)
+    plan_resolved(ctx, key, resolved)
 }
 
 /// A display-manager alias ("display-manager.service" → "gdm.service"), as the cgroup of its
@@ -250,9 +252,12 @@ fn guard_plan(
     }
 }
 
-fn plan_resolved(ctx: &Ctx, key: &VmKey, vmid: u32, resolved: Vec<Resolved>) -> Result<VmPlan> {
+fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPlan> {
+    let vmid = key.vmid();
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
+    // Before anything else reads or plans a change: what the named addresses hold now.
+    let identity = crate::identity::check(ctx.h(), key, &devices, &mut warnings);
     crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
     let facts = HostFacts {
         vfio_loaded: ctx
@@ -308,6 +313,7 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, vmid: u32, resolved: Vec<Resolved>) -> 
         users: g.users,
         refusals: g.refusals,
         fixes: g.fixes,
+        identity,
     })
 }
 
@@ -366,6 +372,8 @@ pub fn prepare(
     for w in &p.warnings {
         ctx.log.warn(w);
     }
+    // Address drift (driver=keep functions included): refused before anything is touched.
+    crate::identity::refuse(&p.identity)?;
     // The host guard, before any change: a device the host or another VM uses is refused.
     if let Some(e) = p.refusal(key) {
         return Err(e);
@@ -377,6 +385,7 @@ pub fn prepare(
     }
     if active.is_empty() {
         ctx.log.info("no PCI devices to prepare");
+        crate::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
@@ -407,6 +416,7 @@ pub fn prepare(
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
             let p = replan()?;
+            crate::identity::refuse(&p.identity)?;
             if let Some(e) = p.refusal(key) {
                 return Err(e);
             }
@@ -434,6 +444,7 @@ pub fn prepare(
         for s in &p.steps {
             exec.apply(s)?;
         }
+        crate::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     state::save(ctx.h(), &st)?;
@@ -481,6 +492,7 @@ pub fn prepare(
     }
     st.phase = "prepared".into();
     state::save(ctx.h(), &st)?;
+    crate::identity::remember(ctx, key, &p.identity);
     ctx.log.info(&format!(
         "{} device(s) on vfio-pci: {}",
         bdfs.len(),

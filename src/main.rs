@@ -23,6 +23,7 @@ mod handoff;
 #[cfg(test)]
 mod hook_tests;
 mod host;
+mod identity;
 mod install;
 mod libvirt;
 mod lifecycle;

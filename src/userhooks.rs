@@ -214,6 +214,8 @@ pub fn pre_start(
     p: VmPlan,
     replan: &dyn Fn() -> Result<VmPlan>,
 ) -> Result<()> {
+    // Address drift refuses before the user pre-start hooks change anything either.
+    crate::identity::refuse(&p.identity)?;
     for ph in PHASES {
         list(ctx.host.as_ref(), ph, ctx.log)?;
     }

@@ -331,13 +331,177 @@ fn runs_as_libvirt_qemu_hook_by_its_name() {
     assert_eq!(tree(&r.join("sys")), before);
 }
 
+/// The example host after "a card was added": VM 100's hostpci0 address held an Intel NIC
+/// at its last start and now holds the RTX 4070.
+fn drifted_host() -> tempfile::TempDir {
+    let t = example_host();
+    let dir = t.path().join("var/lib/pt-hook/identity");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("vm-100.json"),
+        r#"{"version":1,"vmid":100,"recorded":1736939109,"functions":[
+ {"origin":"hostpci0","bdf":"0000:01:00.0","id":"8086:15f3","subsystem":"8086:0000","class":"020000"},
+ {"origin":"hostpci0","bdf":"0000:01:00.1","id":"10de:22bc","subsystem":"10de:0000","class":"040300"}]}"#,
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn plan_shows_address_drift_and_accept_takes_the_new_device() {
+    let t = drifted_host();
+    let r = t.path();
+    let refusal = "hostpci0 0000:01:00.0 was 8086:15f3 Ethernet controller at VM 100's last start, now it is 10de:2786 VGA compatible controller: PCI addresses moved; fix hostpci0 in ";
+    let before = tree(r);
+    let o = run_in(r, &["plan", "100"], None);
+    let out = text(&o);
+    // plan exits as pre-start would: 1, with the same refusal.
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("address drift: pre-start refuses (exit 1):"),
+        "{out}"
+    );
+    assert!(out.contains(refusal), "{out}");
+    assert!(
+        out.contains("etc/pve/qemu-server/100.conf (or use a PCI mapping), or if you replaced the card on purpose run `pt-hook accept 100`"),
+        "{out}"
+    );
+    let o = run_in(r, &["plan", "100", "--json"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let drift = v["drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "{v}");
+    assert_eq!(drift[0]["bdf"], "0000:01:00.0");
+    assert_eq!(drift[0]["was"]["id"], "8086:15f3");
+    assert_eq!(drift[0]["now"]["id"], "10de:2786");
+    assert_eq!(drift[0]["accept"], "pt-hook accept 100");
+    // The hook refuses the start (exit 1) and touches nothing.
+    let o = run_in(r, &["100", "pre-start"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(refusal), "{}", text(&o));
+    // status marks the device and prints the line; --json has the field.
+    let o = run_in(r, &["status"], None);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0000:01:00.0") && l.contains("[DRIFT]")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("DRIFT: {refusal}")), "{out}");
+    let o = run_in(r, &["status", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dev = |b: &str| {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["bdf"] == b)
+            .unwrap()
+            .clone()
+    };
+    assert!(dev("0000:01:00.0")["drift"][0]
+        .as_str()
+        .unwrap()
+        .starts_with(refusal));
+    assert_eq!(dev("0000:01:00.1")["drift"], serde_json::json!([]));
+    // doctor fails the VM with the same words and the accept command as the fix.
+    let o = run_in(r, &["doctor", "100", "--json"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "vm.identity")
+        .unwrap()
+        .clone();
+    assert_eq!(c["status"], "fail");
+    assert!(c["message"].as_str().unwrap().starts_with(refusal), "{c}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("pt-hook accept 100"),
+        "{c}"
+    );
+    assert_eq!(
+        tree(r),
+        before,
+        "plan, a refused start, status and doctor wrote something"
+    );
+
+    // accept --dry-run prints old -> new and writes nothing.
+    let o = run_in(r, &["--dry-run", "accept", "100"], None);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("dry-run: would accept hostpci0 0000:01:00.0: 8086:15f3 Ethernet controller -> 10de:2786 VGA compatible controller"),
+        "{out}"
+    );
+    assert_eq!(tree(r), before, "dry-run changed the tree");
+    let o = run_in(r, &["accept", "100"], None);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("accepted hostpci0 0000:01:00.0: 8086:15f3 Ethernet controller -> 10de:2786 VGA compatible controller"),
+        "{out}"
+    );
+    assert!(
+        out.contains("var/lib/pt-hook/identity/vm-100.json"),
+        "{out}"
+    );
+    let o = run_in(r, &["plan", "100"], None);
+    assert!(!text(&o).contains("address drift"), "{}", text(&o));
+    let o = run_in(r, &["plan", "100", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["drift"], serde_json::json!([]));
+    let o = run_in(r, &["accept", "100"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to accept"), "{}", text(&o));
+
+    // Nothing remembered: exit 0, says so. Bad input: exit 2.
+    let after = tree(r);
+    let o = run_in(r, &["accept", "101"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("no remembered PCI identity"),
+        "{}",
+        text(&o)
+    );
+    for args in [
+        vec!["accept"],
+        vec!["accept", "abc"],
+        vec!["accept", "99"],
+        vec!["accept", "--libvirt-uuid", "../../etc/passwd"],
+        vec![
+            "accept",
+            "100",
+            "--libvirt-uuid",
+            "4dea22b3-1d52-d8f3-2516-782e98ab3fa0",
+        ],
+    ] {
+        let o = run_in(r, &args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+    let o = run_in(
+        r,
+        &[
+            "accept",
+            "--libvirt-uuid",
+            "4DEA22B3-1d52-d8f3-2516-782e98ab3fa0",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to accept"), "{}", text(&o));
+    assert_eq!(tree(r), after);
+}
+
 #[test]
 fn every_command_answers_help() {
     let o = Command::new(BIN).arg("--help").output().unwrap();
     assert!(o.status.success());
     let main = String::from_utf8_lossy(&o.stdout).to_string();
     for cmd in [
-        "plan", "cleanup", "reset", "status", "quirks", "doctor", "libvirt", "install",
+        "plan", "cleanup", "reset", "status", "quirks", "doctor", "libvirt", "install", "accept",
     ] {
         assert!(main.contains(cmd), "--help lacks {cmd}");
         let o = Command::new(BIN).args([cmd, "--help"]).output().unwrap();

@@ -16,6 +16,9 @@ _pt__hook() {
             ",$1")
                 cmd="pt__hook"
                 ;;
+            pt__hook,accept)
+                cmd="pt__hook__subcmd__accept"
+                ;;
             pt__hook,cleanup)
                 cmd="pt__hook__subcmd__cleanup"
                 ;;
@@ -42,6 +45,9 @@ _pt__hook() {
                 ;;
             pt__hook,status)
                 cmd="pt__hook__subcmd__status"
+                ;;
+            pt__hook__subcmd__help,accept)
+                cmd="pt__hook__subcmd__help__subcmd__accept"
                 ;;
             pt__hook__subcmd__help,cleanup)
                 cmd="pt__hook__subcmd__help__subcmd__cleanup"
@@ -77,12 +83,38 @@ _pt__hook() {
 
     case "${cmd}" in
         pt__hook)
-            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup reset status quirks doctor libvirt install help"
+            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup accept reset status quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pt__subcmd__hook__subcmd__accept)
+            opts="-v -q -h --libvirt-uuid --dry-run --root --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --libvirt-uuid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --root)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -143,8 +175,22 @@ _pt__hook() {
             return 0
             ;;
         pt__subcmd__hook__subcmd__help)
-            opts="plan cleanup reset status quirks doctor libvirt install help"
+            opts="plan cleanup accept reset status quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pt__subcmd__hook__subcmd__help__subcmd__accept)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

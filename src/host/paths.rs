@@ -18,6 +18,8 @@ pub const MAPPING_PCI: &str = "etc/pve/mapping/pci.cfg";
 pub const DEFAULT_CONFIG: &str = "etc/pt-hook/pt-hook.toml";
 pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
 pub const HOOKS_DIR: &str = "etc/pt-hook/hooks.d";
+/// What each VM's PCI addresses held at its last good start (survives reboots: not /run).
+pub const IDENTITY_DIR: &str = "var/lib/pt-hook/identity";
 
 /// Files pt-hook may touch in a PCI device directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +116,29 @@ pub fn state_file(vmid: u32) -> String {
 pub fn libvirt_state_file(uuid: &str) -> String {
     debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     format!("{RUN_DIR}/libvirt-{uuid}.json")
+}
+
+pub fn identity_file(vmid: u32) -> String {
+    format!("{IDENTITY_DIR}/vm-{vmid}.json")
+}
+
+/// `uuid` must come from `crate::libvirt::parse_uuid` (hex digits and dashes only).
+pub fn libvirt_identity_file(uuid: &str) -> String {
+    debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+    format!("{IDENTITY_DIR}/libvirt-{uuid}.json")
+}
+
+/// The directory holding a PCI function's NVMe controllers (`nvme0`, ...).
+pub fn nvme_dir(bdf: &Bdf) -> String {
+    format!("{PCI_DEVICES}/{bdf}/nvme")
+}
+
+/// An NVMe controller's `serial`; None unless `ctrl` is "nvme" followed by digits.
+pub fn nvme_serial(bdf: &Bdf, ctrl: &str) -> Option<String> {
+    let ok = ctrl
+        .strip_prefix("nvme")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()));
+    ok.then(|| format!("{PCI_DEVICES}/{bdf}/nvme/{ctrl}/serial"))
 }
 
 pub fn lock_file(bdf: &Bdf) -> String {

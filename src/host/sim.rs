@@ -216,6 +216,10 @@ pub struct SimDevice {
     pub no_bus_reset: bool,
     /// Probe result per driver name (e.g. EAGAIN for a deferred probe).
     pub probe_errors: BTreeMap<String, i32>,
+    /// A PCIe Device Serial Number capability at 0x100 (config space is then 4096 bytes).
+    pub dsn: Option<u64>,
+    /// An NVMe controller's serial: `nvme/nvme0/serial` while the nvme driver is bound.
+    pub nvme_serial: Option<String>,
 }
 
 impl SimDevice {
@@ -244,6 +248,8 @@ impl SimDevice {
             subordinate_errno: None,
             no_bus_reset: false,
             probe_errors: BTreeMap::new(),
+            dsn: None,
+            nvme_serial: None,
         }
     }
 
@@ -308,6 +314,17 @@ impl SimDevice {
         self.link = None;
         self
     }
+    /// A Device Serial Number extended capability (the only one, at 0x100).
+    pub fn serial_number(mut self, dsn: u64) -> Self {
+        self.dsn = Some(dsn);
+        self
+    }
+    /// The serial an NVMe controller reports (`nvme/nvme0/serial`, space-padded like the
+    /// kernel's) while the nvme driver is bound.
+    pub fn nvme_serial(mut self, serial: &str) -> Self {
+        self.nvme_serial = Some(serial.to_string());
+        self
+    }
     pub fn config(mut self, bytes: Vec<u8>) -> Self {
         self.config = Some(bytes);
         self
@@ -352,6 +369,13 @@ impl SimDevice {
         if !self.is_bridge {
             c[0x2c..0x2e].copy_from_slice(&self.subsystem_vendor.to_le_bytes());
             c[0x2e..0x30].copy_from_slice(&self.subsystem_device.to_le_bytes());
+        }
+        if let Some(dsn) = self.dsn {
+            // Extended config space: DSN capability (id 0x0003, version 1, no next).
+            c.resize(4096, 0);
+            c[0x100..0x104].copy_from_slice(&0x0001_0003u32.to_le_bytes());
+            c[0x104..0x108].copy_from_slice(&(dsn as u32).to_le_bytes());
+            c[0x108..0x10c].copy_from_slice(&((dsn >> 32) as u32).to_le_bytes());
         }
         c
     }
@@ -1425,6 +1449,9 @@ impl State {
                     &format!("{base}/driver"),
                     Node::Link(format!("sys/bus/pci/drivers/{x}")),
                 );
+                if x == "nvme" && d.s.nvme_serial.is_some() {
+                    put(&mut t, &format!("{base}/nvme/nvme0/serial"), Node::File);
+                }
                 if self.driver_provides_fb(x) {
                     put(&mut t, &format!("{base}/drm/card0"), Node::Dir);
                     put(&mut t, &format!("{base}/graphics/fb0"), Node::Dir);
@@ -1609,6 +1636,9 @@ impl State {
                     }
                     "max_link_speed" => link.map(|l| l.max_speed.clone()).unwrap_or_default(),
                     "max_link_width" => link.map(|l| l.max_width.to_string()).unwrap_or_default(),
+                    "nvme/nvme0/serial" => {
+                        format!("{:<20}", s.nvme_serial.as_deref().unwrap_or(""))
+                    }
                     _ => return Err(err(libc::EACCES)),
                 }
             }
