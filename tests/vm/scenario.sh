@@ -142,6 +142,132 @@ rc_is() { [ "$RC" = "$1" ] || { WHY="exit $RC, output: $(echo "$OUT" | head -c 3
 rc_nonzero() { [ "$RC" != 0 ] || { WHY="exit 0, output: $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
 out_has() { echo "$OUT" | grep -qi -- "$1" || { WHY="output lacks '$1': $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
 ok_and_has() { rc_is 0 && out_has "$1"; }
+
+# ------------------------------------------------ holders (facts, guard)
+HOLD=/usr/sbin/vfio-hold
+pstate() { # PID -> state letter from /proc/PID/stat, empty when gone
+    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1
+}
+pid_alive() { _s=$(pstate "$1"); [ -n "$_s" ] && [ "$_s" != Z ]; }
+wait_gone() { # PID TENTHS: polls until the process is gone (or a zombie)
+    _i=0
+    while pid_alive "$1" && [ $_i -lt "$2" ]; do sleep 0.1; _i=$((_i + 1)); done
+    ! pid_alive "$1" || { WHY="pid $1 still running (state $(pstate "$1"))"; return 1; }
+}
+fd_links() { # PID -> "fd->target; ..."
+    for _f in /proc/$1/fd/*; do printf '%s->%s; ' "${_f##*/}" "$(readlink "$_f")"; done
+}
+# start_holder BDF [--group-only]: vfio-hold in the background; sets HOLDER_PID, HOLDER_LINE
+# (HOLDING pid=.. group=.. container_fd=.. group_fd=.. device_fd=..).
+HOLDER_PID=""
+HOLDER_LINE=""
+HOLDER_N=0
+start_holder() {
+    HOLDER_N=$((HOLDER_N + 1))
+    HOLDER_STOP=/tmp/hold.stop.$HOLDER_N
+    rm -f "$HOLDER_STOP" /tmp/hold.out.$HOLDER_N
+    HOLDER_PID=""
+    HOLDER_LINE=""
+    [ -x "$HOLD" ] || { WHY="$HOLD missing (run.sh builds it with gcc)"; return 1; }
+    # A real host has it from QEMU's first VFIO use; busybox modprobe ignores vfio's softdep.
+    [ -d /sys/module/vfio_iommu_type1 ] || modprobe vfio_iommu_type1
+    $HOLD "$@" --until "$HOLDER_STOP" >/tmp/hold.out.$HOLDER_N 2>&1 </dev/null &
+    HOLDER_PID=$!
+    _i=0
+    while [ $_i -lt 50 ]; do
+        HOLDER_LINE=$(grep '^HOLDING ' /tmp/hold.out.$HOLDER_N)
+        [ -n "$HOLDER_LINE" ] && return 0
+        pid_alive $HOLDER_PID || break
+        sleep 0.1
+        _i=$((_i + 1))
+    done
+    WHY="vfio-hold $*: $(head -c 300 /tmp/hold.out.$HOLDER_N | tr '\n' ' ')"
+    return 1
+}
+holder_field() { echo "$HOLDER_LINE" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+stop_holder() { # asks the current holder to exit (its --until file), then TERM, then KILL
+    [ -n "$HOLDER_PID" ] || return 0
+    touch "$HOLDER_STOP"
+    wait_gone $HOLDER_PID 50 || { kill $HOLDER_PID 2>/dev/null; wait_gone $HOLDER_PID 30; } ||
+        { kill -9 $HOLDER_PID 2>/dev/null; wait_gone $HOLDER_PID 30; }
+    _r=$?
+    HOLDER_PID=""
+    return $_r
+}
+blk_of() { # BDF -> the block device below it (nvme0n1), empty if none; no polling
+    for _b in /sys/block/*; do
+        case "$(readlink -f "$_b")" in */"$1"/*) echo "${_b##*/}"; return 0 ;; esac
+    done
+}
+net_of() { ls "$SYS/$1/net" 2>/dev/null | head -n 1; }
+to_vfio_by_hand() { # BDF
+    modprobe vfio-pci
+    [ -e "$SYS/$1/driver" ] && echo "$1" >"$SYS/$1/driver/unbind"
+    echo vfio-pci >"$SYS/$1/driver_override"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    drv_is "$1" vfio-pci
+}
+back_by_hand() { # BDF HOSTDRIVER
+    [ -e "$SYS/$1/driver" ] && echo "$1" >"$SYS/$1/driver/unbind"
+    echo >"$SYS/$1/driver_override"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    drv_is "$1" "$2"
+}
+
+# pt-hook in the background, its stdout+stderr through a pipe into `cat`: the pipe only closes
+# when every process that inherited it is gone. hook_bg ARGS... starts it (BG_P = its files),
+# hook_wait LIMIT polls until the pipe closed or LIMIT seconds passed; sets RC ("running" if
+# not done), OUT, HOOK_SECS (start to pipe closed), BG_DONE. Never blocks on the kernel.
+BG_N=0
+BG_PENDING=""
+hook_bg() {
+    BG_N=$((BG_N + 1))
+    BG_P=/tmp/bg.$BG_N
+    BG_ARGS="$*"
+    rm -f $BG_P.*
+    now >$BG_P.t0
+    ( { cd / && $HOOK "$@" <&-; echo $? >$BG_P.rc; } 2>&1 | cat >$BG_P.out; now >$BG_P.end ) &
+}
+hook_wait() { # LIMIT_SECONDS
+    read -r _t0 <$BG_P.t0
+    _lim=$(awk -v l="$1" 'BEGIN {printf "%d", l * 10}')
+    _i=0
+    while [ ! -s $BG_P.end ] && [ $_i -lt "$_lim" ]; do sleep 0.1; _i=$((_i + 1)); done
+    OUT=$(cat $BG_P.out 2>/dev/null)
+    STDOUT=$OUT
+    if [ -s $BG_P.end ]; then
+        BG_DONE=1
+        RC=$(cat $BG_P.rc 2>/dev/null || echo "?")
+        HOOK_SECS=$(awk -v a="$_t0" -v b="$(cat $BG_P.end)" 'BEGIN {printf "%.2f", b - a}')
+    else
+        BG_DONE=0
+        RC=running
+        HOOK_SECS=$(elapsed "$_t0")
+        [ -s $BG_P.rc ] && RC="exited $(cat $BG_P.rc), pipe still open"
+        BG_PENDING="$BG_PENDING $BG_P"
+    fi
+    echo "  \$ pt-hook $BG_ARGS -> exit $RC ($HOOK_SECS s, pipe $([ $BG_DONE = 1 ] && echo closed || echo OPEN))"
+    [ -n "$OUT" ] && echo "$OUT" | head -n 40 | sed 's/^/  | /'
+    return 0
+}
+bg_done() { [ "$BG_DONE" = 1 ] || { WHY="still running after $HOOK_SECS s (pipe open), output: $(echo "$OUT" | head -c 200 | tr '\n' ' ')"; return 1; }; }
+secs_le() { # LIMIT: HOOK_SECS <= LIMIT
+    awk -v s="$HOOK_SECS" -v l="$1" 'BEGIN {exit !(s + 0 <= l + 0)}' || { WHY="took $HOOK_SECS s > $1 s"; return 1; }
+}
+bg_reap() { # LIMIT_SECONDS: wait for the pt-hooks left running by hook_wait, report them
+    _lim=$(($1 * 10))
+    for _p in $BG_PENDING; do
+        _i=0
+        while [ ! -s $_p.end ] && [ $_i -lt $_lim ]; do sleep 0.1; _i=$((_i + 1)); done
+        if [ -s $_p.end ]; then
+            echo "  (late: $_p exit $(cat $_p.rc 2>/dev/null) after $(awk -v a="$(cat $_p.t0)" -v b="$(cat $_p.end)" 'BEGIN {printf "%.2f", b - a}') s)"
+            sed 's/^/  | /' $_p.out | head -n 20
+        else
+            echo "  (still running: $_p, $(head -c 200 $_p.out | tr '\n' ' '))"
+        fi
+    done
+    BG_PENDING=""
+}
 out_json() { # stdout is a JSON object or array (stderr may carry progress)
     case "$(echo "$STDOUT" | sed -n '/[^[:space:]]/{p;q;}')" in
         \{* | \[*) return 0 ;;
@@ -275,6 +401,129 @@ if section facts; then
     check facts.gpu-rebound-bochs drv_is $VGA bochs-drm
     check facts.audio-rebound drv_is $AUDIO snd_hda_intel
     check facts.fbcon-back fbcon_bound
+
+    # ---- a function held through VFIO (vfio-hold, like a running QEMU), without pt-hook
+    if [ ! -x "$HOLD" ]; then
+        echo "FAIL facts.vfio-hold-present ($HOLD missing: run.sh builds it with gcc -static)"
+    elif ! to_vfio_by_hand $NVME2 || ! echo none >/tmp/ub.rc; then
+        echo "FAIL facts.hold.setup (could not bind $NVME2 to vfio-pci: $(drv $NVME2))"
+    else
+        G2=$(group $NVME2)
+        sleep 0.5
+        info "vfio: $NVME2 on vfio-pci, not held: power/runtime_status=$(cat $SYS/$NVME2/power/runtime_status)"
+        for f in /sys/class/vfio/$G2/dev /sys/devices/virtual/vfio/$G2/dev; do
+            if [ -e $f ]; then info "vfio: $f = $(cat $f)"; else info "vfio: $f absent"; fi
+        done
+        info "vfio: /dev/vfio: $(ls -l /dev/vfio | awk 'NR > 1 {printf "%s %s%s ", $NF, $5, $6}')"
+        info "vfio: /sys/class/vfio: $(ls /sys/class/vfio 2>&1 | tr '\n' ' ')"
+        if [ -d $SYS/$NVME2/vfio-dev ]; then
+            info "vfio: $SYS/$NVME2/vfio-dev/ = $(ls $SYS/$NVME2/vfio-dev | tr '\n' ' ') dev=$(cat $SYS/$NVME2/vfio-dev/*/dev 2>/dev/null); /dev/vfio/devices: $(ls /dev/vfio/devices 2>&1 | tr '\n' ' ')"
+        else
+            info "vfio: $SYS/$NVME2/vfio-dev/ absent"
+        fi
+        if start_holder $NVME2; then
+            check facts.hold.started true
+            P=$HOLDER_PID
+            DFD=$(holder_field device_fd)
+            GFD=$(holder_field group_fd)
+            info "vfio-hold: $HOLDER_LINE"
+            info "vfio-hold fds: $(fd_links $P)"
+            check facts.hold.group-fd-link eq "$(readlink /proc/$P/fd/$GFD)" /dev/vfio/$G2
+            check facts.hold.container-fd-link eq "$(readlink /proc/$P/fd/$(holder_field container_fd))" /dev/vfio/vfio
+            info "vfio-hold device fd $DFD -> $(readlink /proc/$P/fd/$DFD)"
+            info "vfio-hold fdinfo/$DFD: $(tr '\t\n' ' |' </proc/$P/fdinfo/$DFD)"
+            info "vfio-hold fdinfo/$GFD (group): $(tr '\t\n' ' |' </proc/$P/fdinfo/$GFD)"
+            if grep -q '^vfio-device-syspath:' /proc/$P/fdinfo/$DFD; then
+                info "vfio: device fdinfo has vfio-device-syspath: $(sed -n 's/^vfio-device-syspath:[[:space:]]*//p' /proc/$P/fdinfo/$DFD)"
+            else
+                info "vfio: device fdinfo has NO vfio-device-syspath line"
+            fi
+            info "vfio: held: power/runtime_status=$(cat $SYS/$NVME2/power/runtime_status)"
+            # unbind under the holder: blocks in the kernel (bounded poll, never a plain wait)
+            rm -f /tmp/ub.rc /tmp/ovr.rc
+            t0=$(now)
+            ( echo $NVME2 >/sys/bus/pci/drivers/vfio-pci/unbind; echo $? >/tmp/ub.rc ) 2>/tmp/ub.err &
+            UB=$!
+            i=0
+            while [ ! -e /tmp/ub.rc ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+            check facts.hold.unbind-blocks absent /tmp/ub.rc
+            info "vfio: unbind under a holder: $([ -e /tmp/ub.rc ] && echo "returned rc=$(cat /tmp/ub.rc)" || echo "still blocked after $(elapsed $t0) s"), writer state $(pstate $UB) (wchan $(cat /proc/$UB/wchan 2>/dev/null))"
+            ( cat $SYS/$NVME2/driver_override >/tmp/ovr.out 2>&1; echo $? >/tmp/ovr.rc ) &
+            OV=$!
+            i=0
+            while [ ! -e /tmp/ovr.rc ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+            if [ -e /tmp/ovr.rc ]; then
+                info "vfio: reading driver_override during the blocked unbind: does NOT block ('$(cat /tmp/ovr.out)')"
+            else
+                info "vfio: reading driver_override during the blocked unbind: BLOCKS (>2 s, reader state $(pstate $OV), wchan $(cat /proc/$OV/wchan 2>/dev/null))"
+            fi
+            info "vfio: during the blocked unbind: driver link=$(drv $NVME2) reset_method='$(rmeth $NVME2)' runtime_status=$(cat $SYS/$NVME2/power/runtime_status)"
+            info "vfio: holder fds during the blocked unbind: $(fd_links $P)"
+            stop_holder
+            check facts.hold.holder-stops true
+            i=0
+            while [ ! -e /tmp/ub.rc ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+            check facts.hold.unbind-completes-after-release exists /tmp/ub.rc
+            info "vfio: unbind returned rc=$(cat /tmp/ub.rc 2>/dev/null) $(elapsed $t0) s after it started; driver now $(drv $NVME2)"
+            i=0
+            while [ ! -e /tmp/ovr.rc ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+            check facts.hold.override-read-completes exists /tmp/ovr.rc
+            check facts.hold.unbound drv_now_is $NVME2 none
+        else
+            echo "FAIL facts.hold.started ($WHY)"
+        fi
+        # only the group (/dev/vfio/N) open: the unbind does not wait, but the host driver
+        # cannot bind while the group is claimed for user space
+        [ "$(drv $NVME2)" = none ] && echo $NVME2 >/sys/bus/pci/drivers_probe
+        if drv_is $NVME2 vfio-pci; then
+            if start_holder $NVME2 --group-only; then
+                P=$HOLDER_PID
+                info "vfio-hold --group-only: $HOLDER_LINE; fds: $(fd_links $P)"
+                rm -f /tmp/ub.rc
+                ( echo $NVME2 >/sys/bus/pci/drivers/vfio-pci/unbind; echo $? >/tmp/ub.rc ) 2>/tmp/ub.err &
+                i=0
+                while [ ! -e /tmp/ub.rc ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+                info "vfio: unbind with only the group open: $([ -e /tmp/ub.rc ] && echo "returned rc=$(cat /tmp/ub.rc) $(cat /tmp/ub.err)" || echo "BLOCKS")"
+                echo > $SYS/$NVME2/driver_override
+                echo $NVME2 > /sys/bus/pci/drivers_probe 2>/tmp/probe.err
+                sleep 0.5
+                info "vfio: nvme probe while the group is held: driver=$(drv $NVME2) $(cat /tmp/probe.err)"
+                stop_holder
+                i=0
+                while [ ! -e /tmp/ub.rc ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+            else
+                echo "FAIL facts.hold.group-only-started ($WHY)"
+            fi
+        fi
+        if [ -e /tmp/ub.rc ]; then
+            back_by_hand $NVME2 nvme
+            check facts.hold.back-to-nvme drv_is $NVME2 nvme
+        else
+            echo "FAIL facts.hold.unbind-never-returned (the bed cannot give $NVME2 back)"
+        fi
+        rmmod vfio_pci 2>/dev/null
+    fi
+
+    # ---- where a filesystem and a swap on an NVMe show up
+    B=$(blk_of $NVME2)
+    if [ -z "$B" ]; then
+        echo "FAIL facts.fs.blockdev (no block device below $NVME2)"
+    else
+        mke2fs -F /dev/$B >/dev/null 2>&1
+        mkdir -p /mnt/facts
+        mount -t ext4 /dev/$B /mnt/facts
+        check facts.fs.ext4-mount eq "$?" 0
+        info "fs: /sys/block/$B/dev=$(cat /sys/block/$B/dev); mountinfo: $(grep " /mnt/facts " /proc/self/mountinfo)"
+        check facts.fs.mountinfo-majmin eq "$(awk '$5 == "/mnt/facts" {print $3}' /proc/self/mountinfo)" "$(cat /sys/block/$B/dev)"
+        umount /mnt/facts
+        mkswap /dev/$B >/dev/null 2>&1
+        swapon /dev/$B
+        check facts.swap.swapon eq "$?" 0
+        info "swap: /proc/swaps: $(tr '\n' '|' </proc/swaps)"
+        check facts.swap.listed eq "$(awk 'NR > 1 {print $1}' /proc/swaps)" /dev/$B
+        swapoff /dev/$B
+        dd if=/dev/zero of=/dev/$B bs=64k count=16 2>/dev/null
+    fi
     restore_bed
 fi
 
@@ -845,6 +1094,293 @@ if section status-doctor; then
     check doctor.103-names-line out_has '103.conf:1'
     check doctor.absent-vm-exit-2 sh -c "$HOOK doctor 999 >/dev/null 2>&1; [ \$? = 2 ]"
     restore_bed
+fi
+
+# ================================================================ guard
+# The host guard. pre-start must refuse (exit 1, before any change) a VM whose functions the
+# host uses, naming each function and user ("mounted at", "active swap", "open by pid N",
+# "default route"); post-stop and cleanup must never unbind or reset a function a live process
+# holds (wait up to the phase deadline, keep the state, exit 1 naming the holder, within the
+# deadline + 1 s, every process gone); cleanup after the holder exits restores the host.
+# Every case ends with guard_cleanup and a comparison with the state at the section start.
+GMNT=/mnt/guard
+G_PIDS=""
+G_UB=""
+gstate() { # host_snap plus what the guard cases set up
+    printf '%sblk1=%s;card0=%s;swaps=%s;default=%s;guardmnt=%s;toml=%s' "$(host_snap)" "$(blk_of $NVME1)" \
+        "$([ -e /dev/dri/card0 ] && echo y || echo n)" "$(awk 'NR > 1 && !/deleted/' /proc/swaps | wc -l)" \
+        "$(ip route 2>/dev/null | grep -c '^default')" "$(grep -c " $GMNT " /proc/mounts)" \
+        "$([ -e /etc/pt-hook/pt-hook.toml ] && echo y || echo n)"
+}
+gstate_is() { # STATE (polls ~5 s)
+    _i=0
+    while [ $_i -lt 50 ]; do [ "$(gstate)" = "$1" ] && return 0; sleep 0.1; _i=$((_i + 1)); done
+    WHY="host differs: now $(gstate) at start $1"; return 1
+}
+snap_now_is() { [ "$(host_snap)" = "$1" ] || { WHY="host changed: now $(host_snap) before $1"; return 1; }; }
+refused() { # NAME VMID BDF PHRASE SNAPSHOT: the checks every refused pre-start makes
+    check $1.exit-1 rc_is 1
+    check $1.names-bdf out_has "$(short $3)"
+    check $1.names-user out_has "$4"
+    check $1.host-unchanged snap_now_is "$5"
+    check $1.no-state state_gone $2
+}
+phase_timeout_5s() {
+    mkdir -p /etc/pt-hook
+    chmod 755 /etc/pt-hook
+    printf '[timeouts]\nphase_timeout = "5s"\n' >/etc/pt-hook/pt-hook.toml
+    chown 0:0 /etc/pt-hook/pt-hook.toml
+    chmod 644 /etc/pt-hook/pt-hook.toml
+}
+guard_cleanup() { # the host back to the section's start, whatever a case (or pt-hook) left
+    for _p in $G_PIDS; do kill $_p 2>/dev/null; done
+    for _p in $G_PIDS; do wait_gone $_p 30 >/dev/null || kill -9 $_p 2>/dev/null; done
+    G_PIDS=""
+    stop_holder >/dev/null
+    for _p in $G_UB; do wait_gone $_p 150 >/dev/null || echo "  guard_cleanup: unbind writer $_p still blocked"; done
+    G_UB=""
+    bg_reap 30
+    if grep -q " $GMNT " /proc/mounts; then umount $GMNT 2>/dev/null || umount -l $GMNT; fi
+    for _s in $(awk 'NR > 1 {print $1}' /proc/swaps); do
+        swapoff "$_s" 2>/dev/null || echo "  guard_cleanup: swapoff $_s failed (a stale swap entry stays until reboot)"
+    done
+    _if=$(net_of $E1000E)
+    if [ -n "$_if" ]; then
+        ip route del default 2>/dev/null
+        ip addr flush dev $_if 2>/dev/null
+        ip link set dev $_if down 2>/dev/null
+    fi
+    rm -f /etc/pt-hook/pt-hook.toml
+    restore_bed
+    # a namespace or DRM card that came back under a new name while the old one was held
+    if [ -n "$BOOT_BLK1" ] && [ "$(blk_of $NVME1)" != "$BOOT_BLK1" ]; then
+        echo "  guard_cleanup: $NVME1 has $(blk_of $NVME1), not $BOOT_BLK1: rebinding nvme"
+        back_by_hand $NVME1 nvme >/dev/null
+        has_blockdev $NVME1 >/dev/null
+    fi
+    if [ ! -e /dev/dri/card0 ] && [ "$(drv $VGA)" = bochs-drm ]; then
+        echo "  guard_cleanup: no /dev/dri/card0 ($(ls /dev/dri 2>&1 | tr '\n' ' ')): rebinding bochs-drm"
+        back_by_hand $VGA bochs-drm >/dev/null
+        fbcon_bound >/dev/null || { _v=$(fbcon_vt) && echo 1 >"$_v/bind"; }
+    fi
+    _b=$(blk_of $NVME1)
+    [ -n "$_b" ] && dd if=/dev/zero of=/dev/$_b bs=64k count=16 2>/dev/null
+    return 0
+}
+if section guard; then
+    modprobe vfio-pci
+    [ -x "$HOLD" ] || echo "FAIL guard.vfio-hold-present ($HOLD missing: run.sh builds it with gcc -static; cases f and g cannot run)"
+    BOOT_BLK1=$(blk_of $NVME1)
+    check guard.setup.nvme1-blockdev test -n "$BOOT_BLK1"
+    check guard.setup.card0 exists /dev/dri/card0
+    GSTATE0=$(gstate)
+    info "guard: start state $GSTATE0"
+
+    # a. a mounted ext4 on VM 100's NVMe, a file on it open
+    B=$BOOT_BLK1
+    mke2fs -F /dev/$B >/dev/null 2>&1
+    mkdir -p $GMNT
+    if mount -t ext4 /dev/$B $GMNT && echo "guard $KVER" >$GMNT/file && sync; then
+        sleep 1000 <$GMNT/file &
+        G_PIDS="$G_PIDS $!"
+        SNAP=$(host_snap)
+        hook 100 pre-start
+        refused guard.mount 100 $NVME1 "mounted at" "$SNAP"
+        echo 3 >/proc/sys/vm/drop_caches
+        check guard.mount.file-readable eq "$(cat $GMNT/file 2>&1)" "guard $KVER"
+        check guard.mount.still-writable sh -c "echo alive >$GMNT/probe && sync && [ \"\$(cat $GMNT/probe)\" = alive ]"
+        check guard.mount.still-mounted grep -q " $GMNT ext4 rw" /proc/mounts
+        check guard.mount.same-namespace eq "$(blk_of $NVME1)" "$B"
+    else
+        echo "FAIL guard.mount.setup (mount -t ext4 /dev/$B $GMNT failed)"
+    fi
+    guard_cleanup
+    check guard.mount.host-as-at-start gstate_is "$GSTATE0"
+
+    # c. a process holding the raw block node
+    B=$(blk_of $NVME1)
+    sleep 1000 </dev/$B &
+    P=$!
+    G_PIDS="$G_PIDS $P"
+    SNAP=$(host_snap)
+    hook 100 pre-start
+    refused guard.blockopen 100 $NVME1 "open by pid $P" "$SNAP"
+    check guard.blockopen.fd-intact eq "$(readlink /proc/$P/fd/0)" /dev/$B
+    guard_cleanup
+    check guard.blockopen.host-as-at-start gstate_is "$GSTATE0"
+
+    # d. the default route through the e1000e (VM 105 = nvme2 + e1000e)
+    IF=$(net_of $E1000E)
+    if [ -n "$IF" ] && ip addr add 10.0.2.15/24 dev $IF && ip link set dev $IF up &&
+        ip route add default via 10.0.2.2 dev $IF; then
+        ROUTE=$(ip route | grep '^default')
+        info "guard: default route: $ROUTE"
+        SNAP=$(host_snap)
+        hook 105 pre-start
+        refused guard.route 105 $E1000E "default route" "$SNAP"
+        check guard.route.route-kept eq "$(ip route | grep '^default')" "$ROUTE"
+        check guard.route.address-kept sh -c "ip -4 addr show dev $IF | grep -q 'inet 10.0.2.15/24'"
+        check guard.route.same-interface eq "$(net_of $E1000E)" "$IF"
+    else
+        echo "FAIL guard.route.setup (no address/route on e1000e '$IF')"
+    fi
+    guard_cleanup
+    check guard.route.host-as-at-start gstate_is "$GSTATE0"
+
+    # e. a process holding /dev/dri/card0 of the console GPU (VM 102, x-vga)
+    sleep 1000 </dev/dri/card0 &
+    P=$!
+    G_PIDS="$G_PIDS $P"
+    SNAP=$(host_snap)
+    hook 102 pre-start
+    refused guard.drm 102 $VGA "open by pid $P" "$SNAP"
+    check guard.drm.fbcon-bound fbcon_bound
+    check guard.drm.bochs-bound drv_now_is $VGA bochs-drm
+    check guard.drm.card0 exists /dev/dri/card0
+    check guard.drm.no-card1 absent /dev/dri/card1
+    guard_cleanup
+    check guard.drm.host-as-at-start gstate_is "$GSTATE0"
+
+    # g. a process holding /dev/vfio/N (group only, then group + device) of a function that is
+    # on vfio-pci already (by hand) and that VM 100 names
+    for mode in group device; do
+        if to_vfio_by_hand $NVME1 && start_holder $NVME1 $([ $mode = group ] && echo --group-only); then
+            P=$HOLDER_PID
+            SNAP=$(host_snap)
+            hook 100 pre-start
+            refused guard.vfio-$mode 100 $NVME1 "open by pid $P" "$SNAP"
+            check guard.vfio-$mode.holder-alive pid_alive $P
+        else
+            echo "FAIL guard.vfio-$mode.setup ($NVME1 driver $(drv $NVME1); $WHY)"
+        fi
+        guard_cleanup
+        check guard.vfio-$mode.host-as-at-start gstate_is "$GSTATE0"
+    done
+
+    # h. control: nothing holds VM 100's functions, a whole cycle passes
+    hook 100 pre-start
+    check guard.control.pre-start-exit-0 rc_is 0
+    hook 100 post-stop
+    check guard.control.post-stop-exit-0 rc_is 0
+    check guard.control.host-as-at-start gstate_is "$GSTATE0"
+    guard_cleanup
+
+    # b. active swap on an NVMe: VM 101's (nvme2 + virtio-net), as the last case that can leave
+    # something behind on today's pt-hook: a swap whose device went away cannot be swapped off
+    # (/proc/swaps keeps "/dev/nvme0n1 (deleted)" until reboot).
+    B=$(blk_of $NVME2)
+    if mkswap /dev/$B >/dev/null 2>&1 && swapon /dev/$B; then
+        SNAP=$(host_snap)
+        hook 101 pre-start
+        refused guard.swap 101 $NVME2 "active swap" "$SNAP"
+        check guard.swap.still-listed eq "$(awk 'NR > 1 {print $1}' /proc/swaps)" /dev/$B
+        check guard.swap.same-namespace eq "$(blk_of $NVME2)" "$B"
+        swapoff /dev/$B 2>/tmp/swapoff.err
+        r=$?
+        WHY=$(cat /tmp/swapoff.err)
+        check guard.swap.swapoff-works eq "$r" 0
+    else
+        echo "FAIL guard.swap.setup (mkswap/swapon /dev/$B failed)"
+    fi
+    guard_cleanup
+    check guard.swap.host-as-at-start gstate_is "$GSTATE0"
+    check guard.swap.no-stale-swap eq "$(awk 'NR > 1' /proc/swaps | wc -l)" 0
+
+    # f(i). VM 100 running, vfio-hold holding its NVMe (group + device fd) like a QEMU that
+    # has not let go: post-stop waits at most the phase timeout, keeps the state, exits 1
+    hook 100 pre-start
+    check guard.held.pre-start-exit-0 rc_is 0
+    if rc_is 0 && start_holder $NVME1; then
+        P=$HOLDER_PID
+        phase_timeout_5s
+        hook_bg 100 post-stop
+        hook_wait 10
+        check guard.held.post-stop-returns bg_done
+        check guard.held.post-stop-within-6s secs_le 6
+        check guard.held.post-stop-exit-1 rc_is 1
+        check guard.held.names-holder out_has "open by pid $P"
+        check guard.held.names-bdf out_has "$(short $NVME1)"
+        check guard.held.state-kept state_exists 100
+        check guard.held.still-on-vfio drv_now_is $NVME1 vfio-pci
+        check guard.held.holder-alive pid_alive $P
+        stop_holder
+        bg_reap 30
+        hook_bg cleanup
+        hook_wait 30
+        check guard.held.cleanup-exit-0 rc_is 0
+        check guard.held.cleanup-nvme-back drv_is $NVME1 nvme
+        check guard.held.cleanup-state-gone state_gone 100
+        rm -f /etc/pt-hook/pt-hook.toml
+        check guard.held.cleanup-restores-host gstate_is "$GSTATE0"
+    else
+        echo "FAIL guard.held.setup ($WHY)"
+    fi
+    guard_cleanup
+    check guard.held.host-as-at-start gstate_is "$GSTATE0"
+
+    # f(ii). the same, and a shell stuck in `echo BDF > vfio-pci/unbind` (it holds the device
+    # lock; on 6.1 even a read of driver_override blocks behind it): post-stop, status and
+    # cleanup each return within the phase timeout + 1 s with their pipes closed; after the
+    # holder exits, cleanup restores the host and leaves alone (no reset) a function that is
+    # already back on its host driver. Last case: a reset virtio-net can stall RTNL.
+    hook 100 pre-start
+    check guard.stuck.pre-start-exit-0 rc_is 0
+    if rc_is 0 && start_holder $NVME1; then
+        P=$HOLDER_PID
+        phase_timeout_5s
+        rm -f /tmp/gub.rc
+        ( echo $NVME1 >/sys/bus/pci/drivers/vfio-pci/unbind; echo $? >/tmp/gub.rc ) 2>/dev/null &
+        UB=$!
+        G_UB=$UB
+        i=0
+        while [ ! -e /tmp/gub.rc ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i + 1)); done
+        check guard.stuck.setup-unbind-blocked absent /tmp/gub.rc
+        for c in "100 post-stop" status cleanup; do
+            n=$(echo "$c" | tr ' ' '-')
+            hook_bg $c
+            hook_wait 10
+            check guard.stuck.$n-returns bg_done
+            check guard.stuck.$n-within-6s secs_le 6
+            case $c in
+                status) ;;
+                *) check guard.stuck.$n-exit-1 rc_is 1
+                   check guard.stuck.$n-names-holder out_has "open by pid $P" ;;
+            esac
+        done
+        check guard.stuck.state-kept state_exists 100
+        check guard.stuck.holder-alive pid_alive $P
+        stop_holder
+        check guard.stuck.unbind-completes wait_gone $UB 150
+        G_UB=""
+        bg_reap 30
+        rm -f /etc/pt-hook/pt-hook.toml
+        VDRV=$(drv $VNET)
+        hook_bg cleanup
+        hook_wait 30
+        check guard.stuck.final-cleanup-exit-0 rc_is 0
+        check guard.stuck.final-cleanup-nvme-back drv_is $NVME1 nvme
+        check guard.stuck.final-cleanup-state-gone state_gone 100
+        check guard.stuck.final-cleanup-restores-host gstate_is "$GSTATE0"
+        # The virtio-net was back on virtio-pci before that cleanup: had cleanup reset it,
+        # virtio-net's next control command spins with RTNL held (ip link set up hangs).
+        VIF=$(net_of $VNET)
+        if [ "$VDRV" = "$(orig_drv $VNET)" ] && [ -n "$VIF" ]; then
+            rm -f /tmp/vup.rc
+            ( ip link set dev $VIF up; echo $? >/tmp/vup.rc ) &
+            i=0
+            while [ ! -e /tmp/vup.rc ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+            check guard.stuck.virtio-not-reset exists /tmp/vup.rc
+            [ -e /tmp/vup.rc ] && ip link set dev $VIF down
+            [ -e /tmp/vup.rc ] || info "guard: 'ip link set $VIF up' hangs: RTNL is stuck, later ip commands will hang"
+        else
+            info "guard: $VNET was on '$VDRV' before the final cleanup: the no-reset-of-a-bound-function check does not apply"
+        fi
+    else
+        echo "FAIL guard.stuck.setup ($WHY)"
+    fi
+    guard_cleanup
+    check guard.stuck.host-as-at-start gstate_is "$GSTATE0"
+    rmmod vfio_pci 2>/dev/null
 fi
 
 # =============================================================== syslog
