@@ -1137,12 +1137,14 @@ mod tests {
         lifecycle::pre_start(&t.ctx(), 100).unwrap();
         lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
         let cfg = crate::config::Config::default();
-        let r = crate::doctor::run(&*t.sim, &cfg, Some(100)).unwrap();
+        let pctx = t.ctx_dry(true);
+        let planner = |v| lifecycle::plan_vm(&pctx, v);
+        let r = crate::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
         let c: Vec<_> = r.checks.iter().filter(|c| c.id == "vm.identity").collect();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].status, crate::doctor::Status::Pass);
         nic_at(&t, NVME);
-        let r = crate::doctor::run(&*t.sim, &cfg, Some(100)).unwrap();
+        let r = crate::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
         let c: Vec<_> = r.checks.iter().filter(|c| c.id == "vm.identity").collect();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].status, crate::doctor::Status::Fail);

@@ -19,6 +19,8 @@ mod fault_tests;
 #[cfg(test)]
 mod fuzz_tests;
 mod guard;
+#[cfg(test)]
+mod guard_tests;
 mod handoff;
 #[cfg(test)]
 mod hook_tests;

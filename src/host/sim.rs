@@ -3070,7 +3070,27 @@ impl SimHost {
                         unit.start
                     };
                     match outcome {
-                        UnitOutcome::Ok => unit.active = *verb != "stop",
+                        UnitOutcome::Ok => {
+                            unit.active = *verb != "stop";
+                            if *verb == "stop" {
+                                // The unit's processes end: their open nodes go. The unit
+                                // may be an alias (display-manager.service → gdm.service).
+                                let id = std::fs::read_link(
+                                    self.root.join(format!("etc/systemd/system/{u}")),
+                                )
+                                .ok()
+                                .and_then(|t| t.file_name()?.to_str().map(str::to_string))
+                                .unwrap_or_else(|| u.clone());
+                                let root = self.root.clone();
+                                g.open_nodes.retain(|n| {
+                                    let cg = std::fs::read_to_string(
+                                        root.join(format!("proc/{}/cgroup", n.pid)),
+                                    )
+                                    .unwrap_or_default();
+                                    !cg.trim_end().ends_with(&format!("/{id}"))
+                                });
+                            }
+                        }
                         UnitOutcome::Fail => {
                             return Ok(out(
                                 1,
@@ -3107,6 +3127,10 @@ impl SimHost {
             "modprobe" => self.modprobe(args, timeout),
             "systemctl" => self.systemctl(args, timeout),
             "pct" => self.pct(args),
+            "zpool" => match std::fs::read_to_string(self.root.join("sim/zpool-status")) {
+                Ok(t) => Ok(out(0, &t, "")),
+                Err(_) => Err(err(libc::ENOENT)),
+            },
             _ => Err(err(libc::ENOENT)),
         }
     }
