@@ -1077,17 +1077,22 @@ impl<'a> Doctor<'a> {
         }
 
         // Devices the host or another VM uses: pre-start's own refusal, in its words.
+        // One check per function, its refusal lines joined.
         if let Ok(p) = (self.planner)(vmid) {
+            let mut by_dev: BTreeMap<Option<Bdf>, Vec<String>> = BTreeMap::new();
             for r in &p.refusals {
                 let dev = r
                     .split_whitespace()
                     .find_map(|w| Bdf::parse(w.trim_end_matches(':')).ok());
+                by_dev.entry(dev).or_default().push(r.clone());
+            }
+            for (dev, lines) in by_dev {
                 self.add_vm(
                     vmid,
                     dev,
                     "vm.in-use",
                     Status::Fail,
-                    r.clone(),
+                    lines.join("; "),
                     Some(p.fixes.join("; ")),
                 );
             }

@@ -248,6 +248,12 @@ pub struct Opts<'a> {
 pub struct Report {
     pub findings: Vec<Finding>,
     pub notes: Vec<String>,
+    /// What the scan cost: open device nodes of other processes it looked at (None: no
+    /// process scan was needed), and its wall time.
+    #[serde(skip)]
+    pub nodes_seen: Option<usize>,
+    #[serde(skip)]
+    pub took: std::time::Duration,
 }
 
 impl Report {
@@ -494,14 +500,16 @@ pub fn parse_corosync(text: &str, node: &str) -> Vec<String> {
             continue;
         }
         if l == "}" {
-            if depth_names.len() == 2 && depth_names[0] == "nodelist" && depth_names[1] == "node" {
-                if cur.get("name").map(String::as_str) == Some(node) {
-                    out.extend(
-                        cur.iter()
-                            .filter(|(k, _)| k.ends_with("_addr"))
-                            .map(|(_, v)| v.clone()),
-                    );
-                }
+            if depth_names.len() == 2
+                && depth_names[0] == "nodelist"
+                && depth_names[1] == "node"
+                && cur.get("name").map(String::as_str) == Some(node)
+            {
+                out.extend(
+                    cur.iter()
+                        .filter(|(k, _)| k.ends_with("_addr"))
+                        .map(|(_, v)| v.clone()),
+                );
             }
             depth_names.pop();
             continue;
@@ -1172,6 +1180,7 @@ impl<'a> Scanner<'a> {
 
 /// Who uses each of `bdfs` (functions without users are left out).
 pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
+    let start = std::time::Instant::now();
     let mut notes = Vec::new();
     let mut sc = Scanner::new(host, opts, &mut notes);
     let mut findings = Vec::new();
@@ -1202,7 +1211,12 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
             });
         }
     }
-    Report { findings, notes }
+    Report {
+        findings,
+        notes,
+        nodes_seen: sc.facts.nodes.as_ref().map(Vec::len),
+        took: start.elapsed(),
+    }
 }
 
 /// Polls `scan` until nothing holds `bdfs` or `timeout` passes; returns the last report.

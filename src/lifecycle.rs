@@ -138,6 +138,13 @@ fn guard_plan(
             node: &ctx.node,
         },
     );
+    ctx.log.debug(&format!(
+        "host guard: {} function(s), {} open device node(s) of other processes, {} user(s), {}",
+        bdfs.len(),
+        users.nodes_seen.unwrap_or(0),
+        users.pairs().count(),
+        crate::log::fmt_dur(users.took)
+    ));
     let stopped: BTreeSet<String> = handoff
         .iter()
         .filter_map(|s| match s {

@@ -211,19 +211,22 @@ fn doctor_fails_the_broken_host_naming_each_finding() {
             "0000:03:00.0",
             "Ethernet controller",
             "igc",
-            "management NIC",
+            "enp3s0 (through vmbr0) carries the default route",
         ],
     );
     assert_eq!(
         one(&doc, "vm.iommu-group", Some(100))["device"],
         "0000:01:00.0"
     );
+    // The guard's finding, in pre-start's words: the NIC pre-start would take along.
     assert_status(
         &doc,
-        "vm.management-nic",
+        "vm.in-use",
         Some(100),
         "fail",
-        &["0000:03:00.0", "vmbr0"],
+        &[
+            "IOMMU group 12 (with 0000:01:00.0) 0000:03:00.0: enp3s0 (through vmbr0) carries the default route (via 192.168.1.1)",
+        ],
     );
     // VM 101 passes only the GPU's first function: the audio function shares the group too.
     assert_status(
@@ -271,10 +274,10 @@ fn doctor_fails_the_broken_host_naming_each_finding() {
     // VM 102 takes the NVMe under the root filesystem (LVM on nvme0n1p3).
     assert_status(
         &doc,
-        "vm.boot-disk",
+        "vm.in-use",
         Some(102),
         "fail",
-        &["0000:02:00.0", "/dev/mapper/pve-root"],
+        &["hostpci0 0000:02:00.0: /dev/nvme0n1p3 → dm-0 (pve-root) is mounted at / (ext4)"],
     );
     assert_status(
         &doc,
@@ -283,7 +286,9 @@ fn doctor_fails_the_broken_host_naming_each_finding() {
         "pass",
         &["IOMMU group 13"],
     );
-    assert!(checks(&doc, "vm.boot-disk", Some(100)).is_empty());
+    assert!(checks(&doc, "vm.in-use", Some(100))
+        .iter()
+        .all(|c| !c["message"].as_str().unwrap_or("").contains("dm-0")));
 
     // Human output: one line per finding, with its fix.
     let text = pt_hook(&root, &["doctor"]);
