@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// How long a bounded read without its own timeout (`Host::read` of `driver_override`,
 /// `read_bytes` of `config`) waits, unless a phase set another (`[timeouts] step`); the hard
 /// deadline caps it as well.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A bounded op started when the hard deadline has (nearly) passed still gets this long, so
 /// that a rollback's writes the kernel does at once land; the watchdog bounds the rest.
 pub const MIN_WAIT: Duration = Duration::from_millis(5);
@@ -382,21 +382,65 @@ impl Child {
     }
 }
 
+/// Device directories with an op still blocked in the kernel, and that op's child: the
+/// kernel holds the device's lock, so another op on an attribute there would block too. Until
+/// that child has exited, such ops fail at once instead of each waiting out its own timeout
+/// (`status` on a host with an unbind stuck under a vfio holder reads several files per
+/// device).
+static STUCK: Mutex<Vec<(std::path::PathBuf, libc::pid_t)>> = Mutex::new(Vec::new());
+
+fn device_dir(path: &Path) -> Option<&Path> {
+    path.parent().filter(|d| {
+        d.to_str()
+            .is_some_and(|s| s.contains("/sys/bus/pci/devices/") || s.contains("/sys/devices/"))
+    })
+}
+
+fn refuse_if_stuck(path: &Path) -> io::Result<()> {
+    let Some(d) = device_dir(path) else {
+        return Ok(());
+    };
+    reap();
+    let pending = lock(&PENDING).clone();
+    let mut g = lock(&STUCK);
+    g.retain(|(_, pid)| pending.contains(pid));
+    if g.iter().any(|(s, _)| s == d) {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    Ok(())
+}
+
+fn note_stuck<T>(path: &Path, pid: libc::pid_t, r: &io::Result<T>) {
+    if let (Err(e), Some(d)) = (r, device_dir(path)) {
+        if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+            lock(&STUCK).push((d.to_path_buf(), pid));
+        }
+    }
+}
+
 /// One open + write(2) of `data` to `path` in a child process, waiting at most `timeout`
 /// (capped by the hard deadline).
 pub fn write(path: &Path, data: &[u8], timeout: Duration) -> io::Result<()> {
+    refuse_if_stuck(path)?;
     let timeout = cap(timeout);
     let c = start(path, Op::Write(data))?;
-    c.finish(timeout, 0).map(|_| ())
+    let pid = c.pid;
+    let r = c.finish(timeout, 0).map(|_| ());
+    note_stuck(path, pid, &r);
+    r
 }
 
 /// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in a child process,
 /// waiting at most `timeout` (capped by the hard deadline).
 pub fn read(path: &Path, max: usize, timeout: Duration) -> io::Result<Vec<u8>> {
+    refuse_if_stuck(path)?;
     let timeout = cap(timeout);
     let max = max.min(MAX_BOUNDED_READ);
     let c = start(path, Op::Read(max))?;
-    c.finish(timeout, max)
+    let pid = c.pid;
+    let r = c.finish(timeout, max);
+    note_stuck(path, pid, &r);
+    r
 }
 
 /// Like `read`, as text of at most one page.
@@ -471,6 +515,54 @@ mod tests {
                 "child {pid} never ended"
             );
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Once an op on a device is blocked, the next op on that device fails at once rather than
+    /// waiting out its own timeout; after the blocked child ended, ops run again.
+    #[test]
+    fn a_device_with_a_blocked_op_fails_fast_until_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("sys/bus/pci/devices/0000:07:00.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        let fifo = dev.join("driver_override");
+        mkfifo(&fifo);
+        std::fs::write(dev.join("config"), b"\x36\x1b").unwrap();
+        let t = Instant::now();
+        let e = read(&fifo, 64, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        // Another attribute of the same device: refused at once.
+        let t = Instant::now();
+        let e = read(&dev.join("config"), 64, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // Another device is not affected.
+        let other = dir.path().join("sys/bus/pci/devices/0000:08:00.0");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("config"), b"ok").unwrap();
+        assert_eq!(
+            read(&other.join("config"), 64, Duration::from_secs(2)).unwrap(),
+            b"ok"
+        );
+        // The blocked child returns: the device works again.
+        release_fifo(&fifo, false);
+        let t = Instant::now();
+        loop {
+            match read(&dev.join("config"), 64, Duration::from_secs(2)) {
+                Ok(v) => {
+                    assert_eq!(v, b"\x36\x1b");
+                    break;
+                }
+                Err(_) if t.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("device still refused after its child ended: {e}"),
+            }
         }
     }
 
