@@ -695,10 +695,76 @@ impl<'a> Scanner<'a> {
     }
 
     fn nodes(&mut self) -> &[OpenNode] {
-        if self.facts.nodes.is_none() {
-            self.facts.nodes = Some(self.host.open_nodes().unwrap_or_default());
-        }
         self.facts.nodes.as_deref().unwrap_or(&[])
+    }
+
+    /// The holders of a block device, from both sides (`holders/`, and `slaves/` of others).
+    fn block_holders(&self, name: &str) -> Vec<String> {
+        let mut holders = self
+            .host
+            .list(&format!("sys/class/block/{name}/holders"))
+            .unwrap_or_default();
+        for c in self.facts.class.iter().filter(|c| c.class == "block") {
+            if !holders.contains(&c.name)
+                && self
+                    .host
+                    .exists(&format!("sys/class/block/{}/slaves/{name}", c.name))
+            {
+                holders.push(c.name.clone());
+            }
+        }
+        holders.retain(|h| paths::safe_name(h));
+        holders
+    }
+
+    /// One walk of /proc/*/fd for every node any of `bdfs` has (block devices and what is
+    /// stacked on them, character nodes, the vfio group): skipped when there is none.
+    fn scan_processes(&mut self, bdfs: &[Bdf]) {
+        let mut q = crate::host::NodeQuery::default();
+        for bdf in bdfs {
+            let mut todo: Vec<(String, u32)> = self
+                .block_devices(bdf)
+                .into_iter()
+                .map(|n| (n, 0))
+                .collect();
+            while let Some((name, depth)) = todo.pop() {
+                if depth > 4 || !paths::safe_name(&name) {
+                    continue;
+                }
+                if let Some(r) = read_trim(self.host, &format!("sys/class/block/{name}/dev"))
+                    .and_then(|d| parse_rdev(&d))
+                {
+                    q.rdevs.insert(r);
+                }
+                q.paths.insert(format!("/dev/{name}"));
+                todo.extend(
+                    self.block_holders(&name)
+                        .into_iter()
+                        .map(|h| (h, depth + 1)),
+                );
+            }
+            for (node, rdev) in self.char_nodes(bdf) {
+                q.paths.insert(node);
+                q.rdevs.insert(rdev);
+            }
+            if let Some(g) = crate::device::iommu_group_of(self.host, bdf) {
+                q.paths.insert(format!("/dev/vfio/{g}"));
+                if let Some(r) = read_trim(self.host, &format!("sys/class/vfio/{g}/dev"))
+                    .and_then(|d| parse_rdev(&d))
+                {
+                    q.rdevs.insert(r);
+                }
+                // Device fds name no device: wanted whenever a function may have one.
+                if crate::device::driver_of(self.host, bdf).as_deref() == Some(crate::plan::VFIO) {
+                    q.vfio_fds = true;
+                }
+            }
+        }
+        self.facts.nodes = Some(if q.is_empty() {
+            Vec::new()
+        } else {
+            self.host.open_nodes(&q).unwrap_or_default()
+        });
     }
 
     fn process(&mut self, pid: u32) -> Process {
@@ -833,7 +899,7 @@ impl<'a> Scanner<'a> {
             let holders: Vec<u32> = self
                 .nodes()
                 .iter()
-                .filter(|n| n.block && n.rdev == Some(rdev))
+                .filter(|n| (n.block && n.rdev == Some(rdev)) || n.path == node)
                 .map(|n| n.pid)
                 .collect::<BTreeSet<_>>()
                 .into_iter()
@@ -847,24 +913,7 @@ impl<'a> Scanner<'a> {
                 });
             }
         }
-        let mut holders = self
-            .host
-            .list(&format!("sys/class/block/{name}/holders"))
-            .unwrap_or_default();
-        // The same relation seen from above (`slaves/`), where `holders/` is not filled in.
-        for c in self.facts.class.iter().filter(|c| c.class == "block") {
-            if !holders.contains(&c.name)
-                && self
-                    .host
-                    .exists(&format!("sys/class/block/{}/slaves/{name}", c.name))
-            {
-                holders.push(c.name.clone());
-            }
-        }
-        for h in holders {
-            if !paths::safe_name(&h) {
-                continue;
-            }
+        for h in self.block_holders(name) {
             let label = self.block_label(&h);
             out.push(Use::Stacked {
                 node: top.clone(),
@@ -947,7 +996,10 @@ impl<'a> Scanner<'a> {
             if n.block {
                 continue;
             }
-            if let Some((node, _)) = chars.iter().find(|(_, r)| n.rdev == Some(*r)) {
+            if let Some((node, _)) = chars
+                .iter()
+                .find(|(p, r)| n.rdev == Some(*r) || n.path == *p)
+            {
                 hits.push((node.clone(), n.pid));
                 continue;
             }
@@ -961,7 +1013,7 @@ impl<'a> Scanner<'a> {
                     continue;
                 }
             }
-            if n.path == "anon_inode:[vfio-device]" {
+            if n.path == crate::host::VFIO_DEVICE_FD {
                 match &n.vfio_syspath {
                     Some(p) if p.rsplit('/').next() == Some(b.as_str()) => {
                         hits.push(("a vfio device fd".into(), n.pid));
@@ -1183,6 +1235,7 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
     let mut sc = Scanner::new(host, opts, &mut notes);
+    sc.scan_processes(bdfs);
     let mut findings = Vec::new();
     let mut seen = BTreeSet::new();
     for bdf in bdfs {

@@ -139,7 +139,7 @@ fn guard_plan(
         },
     );
     ctx.log.debug(&format!(
-        "host guard: {} function(s), {} open device node(s) of other processes, {} user(s), {}",
+        "host guard: {} function(s), {} open fd(s) on their nodes, {} user(s), {}",
         bdfs.len(),
         users.nodes_seen.unwrap_or(0),
         users.pairs().count(),

@@ -117,10 +117,12 @@ pub trait Host: Send + Sync + 'static {
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>>;
     /// Absolute path for messages.
     fn display(&self, rel: &str) -> String;
-    /// Every open file of every process (but this one) that is a device node, or a vfio
-    /// device fd: what lsof and fuser read from /proc/*/fd. The host guard's only source for
-    /// "which process holds this device".
-    fn open_nodes(&self) -> io::Result<Vec<OpenNode>> {
+    /// The open files of every process (but this one) that are one of the nodes `want`
+    /// asks for (by path or by major:minor), or vfio device fds when it asks for those: what
+    /// lsof and fuser read from /proc/*/fd. The host guard's only source for "which process
+    /// holds this device".
+    fn open_nodes(&self, want: &NodeQuery) -> io::Result<Vec<OpenNode>> {
+        let _ = want;
         Ok(Vec::new())
     }
     /// IPv4 addresses per interface (getifaddrs): /proc has no file that lists them.
@@ -128,6 +130,41 @@ pub trait Host: Send + Sync + 'static {
         Ok(Vec::new())
     }
 }
+
+/// What `Host::open_nodes` looks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeQuery {
+    /// Node paths ("/dev/nvme0n1", "/dev/vfio/8"): matched by the fd's link text, no stat.
+    pub paths: std::collections::BTreeSet<String>,
+    /// major:minor of character and block nodes: matched for any other device-node fd (a
+    /// node inside a container's /dev has another path but the same number).
+    pub rdevs: std::collections::BTreeSet<(u32, u32)>,
+    /// Also every `anon_inode:[vfio-device]` fd, and every vfio group fd (`/dev/vfio/N`: the
+    /// groups a device fd's owner has open tell which group the device fd belongs to).
+    pub vfio_fds: bool,
+}
+
+impl NodeQuery {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.rdevs.is_empty() && !self.vfio_fds
+    }
+
+    /// Whether an open node (as the host found it) is one asked for.
+    pub fn matches(&self, n: &OpenNode) -> bool {
+        self.paths.contains(&n.path)
+            || n.rdev.is_some_and(|r| self.rdevs.contains(&r))
+            || (self.vfio_fds && (n.path == VFIO_DEVICE_FD || is_vfio_group_path(&n.path)))
+    }
+}
+
+/// "/dev/vfio/8": a vfio group node.
+pub fn is_vfio_group_path(p: &str) -> bool {
+    p.strip_prefix("/dev/vfio/")
+        .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The link text of a vfio device fd.
+pub const VFIO_DEVICE_FD: &str = "anon_inode:[vfio-device]";
 
 /// One open device node of a process (see `Host::open_nodes`).
 #[derive(Debug, Clone, PartialEq, Eq)]

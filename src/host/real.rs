@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{kio, poll_until, CmdOutput, Host, Ipv4Addr, LockGuard, OpenNode};
+use super::{kio, poll_until, CmdOutput, Host, Ipv4Addr, LockGuard, NodeQuery, OpenNode};
 
 pub struct RealHost {
     root: PathBuf,
@@ -370,7 +371,10 @@ impl Host for RealHost {
         self.path(rel).display().to_string()
     }
 
-    fn open_nodes(&self) -> io::Result<Vec<OpenNode>> {
+    fn open_nodes(&self, want: &NodeQuery) -> io::Result<Vec<OpenNode>> {
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
         let proc_dir = self.path("proc");
         let me = std::process::id();
         let pids: Vec<u32> = fs::read_dir(&proc_dir)?
@@ -390,9 +394,10 @@ impl Host for RealHost {
             let hs: Vec<_> = pids
                 .chunks(chunk)
                 .map(|c| {
-                    sc.spawn(|| {
+                    let proc_dir = &proc_dir;
+                    sc.spawn(move || {
                         c.iter()
-                            .flat_map(|p| scan_fds(&proc_dir, *p))
+                            .flat_map(|p| scan_fds(proc_dir, *p, want))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -429,59 +434,121 @@ impl Host for RealHost {
     }
 }
 
-/// The device nodes (and vfio device fds) process `pid` holds open. A process that exits
-/// meanwhile simply yields nothing.
-fn scan_fds(proc_dir: &Path, pid: u32) -> Vec<OpenNode> {
-    use std::os::unix::fs::FileTypeExt;
+/// Device nodes every process has and that no PCI function provides: skipped without a
+/// stat (most fds on a host are these).
+fn pseudo_node(path: &str) -> bool {
+    const EXACT: [&str; 16] = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/console",
+        "/dev/ptmx",
+        "/dev/kmsg",
+        "/dev/net/tun",
+        "/dev/kvm",
+        "/dev/fuse",
+        "/dev/vhost-net",
+        "/dev/vhost-vsock",
+        "/dev/vfio/vfio",
+        "/dev/autofs",
+    ];
+    EXACT.contains(&path)
+        || path.starts_with("/dev/pts/")
+        || path.starts_with("/dev/shm/")
+        || path.starts_with("/dev/mqueue/")
+        || path.starts_with("/dev/hugepages/")
+        || path
+            .strip_prefix("/dev/tty")
+            .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The fds of process `pid` that `want` asks for. A process that exits meanwhile simply
+/// yields nothing. Every lookup is relative to the fd directory's own descriptor.
+fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
+    use nix::fcntl::{readlinkat, OFlag};
+    use nix::sys::stat::{fstatat, Mode, SFlag};
     let dir = proc_dir.join(pid.to_string()).join("fd");
-    let Ok(rd) = fs::read_dir(&dir) else {
+    let Ok(mut d) = nix::dir::Dir::open(
+        &dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
         return Vec::new();
     };
+    let dfd = d.as_raw_fd();
+    let names: Vec<std::ffi::CString> = d
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes().first().is_some_and(|b| b.is_ascii_digit()))
+        .collect();
     let mut v = Vec::new();
-    for e in rd.filter_map(|e| e.ok()) {
-        let Ok(t) = fs::read_link(e.path()) else {
+    for name in names {
+        let Ok(t) = readlinkat(Some(dfd), name.as_c_str()) else {
             continue;
         };
         let Some(text) = t.to_str() else { continue };
-        if text == "anon_inode:[vfio-device]" {
-            let fdinfo = proc_dir
-                .join(pid.to_string())
-                .join("fdinfo")
-                .join(e.file_name());
-            let syspath = fs::read_to_string(fdinfo).ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("vfio-device-syspath:"))
-                    .map(|p| p.trim().to_string())
-            });
+        if text == super::VFIO_DEVICE_FD {
+            if want.vfio_fds {
+                let fdinfo = proc_dir
+                    .join(pid.to_string())
+                    .join("fdinfo")
+                    .join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+                let syspath = fs::read_to_string(fdinfo).ok().and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("vfio-device-syspath:"))
+                        .map(|p| p.trim().to_string())
+                });
+                v.push(OpenNode {
+                    pid,
+                    path: text.to_string(),
+                    rdev: None,
+                    block: false,
+                    vfio_syspath: syspath,
+                });
+            }
+            continue;
+        }
+        if want.paths.contains(text) || (want.vfio_fds && super::is_vfio_group_path(text)) {
             v.push(OpenNode {
                 pid,
                 path: text.to_string(),
                 rdev: None,
                 block: false,
-                vfio_syspath: syspath,
+                vfio_syspath: None,
             });
             continue;
         }
         // Device nodes live under a /dev (the host's, or a container's); sockets, pipes,
         // anonymous inodes and regular files are not device nodes.
-        if !text.starts_with('/') || !text.contains("/dev/") && !text.starts_with("/dev") {
+        if want.rdevs.is_empty()
+            || !text.starts_with('/')
+            || !text.contains("/dev/")
+            || pseudo_node(text)
+        {
             continue;
         }
-        let Ok(m) = fs::metadata(e.path()) else {
+        let Ok(st) = fstatat(Some(dfd), name.as_c_str(), nix::fcntl::AtFlags::empty()) else {
             continue;
         };
-        let ft = m.file_type();
-        if !ft.is_char_device() && !ft.is_block_device() {
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let block = kind == SFlag::S_IFBLK;
+        if kind != SFlag::S_IFCHR && !block {
             continue;
         }
-        let rdev = m.rdev();
-        v.push(OpenNode {
-            pid,
-            path: text.to_string(),
-            rdev: Some((libc::major(rdev), libc::minor(rdev))),
-            block: ft.is_block_device(),
-            vfio_syspath: None,
-        });
+        let rdev = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
+        if want.rdevs.contains(&rdev) {
+            v.push(OpenNode {
+                pid,
+                path: text.to_string(),
+                rdev: Some(rdev),
+                block,
+                vfio_syspath: None,
+            });
+        }
     }
     v
 }

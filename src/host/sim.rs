@@ -3150,8 +3150,14 @@ fn parse_id_fields(data: &str) -> io::Result<PciId> {
 }
 
 impl Host for SimHost {
-    fn open_nodes(&self) -> io::Result<Vec<super::OpenNode>> {
-        Ok(self.st().open_nodes.clone())
+    fn open_nodes(&self, want: &super::NodeQuery) -> io::Result<Vec<super::OpenNode>> {
+        Ok(self
+            .st()
+            .open_nodes
+            .iter()
+            .filter(|n| want.matches(n))
+            .cloned()
+            .collect())
     }
 
     fn ipv4_addrs(&self) -> io::Result<Vec<super::Ipv4Addr>> {
