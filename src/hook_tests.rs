@@ -111,7 +111,8 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
     // A Proxmox VM with the same device is refused, naming the domain.
     let e = crate::userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
-        e.to_string().contains("held by libvirt domain \"web 01\""),
+        e.to_string()
+            .contains("in use by libvirt domain \"web 01\""),
         "{e}"
     );
     // Operations pt-hook does not act on change nothing.

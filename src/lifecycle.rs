@@ -162,6 +162,11 @@ fn guard_plan(
     let mut not_released_ct = BTreeSet::new();
     let mut others = BTreeSet::new();
     for (b, u) in users.pairs() {
+        // Another VM's pt-hook state is decided under the device locks (prepare), where two
+        // racing starts are told apart; here it would only pre-empt that answer.
+        if matches!(u, guard::Use::State { .. }) {
+            continue;
+        }
         let scope = u.process().map(|p| &p.scope);
         let kind = u.kind();
         let ok = match (kind, scope) {
