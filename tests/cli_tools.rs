@@ -540,6 +540,7 @@ fn deb_package_builds_offline_with_everything_in_it() {
         "Package: pt-hook",
         "Architecture: amd64",
         "postinst",
+        "postrm",
         "conffiles",
     ] {
         assert!(info.contains(want), "dpkg-deb -I lacks {want}:\n{info}");
@@ -564,6 +565,11 @@ fn deb_package_builds_offline_with_everything_in_it() {
         "./etc/pt-hook/pt-hook.toml",
         "./etc/pt-hook/hooks.d/pre-start/",
         "./usr/share/doc/pt-hook/examples/hooks/pre-start/10-log-devices",
+        "./usr/share/man/man5/pt-hook.toml.5.gz",
+        "./usr/share/doc/pt-hook/copyright",
+        "./usr/share/doc/pt-hook/changelog.gz",
+        "./usr/share/doc/pt-hook/README.md.gz",
+        "./usr/share/lintian/overrides/pt-hook",
     ] {
         assert!(list.contains(want), "dpkg-deb -c lacks {want}:\n{list}");
     }

@@ -101,7 +101,7 @@ complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l binary -d 'T
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l vmid -d 'VM id for the printed `qm set` line' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l libvirt -d 'Link it as a libvirt hook instead: /etc/libvirt/hooks/qemu.d/pt-hook (libvirt ≥ 6.5)'
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l libvirt -d 'Link it as a libvirt hook instead: /etc/libvirt/hooks/qemu.d/pt-hook (libvirt 6.5 or later)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l dry-run -d 'Print every write instead of doing it'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -s q -l quiet -d 'Only errors'
