@@ -744,6 +744,45 @@ fn owner_label(key: &VmKey) -> String {
     }
 }
 
+/// A PCIe link as one field: "16GT/s:x16" (speed as the kernel gives it, "16.0 GT/s PCIe").
+fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
+    let speed = speed.map(|s| {
+        let n = s.split_whitespace().next().unwrap_or("");
+        format!("{}GT/s", n.trim_end_matches(".0"))
+    });
+    match (speed, width) {
+        (Some(s), Some(w)) => format!("{s}:x{w}"),
+        (None, Some(w)) => format!("x{w}"),
+        (Some(s), None) => s,
+        _ => "-".into(),
+    }
+}
+
+/// Prints rows as columns as wide as their widest cell (two spaces between), the last one
+/// unpadded; columns in `right` are right-aligned. Cells never hold a space of their own
+/// except in the last column, so `awk '{print $N}'` finds column N.
+fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else if right.contains(&i) {
+                line.push_str(&format!("{c:>width$}  ", width = w[i]));
+            } else {
+                line.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
 fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
     use crate::device;
     let profiles = crate::quirks::load_all(host, cfg)?;
@@ -819,37 +858,37 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "{:<13} {:<9} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} NAME",
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM"
-    );
     let short = |b: &Bdf| {
         let s = b.to_string();
         s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
     };
+    let mut table = vec![[
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM", "NAME",
+    ]
+    .map(String::from)];
     for (d, members, quirk, vm) in &rows {
         let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
-        let link = match (&d.link_speed, &d.link_width) {
-            (Some(s), Some(w)) => format!(
-                "{}GT/s x{w}",
-                s.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(".0")
-            ),
-            (None, Some(w)) => format!("x{w}"),
-            _ => "-".into(),
-        };
         let name = names
             .describe(d.vendor, d.device)
             .unwrap_or_else(|| names.class(d.class));
-        println!(
-            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}{}",
-            d.bdf,
-            d.vendor_hex(),
-            d.device_hex(),
-            &d.class_hex()[..4],
-            d.driver.as_deref().unwrap_or("-"),
+        let flags = format!(
+            "{}{}",
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            if drift_at(&d.bdf).is_empty() {
+                ""
+            } else {
+                "[DRIFT] "
+            },
+        );
+        table.push([
+            d.bdf.to_string(),
+            format!("{}:{}", d.vendor_hex(), d.device_hex()),
+            d.class_hex(),
+            d.driver.clone().unwrap_or_else(|| "-".into()),
             d.iommu_group
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -863,24 +902,15 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                 .map(|r| if r.is_empty() { "(none)" } else { r })
                 .unwrap_or("-")
                 .replace(' ', ","),
-            link,
-            quirk.as_deref().unwrap_or("-"),
+            link_label(d.link_speed.as_deref(), d.link_width.as_deref()),
+            quirk.clone().unwrap_or_else(|| "-".into()),
             vm.as_ref()
                 .map(|(v, src)| format!("{}({src})", owner_label(v)))
                 .unwrap_or_else(|| "-".into()),
-            if d.boot_vga == Some(true) {
-                "[boot_vga] "
-            } else {
-                ""
-            },
-            if drift_at(&d.bdf).is_empty() {
-                ""
-            } else {
-                "[DRIFT] "
-            },
-            name,
-        );
+            format!("{flags}{name}"),
+        ]);
     }
+    print_table(&table, &[4]);
     for x in &drift {
         println!("DRIFT: {}", x.message);
     }
