@@ -51,7 +51,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Print every write instead of doing it.
+    /// Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept,
+    /// install; plan, status, quirks and doctor never write and refuse it).
     #[arg(long, global = true)]
     pub dry_run: bool,
     /// Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT].
@@ -158,6 +159,11 @@ pub enum Cmd {
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
+}
+
+/// A hookscript phase name Proxmox passes (the ones pt-hook acts on and the rest).
+fn is_phase(s: &str) -> bool {
+    matches!(s, "pre-start" | "post-start" | "pre-stop" | "post-stop")
 }
 
 pub fn parse_vmid(s: &str) -> Result<u32> {
@@ -289,6 +295,20 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
         Ok(cfg)
     };
+    // The read-only commands write nothing anyway: a --dry-run there is a misunderstanding
+    // (or a typo for another command) better said than silently accepted.
+    let read_only = match &cli.cmd {
+        Cmd::Plan { .. } => Some("plan"),
+        Cmd::Status { .. } => Some("status"),
+        Cmd::Quirks { .. } => Some("quirks"),
+        Cmd::Doctor { .. } => Some("doctor"),
+        _ => None,
+    };
+    if let (true, Some(name)) = (cli.global.dry_run, read_only) {
+        return Err(Error::Usage(format!(
+            "--dry-run: `pt-hook {name}` only reads and never writes; run it without --dry-run"
+        )));
+    }
     match &cli.cmd {
         Cmd::Hook(args) => {
             let (vmid, phase) = match args.as_slice() {
@@ -300,6 +320,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                     )))
                 }
             };
+            if is_phase(vmid) && !phase.is_empty() && phase.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Usage(format!(
+                    "arguments swapped: Proxmox runs `pt-hook <VMID> <PHASE>`; try `pt-hook {phase} {vmid}`"
+                )));
+            }
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;

@@ -244,6 +244,8 @@ fn libvirt_dry_run_resolves_the_hostdev_and_changes_nothing() {
         "{out}"
     );
     assert_eq!(tree(r), before, "dry-run changed the tree");
+    // No step claims success for a write it did not make.
+    assert!(!out.contains(": ok ("), "{out}");
     // Bad input: exit 2, nothing touched.
     for (args, xml, want) in [
         (
@@ -612,4 +614,39 @@ fn example_hooks_are_valid_sh_and_executable() {
         }
     }
     assert!(n >= 6);
+}
+
+#[test]
+fn usage_errors_say_how_to_fix() {
+    let t = example_host();
+    let r = t.path();
+    // Arguments swapped.
+    let o = run_in(r, &["pre-start", "100"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("try `pt-hook 100 pre-start`"),
+        "{}",
+        text(&o)
+    );
+    // --dry-run on a command that only reads.
+    for cmd in [&["status"][..], &["plan", "102"], &["doctor"], &["quirks"]] {
+        let mut args = vec!["--dry-run"];
+        args.extend_from_slice(cmd);
+        let o = run_in(r, &args, None);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {}", text(&o));
+        assert!(text(&o).contains("only reads"), "{}", text(&o));
+    }
+    // A mapping without an entry for this node names the nodes that have one.
+    let o = Command::new(BIN)
+        .args(["--root"])
+        .arg(r)
+        .args(["plan", "100"])
+        .env("PT_HOOK_NODE", "elsewhere")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let e = text(&o);
+    assert!(e.contains("no entry for node elsewhere"), "{e}");
+    assert!(e.contains("entries for pve1"), "{e}");
+    assert!(e.contains("PT_HOOK_NODE="), "{e}");
 }
