@@ -650,3 +650,67 @@ fn usage_errors_say_how_to_fix() {
     assert!(e.contains("entries for pve1"), "{e}");
     assert!(e.contains("PT_HOOK_NODE="), "{e}");
 }
+
+/// Every path under `dir` (links as their target, files with their content and mode),
+/// without the `.keep` files git needs for empty directories.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if rel.ends_with(".keep") {
+                continue;
+            }
+            if m.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(format!(
+                    "{rel} {:o} {:?}",
+                    m.permissions().mode() & 0o777,
+                    fs::read(&p).unwrap()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn example_host_is_what_fakehost_builds_and_install_works_on_it() {
+    let t = tempfile::tempdir().unwrap();
+    let gen = t.path().join("h");
+    let st = Command::new("bash")
+        .arg(repo().join("tests/fakehost.sh"))
+        .arg("example")
+        .arg(&gen)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (want, have) = (
+        snapshot(&gen),
+        snapshot(&repo().join("contrib/example-host")),
+    );
+    let missing: Vec<_> = want.iter().filter(|l| !have.contains(l)).collect();
+    let extra: Vec<_> = have.iter().filter(|l| !want.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "contrib/example-host differs from `bash tests/fakehost.sh example DIR` \
+         (regenerate it and add .keep files to empty directories):\n\
+         missing: {missing:?}\nextra: {extra:?}"
+    );
+    let h = example_host();
+    let o = run_in(h.path(), &["install"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        fs::read_link(h.path().join("var/lib/vz/snippets/pt-hook")).unwrap(),
+        Path::new("/usr/sbin/pt-hook")
+    );
+    assert!(text(&o).contains("qm set <VMID> --hookscript local:snippets/pt-hook"));
+}
