@@ -268,10 +268,10 @@ pub fn main() -> i32 {
     ) {
         // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
         // that change the host keep SIGPIPE ignored and finish what they started.
-        // SAFETY: restoring the default disposition of one signal before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: restores the default disposition (no handler runs) of one signal before any
+        // thread exists; nix's signal() is unsafe only because a handler could be unsound.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     let mut log = Logger::new(verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));

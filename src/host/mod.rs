@@ -171,9 +171,7 @@ pub fn write_with_deadline(
 /// doubles up to 50 ms, like the kernel's own readiness polls.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
-    let mut delays = retry::delay::Exponential::from_millis(1)
-        .map(|d| d.min(Duration::from_millis(50)))
-        .peekable();
+    let mut delay = Duration::from_millis(1);
     loop {
         if let Some(v) = check() {
             return Some(v);
@@ -182,8 +180,8 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         if elapsed >= timeout {
             return None;
         }
-        let d = delays.next().unwrap_or(Duration::from_millis(50));
-        std::thread::sleep(d.min(timeout - elapsed));
+        std::thread::sleep(delay.min(timeout - elapsed));
+        delay = (delay * 2).min(Duration::from_millis(50));
     }
 }
 
