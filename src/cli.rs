@@ -51,7 +51,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Print every write instead of doing it.
+    /// Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept,
+    /// install; plan, status, quirks and doctor never write and refuse it).
     #[arg(long, global = true)]
     pub dry_run: bool,
     /// Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT].
@@ -160,6 +161,11 @@ pub enum Cmd {
     Hook(Vec<String>),
 }
 
+/// A hookscript phase name Proxmox passes (the ones pt-hook acts on and the rest).
+fn is_phase(s: &str) -> bool {
+    matches!(s, "pre-start" | "post-start" | "pre-stop" | "post-stop")
+}
+
 pub fn parse_vmid(s: &str) -> Result<u32> {
     if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::Usage(format!(
@@ -262,10 +268,10 @@ pub fn main() -> i32 {
     ) {
         // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
         // that change the host keep SIGPIPE ignored and finish what they started.
-        // SAFETY: restoring the default disposition of one signal before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: restores the default disposition (no handler runs) of one signal before any
+        // thread exists; nix's signal() is unsafe only because a handler could be unsound.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     let mut log = Logger::new(verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
@@ -289,6 +295,20 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
         Ok(cfg)
     };
+    // The read-only commands write nothing anyway: a --dry-run there is a misunderstanding
+    // (or a typo for another command) better said than silently accepted.
+    let read_only = match &cli.cmd {
+        Cmd::Plan { .. } => Some("plan"),
+        Cmd::Status { .. } => Some("status"),
+        Cmd::Quirks { .. } => Some("quirks"),
+        Cmd::Doctor { .. } => Some("doctor"),
+        _ => None,
+    };
+    if let (true, Some(name)) = (cli.global.dry_run, read_only) {
+        return Err(Error::Usage(format!(
+            "--dry-run: `pt-hook {name}` only reads and never writes; run it without --dry-run"
+        )));
+    }
     match &cli.cmd {
         Cmd::Hook(args) => {
             let (vmid, phase) = match args.as_slice() {
@@ -300,6 +320,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                     )))
                 }
             };
+            if is_phase(vmid) && !phase.is_empty() && phase.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Usage(format!(
+                    "arguments swapped: Proxmox runs `pt-hook <VMID> <PHASE>`; try `pt-hook {phase} {vmid}`"
+                )));
+            }
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
@@ -744,6 +769,45 @@ fn owner_label(key: &VmKey) -> String {
     }
 }
 
+/// A PCIe link as one field: "16GT/s:x16" (speed as the kernel gives it, "16.0 GT/s PCIe").
+fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
+    let speed = speed.map(|s| {
+        let n = s.split_whitespace().next().unwrap_or("");
+        format!("{}GT/s", n.trim_end_matches(".0"))
+    });
+    match (speed, width) {
+        (Some(s), Some(w)) => format!("{s}:x{w}"),
+        (None, Some(w)) => format!("x{w}"),
+        (Some(s), None) => s,
+        _ => "-".into(),
+    }
+}
+
+/// Prints rows as columns as wide as their widest cell (two spaces between), the last one
+/// unpadded; columns in `right` are right-aligned. Cells never hold a space of their own
+/// except in the last column, so `awk '{print $N}'` finds column N.
+fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else if right.contains(&i) {
+                line.push_str(&format!("{c:>width$}  ", width = w[i]));
+            } else {
+                line.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
 fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
     use crate::device;
     let profiles = crate::quirks::load_all(host, cfg)?;
@@ -819,37 +883,37 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "{:<13} {:<9} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} NAME",
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM"
-    );
     let short = |b: &Bdf| {
         let s = b.to_string();
         s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
     };
+    let mut table = vec![[
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM", "NAME",
+    ]
+    .map(String::from)];
     for (d, members, quirk, vm) in &rows {
         let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
-        let link = match (&d.link_speed, &d.link_width) {
-            (Some(s), Some(w)) => format!(
-                "{}GT/s x{w}",
-                s.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(".0")
-            ),
-            (None, Some(w)) => format!("x{w}"),
-            _ => "-".into(),
-        };
         let name = names
             .describe(d.vendor, d.device)
             .unwrap_or_else(|| names.class(d.class));
-        println!(
-            "{:<13} {}:{} {:<5} {:<14} {:>5} {:<16} {:<14} {:<10} {:<18} {:<10} {}{}{}",
-            d.bdf,
-            d.vendor_hex(),
-            d.device_hex(),
-            &d.class_hex()[..4],
-            d.driver.as_deref().unwrap_or("-"),
+        let flags = format!(
+            "{}{}",
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            if drift_at(&d.bdf).is_empty() {
+                ""
+            } else {
+                "[DRIFT] "
+            },
+        );
+        table.push([
+            d.bdf.to_string(),
+            format!("{}:{}", d.vendor_hex(), d.device_hex()),
+            d.class_hex(),
+            d.driver.clone().unwrap_or_else(|| "-".into()),
             d.iommu_group
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -863,24 +927,15 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                 .map(|r| if r.is_empty() { "(none)" } else { r })
                 .unwrap_or("-")
                 .replace(' ', ","),
-            link,
-            quirk.as_deref().unwrap_or("-"),
+            link_label(d.link_speed.as_deref(), d.link_width.as_deref()),
+            quirk.clone().unwrap_or_else(|| "-".into()),
             vm.as_ref()
                 .map(|(v, src)| format!("{}({src})", owner_label(v)))
                 .unwrap_or_else(|| "-".into()),
-            if d.boot_vga == Some(true) {
-                "[boot_vga] "
-            } else {
-                ""
-            },
-            if drift_at(&d.bdf).is_empty() {
-                ""
-            } else {
-                "[DRIFT] "
-            },
-            name,
-        );
+            format!("{flags}{name}"),
+        ]);
     }
+    print_table(&table, &[4]);
     for x in &drift {
         println!("DRIFT: {}", x.message);
     }

@@ -297,12 +297,19 @@ impl<'a> Doctor<'a> {
             .map(|v| v.len())
             .unwrap_or(0);
         let cpu = read_trim(self.host, "proc/cpuinfo").unwrap_or_default();
-        let (flag, vendor_fw) = if cpu.contains("AuthenticAMD") || cpu.contains("HygonGenuine") {
-            ("amd_iommu=on", "AMD-Vi (IOMMU) and SVM")
+        // Intel's VT-d driver needs intel_iommu=on on kernels built without
+        // CONFIG_INTEL_IOMMU_DEFAULT_ON. The AMD IOMMU driver is on by default and
+        // `amd_iommu=` has no "on" value (only off, force_enable, force_isolation, fullflush,
+        // pgtbl_v1/v2, ...): the kernel logs "AMD-Vi: Unknown option" and ignores it.
+        let amd = cpu.contains("AuthenticAMD") || cpu.contains("HygonGenuine");
+        let vendor_fw = if amd {
+            "the IOMMU (AMD-Vi, sometimes called \"IOMMU\" or \"AMD CBS > NBIO > IOMMU\") and SVM"
         } else {
-            ("intel_iommu=on", "VT-d and VT-x")
+            "VT-d and VT-x"
         };
-        let amd = flag.starts_with("amd");
+        let off = ["intel_iommu=off", "amd_iommu=off", "iommu=off"]
+            .into_iter()
+            .find(|f| self.cmdline.iter().any(|t| t == f));
         if !self.iommu_units.is_empty() {
             self.add(
                 "iommu.enabled",
@@ -314,6 +321,14 @@ impl<'a> Doctor<'a> {
                 None,
             );
         } else {
+            let then = match (amd, off) {
+                (_, Some(f)) => self.boot.remove_flag(f),
+                (true, None) => {
+                    "reboot: the kernel enables the AMD IOMMU by default, no kernel flag is needed"
+                        .to_string()
+                }
+                (false, None) => self.boot.add_flag("intel_iommu=on"),
+            };
             self.add(
                 "iommu.enabled",
                 Status::Fail,
@@ -327,51 +342,54 @@ impl<'a> Doctor<'a> {
                     }
                 ),
                 Some(format!(
-                    "enable {vendor_fw} in the firmware setup, then {}",
-                    self.boot.add_flag(flag)
+                    "enable {vendor_fw} in the firmware setup, then {then}"
                 )),
             );
         }
 
         let active = !self.iommu_units.is_empty();
-        let off = ["intel_iommu=off", "amd_iommu=off", "iommu=off"]
-            .into_iter()
-            .find(|f| self.cmdline.iter().any(|t| t == f));
-        let on = ["intel_iommu=on", "amd_iommu=on"]
-            .into_iter()
-            .find(|f| self.cmdline.iter().any(|t| t.starts_with(f)));
-        match (off, on) {
-            (Some(f), _) => self.add(
+        let has = |f: &str| self.cmdline.iter().any(|t| t == f);
+        match off {
+            Some(f) => self.add(
                 "iommu.cmdline",
                 Status::Fail,
                 format!("the kernel command line turns the IOMMU off ({f})"),
                 Some(self.boot.remove_flag(f)),
             ),
-            (None, Some(f)) => self.add(
+            None if amd && has("amd_iommu=on") => self.add(
                 "iommu.cmdline",
-                Status::Pass,
-                format!("{f} on the kernel command line"),
+                Status::Warn,
+                "amd_iommu=on is not a kernel option (the AMD IOMMU is on by default; the kernel ignores it with \"AMD-Vi: Unknown option\"); harmless, but it does nothing".into(),
+                Some(self.boot.remove_flag("amd_iommu=on")),
+            ),
+            None if amd => self.add(
+                "iommu.cmdline",
+                if active { Status::Pass } else { Status::Warn },
+                if active {
+                    "no IOMMU flag on the kernel command line: none is needed, the AMD IOMMU is on by default and active".into()
+                } else {
+                    "nothing on the kernel command line turns the AMD IOMMU off (it is on by default): it must be the firmware setup".into()
+                },
                 None,
             ),
-            (None, None) if amd && active => self.add(
+            None if has("intel_iommu=on") => self.add(
                 "iommu.cmdline",
                 Status::Pass,
-                "no amd_iommu flag on the kernel command line; AMD-Vi is on by default and active"
-                    .into(),
+                "intel_iommu=on on the kernel command line".into(),
                 None,
             ),
-            (None, None) => self.add(
+            None => self.add(
                 "iommu.cmdline",
                 if active { Status::Warn } else { Status::Fail },
                 format!(
-                    "{flag} is not on the kernel command line{}",
+                    "intel_iommu=on is not on the kernel command line{}",
                     if active {
-                        " (the kernel enabled the IOMMU by default; the explicit flag is the baseline)"
+                        " (this kernel enabled VT-d by default; the explicit flag keeps it on with kernels that do not)"
                     } else {
                         ""
                     }
                 ),
-                Some(self.boot.add_flag(flag)),
+                Some(self.boot.add_flag("intel_iommu=on")),
             ),
         }
 
@@ -525,7 +543,7 @@ impl<'a> Doctor<'a> {
                 let words: Vec<&str> = text
                     .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
                     .collect();
-                let missing: Vec<&str> = ["intel_iommu=on", "amd_iommu=on", "iommu=pt"]
+                let missing: Vec<&str> = ["intel_iommu=on", "iommu=pt"]
                     .into_iter()
                     .filter(|f| self.cmdline.iter().any(|t| t == f))
                     .filter(|f| !words.contains(f))
@@ -1928,6 +1946,27 @@ mod tests {
         write(&s, "proc/cpuinfo", "vendor_id\t: AuthenticAMD\n");
         // AMD-Vi is on by default: no flag needed while the IOMMU is active.
         assert_eq!(status(&doctor(&s), "iommu.cmdline", None), Status::Pass);
+        // Never the non-existent amd_iommu=on, in any advice.
+        let r = doctor(&s);
+        assert!(
+            r.checks
+                .iter()
+                .all(|c| !c.fix.as_deref().unwrap_or("").contains("amd_iommu=on")),
+            "{r:?}"
+        );
+        write(&s, "proc/cmdline", "root=/dev/sda1 amd_iommu=on\n");
+        let r = doctor(&s);
+        let c = &find(&r, "iommu.cmdline", None)[0];
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.message.contains("not a kernel option"), "{c:?}");
+        write(&s, "proc/cmdline", "root=/dev/sda1 quiet\n");
+        s.set_iommu(None);
+        let r = doctor(&s);
+        let c = &find(&r, "iommu.enabled", None)[0];
+        assert_eq!(c.status, Status::Fail);
+        assert!(!c.fix.as_deref().unwrap().contains("amd_iommu=on"), "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("firmware"), "{c:?}");
+        s.set_iommu(Some("ivhd0"));
         write(&s, "proc/cpuinfo", "vendor_id\t: GenuineIntel\n");
         assert_eq!(status(&doctor(&s), "iommu.cmdline", None), Status::Warn);
         s.set_iommu(None);

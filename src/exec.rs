@@ -156,6 +156,9 @@ impl<'a> Exec<'a> {
         let r = self.apply_inner(step);
         let desc = step.to_string();
         match &r {
+            // In a dry run nothing was written: no "ok (9 µs)" for a write that was not made
+            // (the "dry-run: would ..." lines say what it would do).
+            Ok(()) if self.dry_run => self.log.debug(&format!("{desc}: not done (dry run)")),
             Ok(()) => self.log.step(&desc, start.elapsed(), Ok(())),
             Err(e) => self.log.step(&desc, start.elapsed(), Err(&e.to_string())),
         }

@@ -22,7 +22,7 @@ pub struct InstallArgs {
     /// writable).
     #[arg(long, default_value = "/usr/sbin/pt-hook", value_name = "PATH")]
     pub binary: String,
-    /// Link it as a libvirt hook instead: /etc/libvirt/hooks/qemu.d/pt-hook (libvirt ≥ 6.5).
+    /// Link it as a libvirt hook instead: /etc/libvirt/hooks/qemu.d/pt-hook (libvirt 6.5 or later).
     #[arg(long)]
     pub libvirt: bool,
     /// VM id for the printed `qm set` line.

@@ -404,10 +404,18 @@ pub fn prepare(
     let _locks = lock_devices(ctx, &bdfs)?;
     for b in &bdfs {
         if let Some(owner) = state::owner_of_key(ctx.h(), b, key) {
+            // cleanup leaves a running VM or domain alone: only a stopped one's leftover
+            // state is something `pt-hook cleanup` gives back.
+            let fix = match state::key_running(ctx.h(), &owner) {
+                Some(pid) => format!("it is running (QEMU pid {pid}): stop it first"),
+                None => format!(
+                    "it is not running: `{}` gives back what its start left behind",
+                    owner.cleanup_hint()
+                ),
+            };
             return Err(Error::Failed(format!(
-                "{b}: in use by {owner} (state {}); stop it or run `{}` first",
+                "{b}: in use by {owner} (state {}); {fix}",
                 ctx.h().display(&owner.state_file()),
-                owner.cleanup_hint()
             )));
         }
     }

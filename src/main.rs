@@ -33,6 +33,8 @@ mod log;
 mod pci;
 mod pciids;
 mod plan;
+#[cfg(test)]
+mod prop_tests;
 mod pve;
 mod quirks;
 mod reset;

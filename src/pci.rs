@@ -149,11 +149,11 @@ impl FromStr for Bdf {
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
+        // Through `pad`, so `{:<13}` and friends line up tables.
+        f.pad(&format!(
             "{:04x}:{:02x}:{:02x}.{:x}",
             self.domain, self.bus, self.dev, self.func
-        )
+        ))
     }
 }
 
@@ -233,6 +233,14 @@ pub const RESET_METHODS: [&str; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bdf_display_honours_width() {
+        let b = Bdf::parse("0000:01:00.0").unwrap();
+        assert_eq!(format!("[{b:<14}]"), "[0000:01:00.0  ]");
+        assert_eq!(format!("[{b:>13}]"), "[ 0000:01:00.0]");
+        assert_eq!(format!("{b}"), "0000:01:00.0");
+    }
 
     #[test]
     fn base0_prefixes() {

@@ -56,29 +56,50 @@ impl Names {
     }
 }
 
-/// Base-class names (PCI Code and ID Assignment spec) for hosts without pci.ids.
+/// Class names as pci.ids spells them (PCI Code and ID Assignment spec), for hosts without
+/// the file: the subclasses pt-hook's users meet, else the base class.
 pub fn builtin_class(class: u32) -> &'static str {
     match (class >> 16, (class >> 8) & 0xff) {
-        (0x01, 0x08) => "Non-Volatile memory controller",
+        (0x00, _) => "Unclassified device",
+        (0x01, 0x00) => "SCSI storage controller",
+        (0x01, 0x01) => "IDE interface",
+        (0x01, 0x04) => "RAID bus controller",
         (0x01, 0x06) => "SATA controller",
+        (0x01, 0x07) => "Serial Attached SCSI controller",
+        (0x01, 0x08) => "Non-Volatile memory controller",
         (0x01, _) => "Mass storage controller",
         (0x02, 0x00) => "Ethernet controller",
         (0x02, _) => "Network controller",
         (0x03, 0x00) => "VGA compatible controller",
+        (0x03, 0x02) => "3D controller",
         (0x03, _) => "Display controller",
+        (0x04, 0x01) => "Multimedia audio controller",
         (0x04, 0x03) => "Audio device",
         (0x04, _) => "Multimedia controller",
         (0x05, _) => "Memory controller",
+        (0x06, 0x00) => "Host bridge",
+        (0x06, 0x01) => "ISA bridge",
         (0x06, 0x04) => "PCI bridge",
         (0x06, _) => "Bridge",
         (0x07, _) => "Communication controller",
+        (0x08, 0x06) => "IOMMU",
         (0x08, _) => "Generic system peripheral",
+        (0x09, _) => "Input device controller",
+        (0x0a, _) => "Docking station",
+        (0x0b, _) => "Processor",
         (0x0c, 0x03) => "USB controller",
         (0x0c, 0x05) => "SMBus",
         (0x0c, _) => "Serial bus controller",
         (0x0d, _) => "Wireless controller",
+        (0x0e, _) => "Intelligent controller",
+        (0x0f, _) => "Satellite communications controller",
+        (0x10, _) => "Encryption controller",
+        (0x11, _) => "Signal processing controller",
         (0x12, _) => "Processing accelerators",
-        _ => "Unclassified device",
+        (0x13, _) => "Non-Essential Instrumentation",
+        (0x40, _) => "Coprocessor",
+        (0xff, _) => "Unassigned class",
+        _ => "Unknown class",
     }
 }
 
@@ -174,6 +195,17 @@ pub fn load(host: &dyn Host, want: &BTreeSet<(u16, u16)>) -> Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_class_names_follow_pci_ids() {
+        assert_eq!(builtin_class(0x060000), "Host bridge");
+        assert_eq!(builtin_class(0x060400), "PCI bridge");
+        assert_eq!(builtin_class(0x068000), "Bridge");
+        assert_eq!(builtin_class(0xff0000), "Unassigned class");
+        assert_eq!(builtin_class(0x000000), "Unclassified device");
+        assert_eq!(builtin_class(0x030200), "3D controller");
+        assert_eq!(builtin_class(0x140000), "Unknown class");
+    }
 
     const SAMPLE: &str = "# pci.ids sample\n\
 1002  Advanced Micro Devices, Inc. [AMD/ATI]\n\

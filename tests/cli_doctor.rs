@@ -452,11 +452,32 @@ fn status_json_groups_drivers_owners_and_names() {
         "nvidia",
         "01:00.1",
         "flr,bus",
-        "16GT/s x16",
+        "16GT/s:x16",
         "100(config)",
         "GeForce RTX 4070",
     ] {
         assert!(line.contains(n), "{n}: {line}");
+    }
+    // Every header starts where its column's cells start, one field per column.
+    let header = text.stdout.lines().next().unwrap();
+    let starts = |l: &str| -> Vec<usize> {
+        let b = l.as_bytes();
+        (0..b.len())
+            .filter(|&i| b[i] != b' ' && (i == 0 || (i >= 2 && &b[i - 2..i] == b"  ")))
+            .collect()
+    };
+    let cols = starts(header);
+    assert_eq!(cols.len(), 11, "{header}");
+    for l in text.stdout.lines().filter(|l| l.starts_with("0000:")) {
+        let mut c = starts(l);
+        c.retain(|i| *i <= cols[10]);
+        // GROUP is right-aligned: compare its end instead.
+        assert_eq!(c.len(), 11, "{header}\n{l}");
+        for k in [0, 1, 2, 3, 5, 6, 7, 8, 9, 10] {
+            assert_eq!(c[k], cols[k], "column {k}:\n{header}\n{l}");
+        }
+        let group_end = c[4] + l[c[4]..].split(' ').next().unwrap().len();
+        assert_eq!(group_end, cols[4] + "GROUP".len(), "GROUP:\n{header}\n{l}");
     }
     assert!(text.stdout.contains("[boot_vga]"), "{}", text.stdout);
 }

@@ -244,6 +244,8 @@ fn libvirt_dry_run_resolves_the_hostdev_and_changes_nothing() {
         "{out}"
     );
     assert_eq!(tree(r), before, "dry-run changed the tree");
+    // No step claims success for a write it did not make.
+    assert!(!out.contains(": ok ("), "{out}");
     // Bad input: exit 2, nothing touched.
     for (args, xml, want) in [
         (
@@ -540,6 +542,7 @@ fn deb_package_builds_offline_with_everything_in_it() {
         "Package: pt-hook",
         "Architecture: amd64",
         "postinst",
+        "postrm",
         "conffiles",
     ] {
         assert!(info.contains(want), "dpkg-deb -I lacks {want}:\n{info}");
@@ -564,6 +567,11 @@ fn deb_package_builds_offline_with_everything_in_it() {
         "./etc/pt-hook/pt-hook.toml",
         "./etc/pt-hook/hooks.d/pre-start/",
         "./usr/share/doc/pt-hook/examples/hooks/pre-start/10-log-devices",
+        "./usr/share/man/man5/pt-hook.toml.5.gz",
+        "./usr/share/doc/pt-hook/copyright",
+        "./usr/share/doc/pt-hook/changelog.gz",
+        "./usr/share/doc/pt-hook/README.md.gz",
+        "./usr/share/lintian/overrides/pt-hook",
     ] {
         assert!(list.contains(want), "dpkg-deb -c lacks {want}:\n{list}");
     }
@@ -606,4 +614,103 @@ fn example_hooks_are_valid_sh_and_executable() {
         }
     }
     assert!(n >= 6);
+}
+
+#[test]
+fn usage_errors_say_how_to_fix() {
+    let t = example_host();
+    let r = t.path();
+    // Arguments swapped.
+    let o = run_in(r, &["pre-start", "100"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("try `pt-hook 100 pre-start`"),
+        "{}",
+        text(&o)
+    );
+    // --dry-run on a command that only reads.
+    for cmd in [&["status"][..], &["plan", "102"], &["doctor"], &["quirks"]] {
+        let mut args = vec!["--dry-run"];
+        args.extend_from_slice(cmd);
+        let o = run_in(r, &args, None);
+        assert_eq!(o.status.code(), Some(2), "{cmd:?}: {}", text(&o));
+        assert!(text(&o).contains("only reads"), "{}", text(&o));
+    }
+    // A mapping without an entry for this node names the nodes that have one.
+    let o = Command::new(BIN)
+        .args(["--root"])
+        .arg(r)
+        .args(["plan", "100"])
+        .env("PT_HOOK_NODE", "elsewhere")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let e = text(&o);
+    assert!(e.contains("no entry for node elsewhere"), "{e}");
+    assert!(e.contains("entries for pve1"), "{e}");
+    assert!(e.contains("PT_HOOK_NODE="), "{e}");
+}
+
+/// Every path under `dir` (links as their target, files with their content and mode),
+/// without the `.keep` files git needs for empty directories.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if rel.ends_with(".keep") {
+                continue;
+            }
+            if m.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                out.push(format!(
+                    "{rel} {:o} {:?}",
+                    m.permissions().mode() & 0o777,
+                    fs::read(&p).unwrap()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn example_host_is_what_fakehost_builds_and_install_works_on_it() {
+    let t = tempfile::tempdir().unwrap();
+    let gen = t.path().join("h");
+    let st = Command::new("bash")
+        .arg(repo().join("tests/fakehost.sh"))
+        .arg("example")
+        .arg(&gen)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (want, have) = (
+        snapshot(&gen),
+        snapshot(&repo().join("contrib/example-host")),
+    );
+    let missing: Vec<_> = want.iter().filter(|l| !have.contains(l)).collect();
+    let extra: Vec<_> = have.iter().filter(|l| !want.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "contrib/example-host differs from `bash tests/fakehost.sh example DIR` \
+         (regenerate it and add .keep files to empty directories):\n\
+         missing: {missing:?}\nextra: {extra:?}"
+    );
+    let h = example_host();
+    let o = run_in(h.path(), &["install"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        fs::read_link(h.path().join("var/lib/vz/snippets/pt-hook")).unwrap(),
+        Path::new("/usr/sbin/pt-hook")
+    );
+    assert!(text(&o).contains("qm set <VMID> --hookscript local:snippets/pt-hook"));
 }

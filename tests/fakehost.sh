@@ -266,6 +266,13 @@ fh_example() {
     fh_dev 0000:05:00.1 10de 22e8 040300 snd_hda_intel 16 0000:00:1c.2
     fh_vtcon 0 "(S) dummy device" 1
     fh_vtcon 1 "(M) frame buffer device" 1
+    # A fresh Proxmox install's storages (`pt-hook install --root` links into local's path).
+    printf 'dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n\nlvmthin: local-lvm\n\tthinpool data\n\tvgname pve\n\tcontent rootdir,images\n' \
+        > "$FH/etc/pve/storage.cfg"
+    mkdir -p "$FH/var/lib/vz" "$FH/usr/sbin"
+    # What `pt-hook install` links to (a stand-in: the fake host runs nothing).
+    printf '#!/bin/sh\n# Stand-in for the installed pt-hook on the example host.\nexit 0\n' > "$FH/usr/sbin/pt-hook"
+    chmod 0755 "$FH/usr/sbin/pt-hook"
     printf 'fastnvme\n\tmap id=144d:a808,iommugroup=13,node=pve1,path=0000:02:00.0\n\tmap id=144d:a808,node=pve2,path=0000:07:00.0\n\tdescription Fast NVMe\n' \
         > "$FH/etc/pve/mapping/pci.cfg"
     fh_vm 100 <<'EOF'

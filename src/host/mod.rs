@@ -208,20 +208,16 @@ pub fn write_with_deadline(
 /// doubles up to 50 ms, like the kernel's own readiness polls.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
-    let mut delays = retry::delay::Exponential::from_millis(1)
+    // retry runs `check`, sleeps the next delay, runs it again...: the delays double from 1 ms
+    // up to 50 ms, each cut to the time left, and end at the deadline, after which `check`
+    // has run one last time.
+    let delays = retry::delay::Exponential::from_millis(1)
         .map(|d| d.min(Duration::from_millis(50)))
-        .peekable();
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        let elapsed = start.elapsed();
-        if elapsed >= timeout {
-            return None;
-        }
-        let d = delays.next().unwrap_or(Duration::from_millis(50));
-        std::thread::sleep(d.min(timeout - elapsed));
-    }
+        .map_while(move |d| {
+            let left = timeout.checked_sub(start.elapsed())?;
+            (!left.is_zero()).then(|| d.min(left))
+        });
+    retry::retry(delays, || check().ok_or(())).ok()
 }
 
 /// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".

@@ -32,7 +32,7 @@ impl RealHost {
 }
 
 struct FlockGuard {
-    _file: fs::File,
+    _file: nix::fcntl::Flock<fs::File>,
 }
 impl LockGuard for FlockGuard {}
 
@@ -273,8 +273,11 @@ impl Host for RealHost {
         drop(tx);
         let status = poll_until(timeout, || child.try_wait().ok().flatten());
         let kill_group = || {
-            // SAFETY: plain kill(2) on the process group this call created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            // The process group this call created (the hook and whatever it started).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         };
         let Some(st) = status else {
             kill_group();
@@ -323,27 +326,30 @@ impl Host for RealHost {
             .truncate(false)
             .mode(0o600)
             .open(&p)?;
-        let fd = f.as_raw_fd();
+        // nix's Flock owns the file while locked and unlocks when dropped; a failed attempt
+        // hands the file back for the next one.
+        use nix::fcntl::{Flock, FlockArg};
+        let mut file = Some(f);
         let mut last = None;
         let got = poll_until(timeout, || {
-            // SAFETY: fd is a valid open descriptor owned by `f` for the whole call.
-            let r = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                Some(())
-            } else {
-                last = Some(io::Error::last_os_error());
-                None
+            let f = file.take()?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => Some(locked),
+                Err((f, errno)) => {
+                    file = Some(f);
+                    last = Some(io::Error::from(errno));
+                    None
+                }
             }
         });
         match got {
-            Some(()) => {
+            Some(mut locked) => {
                 // Name the holder in the file for whoever waits next. flock belongs to the open
                 // file, so the kernel drops it when this process dies, however it dies; the
                 // text left behind then names a dead holder and the next taker overwrites it.
-                let mut f = f;
-                let _ = f.set_len(0);
-                let _ = f.write_all(holder_text().as_bytes());
-                Ok(Box::new(FlockGuard { _file: f }))
+                let _ = locked.set_len(0);
+                let _ = locked.write_all(holder_text().as_bytes());
+                Ok(Box::new(FlockGuard { _file: locked }))
             }
             None => {
                 let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EWOULDBLOCK));

@@ -352,7 +352,24 @@ pub fn choose_entry<'a>(
         }
     }
     if reasons.is_empty() {
-        Err(format!("mapping {} has no entry for node {node}", m.name))
+        let mut nodes: Vec<&str> = Vec::new();
+        for e in &m.maps {
+            if !nodes.contains(&e.node.as_str()) {
+                nodes.push(&e.node);
+            }
+        }
+        let has = if nodes.is_empty() {
+            "it has no valid entry at all".to_string()
+        } else {
+            format!("it has entries for {}", nodes.join(", "))
+        };
+        Err(format!(
+            "mapping {} has no entry for node {node} ({has}); this node's name is the short \
+             host name, or PT_HOOK_NODE if set (e.g. PT_HOOK_NODE={} pt-hook plan VMID), or \
+             add this node's paths to the mapping (Datacenter > Resource Mappings)",
+            m.name,
+            nodes.first().copied().unwrap_or("pve1")
+        ))
     } else {
         Err(format!(
             "mapping {} has no free entry on node {node} ({})",
@@ -583,7 +600,10 @@ ok
         let m = nic();
         assert_eq!(
             choose_entry(&m, "pve3", &|_| None).unwrap_err(),
-            "mapping someNic has no entry for node pve3"
+            "mapping someNic has no entry for node pve3 (it has entries for localhost, other); this \
+             node's name is the short host name, or PT_HOOK_NODE if set (e.g. \
+             PT_HOOK_NODE=localhost pt-hook plan VMID), or add this node's paths to the \
+             mapping (Datacenter > Resource Mappings)"
         );
         let e = choose_entry(&m, "localhost", &|e| {
             Some(format!("used by VM {}", e.line * 100))

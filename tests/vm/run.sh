@@ -279,7 +279,7 @@ boot_kernel() {
         -nodefaults -no-user-config -nographic -vga none -no-reboot \
         -serial stdio -monitor none \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 intel_iommu=on panic=-1 rdinit=/init loglevel=1 printk.time=1 tsc=reliable" \
+        -append "console=ttyS0 intel_iommu=on panic=-1 rdinit=/init loglevel=1 printk.time=1 tsc=reliable no_timer_check" \
         -audiodev none,id=snd0 \
         -device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x4 \
         -device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0,addr=0x5 \
