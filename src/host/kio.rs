@@ -13,6 +13,19 @@
 //! start-up, no argument passing) and the child runs only async-signal-safe system calls
 //! prepared before the fork: no allocation, no locks.
 //!
+//! Reads are many (`status` reads two per device, every phase dozens) and a fork per read
+//! costs far more than the read, so a read does not get a child of its own: one long-lived
+//! reader child per process, forked on the first bounded read, serves them all. It loops
+//! reading a request (`[u32 path length][path][u32 max]`) from its request pipe into stack
+//! buffers, does the open + read, and writes `[i32 errno (0: done)][u32 length][bytes]` on its
+//! report pipe; it exits when the request pipe reaches end of file (we exited or left it). We
+//! wait for a report with poll(2) until the read's timeout; on timeout the reader is left
+//! behind like any timed-out child (its pipes closed, its pid kept for `reap`) and the next
+//! read forks a fresh one. One request is in flight at a time: a read made while another
+//! thread's read is in flight (parallel steps of one batch) does not wait behind it (it could
+//! be the one stuck in the kernel) but takes a child of its own, as every read did before.
+//! Writes are few, may block for long and run in parallel: one child each.
+//!
 //! Children are reaped by pid only (`waitpid(pid, WNOHANG)` before every bounded op), never
 //! with `waitpid(-1)`, and SIGCHLD keeps its default disposition, so the `Command` children
 //! elsewhere (modprobe, systemctl, user hooks) keep their exit statuses.
@@ -23,7 +36,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long a bounded read without its own timeout (`Host::read` of `driver_override`,
@@ -40,6 +53,12 @@ pub const MAX_BOUNDED_READ: usize = 64 * 1024;
 const TEXT_READ_MAX: usize = 4096;
 /// Status a child reports for a short write.
 const SHORT_WRITE: i32 = i32::MIN;
+/// Longest path the reader child takes, with its NUL (PATH_MAX: open(2) takes no longer).
+const READ_PATH_MAX: usize = libc::PATH_MAX as usize;
+/// A request to the reader child: `[u32 path length][path][u32 max]`.
+const REQ_MAX: usize = 4 + READ_PATH_MAX + 4;
+/// A report of the reader child: `[i32 status][u32 length]`, then the bytes.
+const REPORT_HDR: usize = 8;
 
 struct Deadline {
     at: Option<Instant>,
@@ -382,6 +401,420 @@ impl Child {
     }
 }
 
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2, owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fd`, moved to a number of at least `min` (close-on-exec) if it is below.
+fn at_least(fd: OwnedFd, min: libc::c_int) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= min {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own; the result is a new descriptor we own.
+    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if d < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: d is a new descriptor owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(d) })
+}
+
+fn set_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if fl < 0 {
+            fl
+        } else {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` to a pipe whose reader may be gone: EPIPE, never SIGPIPE (the read-only
+/// commands run with SIGPIPE at its default, which would end pt-hook). SIGPIPE is blocked on
+/// this thread for the write and the one the write raised, if any, is taken before unblocking.
+fn send(fd: libc::c_int, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: signal-set calls on sets we own, write(2) of a buffer we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        let mut off = 0;
+        let mut err = None;
+        while off < buf.len() {
+            let r = libc::write(fd, buf.as_ptr().add(off).cast(), buf.len() - off);
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                err = Some(e);
+                break;
+            }
+            off += r as usize;
+        }
+        if err.as_ref().and_then(|e| e.raw_os_error()) == Some(libc::EPIPE) {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        err.map_or(Ok(()), Err)
+    }
+}
+
+/// The reader child and our ends of its pipes (both non-blocking).
+struct Server {
+    pid: libc::pid_t,
+    req: OwnedFd,
+    report: OwnedFd,
+}
+
+/// Bounded reads through one reader child at a time (see the module doc).
+struct Reader {
+    server: Mutex<Option<Server>>,
+    #[cfg(test)]
+    forks: AtomicU64,
+}
+
+/// The process's reader.
+static READER: Reader = Reader::new();
+
+/// Reads done in a child of their own (tests: count the forks).
+#[cfg(test)]
+static READ_ONCE_FORKS: AtomicU64 = AtomicU64::new(0);
+
+impl Reader {
+    const fn new() -> Reader {
+        Reader {
+            server: Mutex::new(None),
+            #[cfg(test)]
+            forks: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads at most `max` (at most `MAX_BOUNDED_READ`) bytes of `path` in the reader child,
+    /// waiting at most `timeout`; when another thread's read is in flight, in a child of its
+    /// own. Gives the pid of the child that did it (0: none) with the result.
+    fn read(
+        &self,
+        path: &Path,
+        max: usize,
+        timeout: Duration,
+    ) -> (libc::pid_t, io::Result<Vec<u8>>) {
+        let deadline = Instant::now() + timeout;
+        let max = max.min(MAX_BOUNDED_READ);
+        let p = path.as_os_str().as_bytes();
+        if p.contains(&0) {
+            return (
+                0,
+                Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in path")),
+            );
+        }
+        if p.len() >= READ_PATH_MAX {
+            return (0, Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
+        }
+        let mut g = match self.server.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return read_once(path, max, timeout),
+        };
+        reap();
+        let mut req = Vec::with_capacity(8 + p.len());
+        req.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+        req.extend_from_slice(p);
+        req.extend_from_slice(&(max as u32).to_ne_bytes());
+        let mut retried = false;
+        loop {
+            let s = match g.take() {
+                Some(s) => s,
+                None => match self.spawn() {
+                    Ok(s) => s,
+                    Err(e) => return (0, Err(e)),
+                },
+            };
+            let pid = s.pid;
+            match send(s.req.as_raw_fd(), &req) {
+                Ok(()) => {}
+                // The reader ended while idle (killed): once more with a fresh one.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) && !retried => {
+                    s.abandon();
+                    retried = true;
+                    continue;
+                }
+                Err(e) => {
+                    s.abandon();
+                    return (pid, Err(e));
+                }
+            }
+            return match s.receive(deadline, max) {
+                Ok(r) => {
+                    *g = Some(s);
+                    (pid, r)
+                }
+                Err(e) => {
+                    s.abandon();
+                    (pid, Err(e))
+                }
+            };
+        }
+    }
+
+    /// Forks the reader child; everything it needs is prepared here.
+    fn spawn(&self) -> io::Result<Server> {
+        let null = devnull()?;
+        let maxfd = max_fd();
+        let (req_rx, req_tx) = pipe_cloexec()?;
+        let (rep_rx, rep_tx) = pipe_cloexec()?;
+        // The child's ends clear of 0-4, where it puts /dev/null and the two pipes.
+        let req_rx = at_least(req_rx, 5)?;
+        let rep_tx = at_least(rep_tx, 5)?;
+        set_nonblock(&req_tx)?;
+        set_nonblock(&rep_rx)?;
+        let (a, b) = (req_rx.as_raw_fd(), rep_tx.as_raw_fd());
+        // SAFETY: the child runs only async-signal-safe system calls on its stack and ends
+        // with _exit; the parent only records the pid.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; this never returns.
+            unsafe { server_main(null, a, b, maxfd) }
+        }
+        #[cfg(test)]
+        self.forks.fetch_add(1, Ordering::SeqCst);
+        drop(req_rx);
+        drop(rep_tx);
+        Ok(Server {
+            pid,
+            req: req_tx,
+            report: rep_rx,
+        })
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let s = self
+            .server
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = s {
+            s.abandon();
+        }
+    }
+}
+
+impl Server {
+    /// The report on one request, waiting until `deadline`: Err when the reader is of no
+    /// further use (ETIMEDOUT, it ended, a report that makes no sense), else the read's result.
+    fn receive(&self, deadline: Instant, max: usize) -> io::Result<io::Result<Vec<u8>>> {
+        let mut v = vec![0u8; REPORT_HDR + max];
+        let mut have = 0;
+        let fd = self.report.as_raw_fd();
+        loop {
+            if have >= REPORT_HDR {
+                let len = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]) as usize;
+                if len > max || have > REPORT_HDR + len {
+                    return Err(io::Error::other("the reader child sent a bad report"));
+                }
+                if have == REPORT_HDR + len {
+                    let status = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                    if status != 0 {
+                        return Ok(Err(io::Error::from_raw_os_error(status)));
+                    }
+                    v.truncate(have);
+                    v.drain(..REPORT_HDR);
+                    return Ok(Ok(v));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one descriptor we own.
+            let r = unsafe { libc::poll(&mut p, 1, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                if left.is_zero() {
+                    return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
+                continue;
+            }
+            // SAFETY: read into the rest of a buffer we own, of the given length.
+            let n = unsafe { libc::read(fd, v.as_mut_ptr().add(have).cast(), v.len() - have) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::other(
+                    "the bounded read child ended without a report",
+                ));
+            }
+            have += n as usize;
+        }
+    }
+
+    /// Closes our ends (the reader ends at end of file once it returns from the kernel);
+    /// reaps it if it is done, else keeps its pid for `reap`.
+    fn abandon(self) {
+        let pid = self.pid;
+        drop(self.req);
+        drop(self.report);
+        let mut st = 0;
+        // SAFETY: waitpid on our own child; WNOHANG never blocks.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
+            lock(&PENDING).push(pid);
+        }
+    }
+}
+
+/// The reader child: 0-2 on /dev/null, the request pipe on 3, the report pipe on 4, nothing
+/// else of the parent's; then one report per request until the request pipe ends. Stack
+/// buffers and system calls only.
+unsafe fn server_main(
+    null: libc::c_int,
+    req: libc::c_int,
+    report: libc::c_int,
+    maxfd: libc::c_int,
+) -> ! {
+    for fd in 0..3 {
+        libc::dup2(null, fd);
+    }
+    // Both are at 5 or above: neither overwrites the other.
+    libc::dup2(req, 3);
+    libc::dup2(report, 4);
+    if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+        for fd in 5..maxfd {
+            libc::close(fd);
+        }
+    }
+    let errno = || *libc::__errno_location();
+    let mut rq = [0u8; REQ_MAX];
+    let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
+    loop {
+        let mut have = 0usize;
+        let mut need = 4usize;
+        while have < need {
+            let r = libc::read(3, rq.as_mut_ptr().add(have).cast(), REQ_MAX - have);
+            if r == 0 {
+                libc::_exit(0);
+            }
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(0);
+            }
+            have += r as usize;
+            if have >= 4 {
+                let plen = u32::from_ne_bytes([rq[0], rq[1], rq[2], rq[3]]) as usize;
+                if plen == 0 || plen >= READ_PATH_MAX {
+                    libc::_exit(1);
+                }
+                need = 4 + plen + 4;
+            }
+        }
+        if have != need {
+            libc::_exit(1);
+        }
+        let plen = need - 8;
+        let m = 4 + plen;
+        let max = (u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize)
+            .min(MAX_BOUNDED_READ);
+        rq[m] = 0;
+        let mut status: i32 = 0;
+        let mut n: usize = 0;
+        let data = out.as_mut_ptr().add(REPORT_HDR);
+        let fd = libc::open(
+            rq.as_ptr().add(4).cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        );
+        if fd < 0 {
+            status = errno();
+        } else {
+            while n < max {
+                let r = libc::read(fd, data.add(n).cast(), max - n);
+                if r < 0 {
+                    if errno() == libc::EINTR {
+                        continue;
+                    }
+                    status = errno();
+                    break;
+                }
+                if r == 0 {
+                    break;
+                }
+                n += r as usize;
+            }
+            libc::close(fd);
+        }
+        if status != 0 {
+            n = 0;
+        }
+        out[..4].copy_from_slice(&status.to_ne_bytes());
+        out[4..8].copy_from_slice(&(n as u32).to_ne_bytes());
+        let total = REPORT_HDR + n;
+        let mut off = 0;
+        while off < total {
+            let r = libc::write(4, out.as_ptr().add(off).cast(), total - off);
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if r <= 0 {
+                // Nobody reads the reports any more.
+                libc::_exit(0);
+            }
+            off += r as usize;
+        }
+    }
+}
+
+/// One bounded read in a child of its own: the way every read went before the reader child,
+/// still taken while the reader serves another thread.
+fn read_once(path: &Path, max: usize, timeout: Duration) -> (libc::pid_t, io::Result<Vec<u8>>) {
+    #[cfg(test)]
+    READ_ONCE_FORKS.fetch_add(1, Ordering::SeqCst);
+    match start(path, Op::Read(max)) {
+        Ok(c) => {
+            let pid = c.pid;
+            (pid, c.finish(timeout, max))
+        }
+        Err(e) => (0, Err(e)),
+    }
+}
+
 /// Device directories with an op still blocked in the kernel, and that op's child: the
 /// kernel holds the device's lock, so another op on an attribute there would block too. Until
 /// that child has exited, such ops fail at once instead of each waiting out its own timeout
@@ -430,15 +863,12 @@ pub fn write(path: &Path, data: &[u8], timeout: Duration) -> io::Result<()> {
     r
 }
 
-/// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in a child process,
+/// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in the reader child,
 /// waiting at most `timeout` (capped by the hard deadline).
 pub fn read(path: &Path, max: usize, timeout: Duration) -> io::Result<Vec<u8>> {
     refuse_if_stuck(path)?;
     let timeout = cap(timeout);
-    let max = max.min(MAX_BOUNDED_READ);
-    let c = start(path, Op::Read(max))?;
-    let pid = c.pid;
-    let r = c.finish(timeout, max);
+    let (pid, r) = READER.read(path, max, timeout);
     note_stuck(path, pid, &r);
     r
 }
@@ -719,6 +1149,239 @@ mod tests {
         );
     }
 
+    fn link(fd: libc::c_int) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    /// Our ends of the reader child's pipes, as /proc names them (`pipe:[inode]`), and its pid.
+    fn server_links(r: &Reader) -> (libc::pid_t, String, String) {
+        let g = lock(&r.server);
+        let s = g.as_ref().expect("a reader child");
+        (s.pid, link(s.req.as_raw_fd()), link(s.report.as_raw_fd()))
+    }
+
+    fn reader_fds(req: &str, report: &str) -> Vec<(String, String)> {
+        vec![
+            ("0".into(), "/dev/null".into()),
+            ("1".into(), "/dev/null".into()),
+            ("2".into(), "/dev/null".into()),
+            ("3".into(), req.into()),
+            ("4".into(), report.into()),
+        ]
+    }
+
+    /// 200 reads, one fork: every read is served by the same reader child, which ends when its
+    /// request pipe is closed.
+    #[test]
+    fn reads_share_one_reader_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("driver_override");
+        std::fs::write(&p, "vfio-pci\n").unwrap();
+        let r = Reader::new();
+        let mut pids = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let (pid, v) = r.read(&p, 4096, Duration::from_secs(2));
+            assert_eq!(v.unwrap(), b"vfio-pci\n");
+            pids.insert(pid);
+        }
+        assert_eq!(r.forks.load(Ordering::SeqCst), 1);
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        let pid = *pids.first().unwrap();
+        assert!(pid > 0 && Path::new(&format!("/proc/{pid}")).exists());
+        drop(r);
+        wait_reaped(pid);
+    }
+
+    /// The process-wide path (`read`, as `RealHost::read`/`read_bytes` take it) goes through
+    /// the reader child too: not a fork per read. (Other tests in this process may abandon the
+    /// shared reader or read alongside: a few forks, not 200.)
+    #[test]
+    fn bounded_reads_do_not_fork_per_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("sys/bus/pci/devices/0000:02:00.0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config"), b"\x86\x80").unwrap();
+        let h = Arc::new(RealHost::new(dir.path()));
+        let forks = || READER.forks.load(Ordering::SeqCst) + READ_ONCE_FORKS.load(Ordering::SeqCst);
+        let before = forks();
+        for _ in 0..200 {
+            assert_eq!(
+                h.read_bytes("sys/bus/pci/devices/0000:02:00.0/config", 64)
+                    .unwrap(),
+                b"\x86\x80"
+            );
+        }
+        let n = forks() - before;
+        assert!(n < 50, "{n} forks for 200 reads");
+    }
+
+    /// A read blocked in the kernel (open(2) of a FIFO without writer) leaves the reader child
+    /// behind after its timeout; it holds nothing of ours, our ends of its pipes are closed,
+    /// and the next read gets a fresh reader at once.
+    #[test]
+    fn a_blocked_read_leaves_the_reader_behind_and_the_next_read_forks_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "ok\n").unwrap();
+        let mut tp = [0; 2];
+        // SAFETY: plain pipe(2): inheritable descriptors, as a naive fork would keep them.
+        assert_eq!(unsafe { libc::pipe(tp.as_mut_ptr()) }, 0);
+        let mine = link(tp[1]);
+        let r = Reader::new();
+        let (pid1, v) = r.read(&ok, 64, Duration::from_secs(2));
+        assert_eq!(v.unwrap(), b"ok\n");
+        let (spid, req, report) = server_links(&r);
+        assert_eq!(spid, pid1);
+        let want = reader_fds(&req, &report);
+        assert_eq!(fd_links(pid1), want, "test pipe is {mine}");
+
+        let t = Instant::now();
+        let (pid, e) = r.read(&fifo, 64, Duration::from_millis(200));
+        let el = t.elapsed();
+        assert_eq!(pid, pid1);
+        assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
+        assert!(
+            el >= Duration::from_millis(200) && el < Duration::from_millis(350),
+            "{el:?}"
+        );
+        assert!(lock(&r.server).is_none());
+        assert!(is_pending(pid1));
+        // Still blocked in open(2): its descriptors are the same five, none of ours.
+        assert_eq!(fd_links(pid1), want);
+        // Our ends of its pipes are closed.
+        let ours: Vec<String> = fd_links(std::process::id() as libc::pid_t)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert!(!ours.contains(&req) && !ours.contains(&report), "{ours:?}");
+
+        let t = Instant::now();
+        let (pid2, v) = r.read(&ok, 64, Duration::from_secs(2));
+        let el = t.elapsed();
+        assert_eq!(v.unwrap(), b"ok\n");
+        assert_ne!(pid2, pid1);
+        assert!(el < Duration::from_millis(100), "{el:?}");
+        assert_eq!(r.forks.load(Ordering::SeqCst), 2);
+        let (_, req2, report2) = server_links(&r);
+        assert_eq!(fd_links(pid2), reader_fds(&req2, &report2));
+
+        release_fifo(&fifo, false);
+        wait_reaped(pid1);
+        drop(r);
+        wait_reaped(pid2);
+        // SAFETY: closing the two descriptors pipe(2) gave us.
+        unsafe {
+            libc::close(tp[0]);
+            libc::close(tp[1]);
+        }
+    }
+
+    /// While one thread's read is blocked in the reader child, another thread's read does not
+    /// wait behind it: it runs in a child of its own.
+    #[test]
+    fn a_read_does_not_wait_behind_another_threads_blocked_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "ok").unwrap();
+        let r = Reader::new();
+        std::thread::scope(|sc| {
+            let blocked = sc.spawn(|| r.read(&fifo, 64, Duration::from_millis(400)));
+            let t = Instant::now();
+            // Forked under the lock, by the blocked read (the lock is not touched here).
+            while r.forks.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "the reader never started"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let t = Instant::now();
+            let (_, v) = r.read(&ok, 64, Duration::from_secs(2));
+            assert_eq!(v.unwrap(), b"ok");
+            assert!(
+                t.elapsed() < Duration::from_millis(150),
+                "{:?}",
+                t.elapsed()
+            );
+            let (_, e) = blocked.join().unwrap();
+            assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
+            assert_eq!(r.forks.load(Ordering::SeqCst), 1);
+        });
+        release_fifo(&fifo, false);
+    }
+
+    /// The reader child reports a failed open or read by its errno, exactly, and truncates a
+    /// read at `max` (and `MAX_BOUNDED_READ`); none of that costs a fork.
+    #[test]
+    fn the_reader_reports_errno_exactly_and_truncates_at_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reader::new();
+        let s = Duration::from_secs(2);
+        let errno = |p: &Path| r.read(p, 64, s).1.unwrap_err().raw_os_error();
+        assert_eq!(errno(&dir.path().join("missing")), Some(libc::ENOENT));
+        assert_eq!(errno(&dir.path().join("missing/x")), Some(libc::ENOENT));
+        // open(2) of a directory for reading works; read(2) fails.
+        assert_eq!(errno(dir.path()), Some(libc::EISDIR));
+        let noperm = dir.path().join("noperm");
+        std::fs::write(&noperm, "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&noperm, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        // Root reads a mode-0 file; sysfs refuses to open a write-only attribute for reading.
+        let eacces = if root {
+            Path::new("/sys/bus/pci/rescan")
+        } else {
+            &noperm
+        };
+        if eacces.exists() {
+            assert_eq!(errno(eacces), Some(libc::EACCES), "{}", eacces.display());
+        } else {
+            eprintln!("no EACCES case here: running as root without /sys/bus/pci/rescan");
+        }
+        let long = dir.path().join("a".repeat(READ_PATH_MAX));
+        assert_eq!(errno(&long), Some(libc::ENAMETOOLONG));
+        let big: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let p = dir.path().join("big");
+        std::fs::write(&p, &big).unwrap();
+        for max in [0, 1, 100, 4096, 65_535, MAX_BOUNDED_READ] {
+            assert_eq!(r.read(&p, max, s).1.unwrap(), big[..max], "max {max}");
+        }
+        assert_eq!(r.read(&p, 1 << 20, s).1.unwrap(), big[..MAX_BOUNDED_READ]);
+        std::fs::write(&p, "short").unwrap();
+        assert_eq!(r.read(&p, 4096, s).1.unwrap(), b"short");
+        assert_eq!(r.forks.load(Ordering::SeqCst), 1);
+    }
+
+    /// A reader child that died while idle (killed) is replaced on the next read, which
+    /// still succeeds; pt-hook gets EPIPE, not SIGPIPE.
+    #[test]
+    fn a_dead_reader_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("attr");
+        std::fs::write(&p, "1").unwrap();
+        let r = Reader::new();
+        let (pid1, v) = r.read(&p, 64, Duration::from_secs(2));
+        assert_eq!(v.unwrap(), b"1");
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            assert_eq!(libc::kill(pid1, libc::SIGKILL), 0);
+            let mut st = 0;
+            assert_eq!(libc::waitpid(pid1, &mut st, 0), pid1);
+        }
+        let (pid2, v) = r.read(&p, 64, Duration::from_secs(2));
+        assert_eq!(v.unwrap(), b"1");
+        assert_ne!(pid1, pid2);
+        assert_eq!(r.forks.load(Ordering::SeqCst), 2);
+    }
+
     /// Cost of one bounded write/read (child process) against the direct call, on tmpfs:
     /// `cargo test --release --target x86_64-unknown-linux-gnu kio_cost -- --ignored --nocapture`.
     #[test]
@@ -752,6 +1415,9 @@ mod tests {
         let direct_r = per(&mut || {
             std::fs::read(&p).unwrap();
         });
+        let once_r = per(&mut || {
+            read_once(&p, 4096, Duration::from_secs(5)).1.unwrap();
+        });
         let bounded_r = per(&mut || {
             read(&p, 4096, Duration::from_secs(5)).unwrap();
         });
@@ -762,7 +1428,7 @@ mod tests {
             rx.recv().unwrap().unwrap();
         });
         eprintln!(
-            "per op over {n}: write direct {direct_w:.1} us, thread {thread_w:.1} us, child {bounded_w:.1} us; read direct {direct_r:.1} us, child {bounded_r:.1} us"
+            "per op over {n}: write direct {direct_w:.1} us, thread {thread_w:.1} us, child {bounded_w:.1} us; read direct {direct_r:.1} us, child per read {once_r:.1} us, reader child {bounded_r:.1} us"
         );
     }
 }
