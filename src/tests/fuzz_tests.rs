@@ -93,7 +93,7 @@ fn toml_seeds() -> Vec<String> {
 
 fn quirk_seeds() -> Vec<String> {
     vec![
-        include_str!("quirks.toml").to_string(),
+        include_str!("../engine/quirks.toml").to_string(),
         "[[quirk]]\nname = \"x\"\nmatch = [\"1002:687f\"]\nreset_method_remove = [\"flr\"]\n"
             .into(),
     ]

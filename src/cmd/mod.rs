@@ -1,0 +1,4 @@
+//! Front-ends: arguments → engine → output. The only layer that prints.
+
+pub mod doctor;
+pub mod install;

@@ -1,0 +1,15 @@
+//! The engine: resolve a VM's devices, plan the steps, execute them with a journal, restore.
+
+pub mod console;
+pub mod exec;
+pub mod guard;
+pub mod handoff;
+pub mod identity;
+pub mod libvirt;
+pub mod lifecycle;
+pub mod plan;
+pub mod quirks;
+pub mod reset;
+pub mod resolve;
+pub mod state;
+pub mod userhooks;

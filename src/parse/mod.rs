@@ -1,0 +1,4 @@
+//! Text → data: the Proxmox files and pt-hook.toml.
+
+pub mod config;
+pub mod pve;
