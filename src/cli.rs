@@ -6,14 +6,14 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::config::{self, Config};
+use crate::engine::lifecycle::{self, Ctx};
+use crate::engine::state::VmKey;
 use crate::error::{Error, Result};
 use crate::host::real::RealHost;
 use crate::host::{kio, Host};
-use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
+use crate::parse::config::{self, Config};
 use crate::pci::Bdf;
-use crate::state::VmKey;
 
 const AFTER_HELP: &str = "\
 Hookscript mode (what Proxmox runs):
@@ -147,14 +147,14 @@ pub enum Cmd {
     #[command(
         after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
     )]
-    Libvirt(crate::libvirt::LibvirtArgs),
+    Libvirt(crate::engine::libvirt::LibvirtArgs),
     /// Link the installed binary as a Proxmox hookscript (STORAGE's snippets directory from
     /// /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line.
     /// A link, never a copy; idempotent; refuses to replace anything else at that place.
     #[command(
         after_help = "Examples:\n  pt-hook install                      # /var/lib/vz/snippets/pt-hook -> /usr/sbin/pt-hook\n  pt-hook install --storage nas --vmid 100\n  pt-hook install --libvirt            # /etc/libvirt/hooks/qemu.d/pt-hook\n  pt-hook --dry-run install            # show what it would do"
     )]
-    Install(crate::install::InstallArgs),
+    Install(crate::cmd::install::InstallArgs),
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -182,7 +182,7 @@ pub fn parse_vmid(s: &str) -> Result<u32> {
 /// or anything unusual about these, goes through clap.
 fn fast_path() -> Option<std::result::Result<Cli, i32>> {
     let mut args = std::env::args_os();
-    if crate::libvirt::invoked_as_hook(&args.next()?) {
+    if crate::engine::libvirt::invoked_as_hook(&args.next()?) {
         return None;
     }
     let (a, b) = (args.next(), args.next());
@@ -221,7 +221,7 @@ fn fast_path() -> Option<std::result::Result<Cli, i32>> {
 
 pub fn main() -> i32 {
     let parsed = fast_path().unwrap_or_else(|| {
-        let args = crate::libvirt::rewrite_args(std::env::args_os().collect());
+        let args = crate::engine::libvirt::rewrite_args(std::env::args_os().collect());
         Cli::try_parse_from(args).map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
@@ -305,7 +305,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
-            let r = crate::userhooks::pve_phase(&ctx, vmid, phase);
+            let r = crate::engine::userhooks::pve_phase(&ctx, vmid, phase);
             if r.is_ok() {
                 log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
@@ -314,8 +314,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Libvirt(a) => {
             let context = format!("libvirt {:?} {} {}", a.domain, a.operation, a.sub_operation);
             log.set_context(&context);
-            let (stdin, tty) = crate::libvirt::stdin();
-            crate::libvirt::command(
+            let (stdin, tty) = crate::engine::libvirt::stdin();
+            crate::engine::libvirt::command(
                 host,
                 &|h: &dyn Host| load_armed(h, &context),
                 cli.global.dry_run,
@@ -325,7 +325,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 tty,
             )
         }
-        Cmd::Install(a) => crate::install::command(&*host, cli.global.dry_run, a, log),
+        Cmd::Install(a) => crate::cmd::install::command(&*host, cli.global.dry_run, a, log),
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;
             let cfg = load_cfg(&*host)?;
@@ -340,8 +340,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 print_plan(&p, &ctx.node);
             }
             // The same refusal pre-start would give, and its exit status.
-            crate::identity::refuse(&p.identity)?;
-            match p.refusal(&crate::state::VmKey::Pve(vmid)) {
+            crate::engine::identity::refuse(&p.identity)?;
+            match p.refusal(&crate::engine::state::VmKey::Pve(vmid)) {
                 Some(e) => Err(e),
                 None => Ok(()),
             }
@@ -363,19 +363,19 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let quiet = Logger::new(-3, false);
             let pctx = make_ctx(Arc::clone(&host), &cfg, &quiet, true);
             let planner = |v: u32| lifecycle::plan_vm(&pctx, v);
-            let report = crate::doctor::run(&*host, &cfg, vmid, &planner)?;
+            let report = crate::cmd::doctor::run(&*host, &cfg, vmid, &planner)?;
             if *json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                crate::doctor::print(&report);
+                crate::cmd::doctor::print(&report);
             }
             if report.failed() {
                 return Err(Error::Failed(format!(
                     "doctor: {} check(s) failed",
-                    report.count(crate::doctor::Status::Fail)
+                    report.count(crate::cmd::doctor::Status::Fail)
                 )));
             }
             Ok(())
@@ -383,8 +383,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Accept { vmid, libvirt_uuid } => {
             let key = match (vmid, libvirt_uuid) {
                 (Some(v), None) => VmKey::Pve(parse_vmid(v)?),
-                (None, Some(u)) => VmKey::Libvirt(crate::state::Domain {
-                    uuid: crate::libvirt::parse_uuid(u).ok_or_else(|| {
+                (None, Some(u)) => VmKey::Libvirt(crate::engine::state::Domain {
+                    uuid: crate::engine::libvirt::parse_uuid(u).ok_or_else(|| {
                         Error::Usage(format!(
                             "invalid UUID {:?}: expected 8-4-4-4-12 hex digits",
                             crate::log::escape_controls(u)
@@ -394,7 +394,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 }),
                 _ => return Err(Error::Usage("give a VM id or --libvirt-uuid UUID".into())),
             };
-            crate::identity::accept(&*host, &key, cli.global.dry_run)
+            crate::engine::identity::accept(&*host, &key, cli.global.dry_run)
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
@@ -408,7 +408,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             log.set_context("reset");
             let cfg = load_armed(&*host, "reset")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
-            crate::reset::command(&ctx, &list, method.as_deref(), *json)
+            crate::engine::reset::command(&ctx, &list, method.as_deref(), *json)
         }
     }
 }
@@ -419,7 +419,7 @@ fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: 
         cfg,
         log,
         dry_run,
-        node: crate::resolve::node_name(),
+        node: crate::engine::resolve::node_name(),
     }
 }
 
@@ -547,8 +547,8 @@ fn print_plan(p: &lifecycle::VmPlan, node: &str) {
 }
 
 fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -> Result<()> {
-    use crate::device::{self, DeviceInfo};
-    use crate::quirks;
+    use crate::engine::quirks;
+    use crate::sysfs::device::{self, DeviceInfo};
     let all = quirks::load_all(host, cfg)?;
     let Some(t) = target else {
         if json {
@@ -688,30 +688,30 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
 /// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
 /// libvirt domains), then Proxmox VM configs (host addresses).
 fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
-    use crate::pve::hostpci::HostSource;
+    use crate::parse::pve::hostpci::HostSource;
     let mut m = std::collections::BTreeMap::new();
-    for key in crate::state::list_keys(host) {
-        if let Ok(Some(st)) = crate::state::load_key(host, &key) {
+    for key in crate::engine::state::list_keys(host) {
+        if let Ok(Some(st)) = crate::engine::state::load_key(host, &key) {
             for b in st.bdfs() {
                 m.insert(b, (key.clone(), "state"));
             }
         }
     }
-    let all = crate::device::list_all(host);
-    let node = crate::resolve::node_name();
-    let mappings = crate::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
+    let all = crate::sysfs::device::list_all(host);
+    let node = crate::engine::resolve::node_name();
+    let mappings = crate::parse::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
         .ok()
-        .and_then(|t| crate::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
+        .and_then(|t| crate::parse::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
         .unwrap_or_default();
     let dir = "etc/pve/qemu-server";
     for f in host.list(dir).unwrap_or_default() {
         let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(text) = crate::config::read_bounded(host, &format!("{dir}/{f}")) else {
+        let Ok(text) = crate::parse::config::read_bounded(host, &format!("{dir}/{f}")) else {
             continue;
         };
-        let Ok(cfg) = crate::pve::config::parse_vm_config(&text, &f, id) else {
+        let Ok(cfg) = crate::parse::pve::config::parse_vm_config(&text, &f, id) else {
             continue;
         };
         for hp in &cfg.hostpci {
@@ -745,10 +745,10 @@ fn owner_label(key: &VmKey) -> String {
 }
 
 fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
-    use crate::device;
-    let profiles = crate::quirks::load_all(host, cfg)?;
+    use crate::sysfs::device;
+    let profiles = crate::engine::quirks::load_all(host, cfg)?;
     let owners = owners(host);
-    let drift = crate::identity::all_drift(host);
+    let drift = crate::engine::identity::all_drift(host);
     let drift_at = |b: &Bdf| -> Vec<&str> {
         drift
             .iter()
@@ -765,12 +765,12 @@ fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .iommu_group
             .map(|g| device::group_members(host, g))
             .unwrap_or_default();
-        let quirk = crate::quirks::find(&profiles, &d).map(|p| p.name.clone());
+        let quirk = crate::engine::quirks::find(&profiles, &d).map(|p| p.name.clone());
         let vm = owners.get(&b).cloned();
         rows.push((d, members, quirk, vm));
     }
     let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
-    let names = crate::pciids::load(host, &want);
+    let names = crate::sysfs::pciids::load(host, &want);
     if json {
         let devices: Vec<_> = rows
             .iter()

@@ -15,17 +15,6 @@ mod sysfs;
 #[cfg(test)]
 mod tests;
 
-// Transitional: the old flat paths, so this commit only moves files.
-use cmd::{doctor, install};
-use engine::{
-    console, exec, guard, handoff, identity, libvirt, lifecycle, plan, quirks, reset, resolve,
-    state, userhooks,
-};
-use parse::{config, pve};
-use sysfs::{device, pciids};
-#[cfg(test)]
-use tests::test_support;
-
 fn main() {
     std::process::exit(cli::main());
 }

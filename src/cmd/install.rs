@@ -4,9 +4,9 @@
 //! running it again is a no-op; anything else already at the link's place is left alone and
 //! reported.
 
-use crate::config::{check_trusted, read_bounded};
 use crate::error::{Error, Result};
 use crate::host::Host;
+use crate::parse::config::{check_trusted, read_bounded};
 
 pub const STORAGE_CFG: &str = "etc/pve/storage.cfg";
 pub const LIBVIRT_HOOKS_DIR: &str = "etc/libvirt/hooks/qemu.d";

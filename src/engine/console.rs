@@ -1,9 +1,9 @@
 //! Host console handoff: units, vtconsoles and the firmware framebuffer.
 
+use crate::engine::exec::Exec;
+use crate::engine::plan::Step;
 use crate::error::{Error, Result};
-use crate::exec::Exec;
 use crate::host::{paths, poll_until, Host};
-use crate::plan::Step;
 
 pub const FIRMWARE_FB: [(&str, &str); 3] = [
     ("simple-framebuffer", "simple-framebuffer.0"),

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Timeouts;
-use crate::device;
+use crate::engine::plan::Step;
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
 use crate::host::{poll_until, write_with_deadline, Host};
 use crate::log::Logger;
+use crate::parse::config::Timeouts;
 use crate::pci::Bdf;
-use crate::plan::Step;
+use crate::sysfs::device;
 
 pub struct Exec<'a> {
     pub host: Arc<dyn Host>,
@@ -275,14 +275,14 @@ impl<'a> Exec<'a> {
             Step::StopUnit { .. }
             | Step::StartUnit { .. }
             | Step::Vtcon { .. }
-            | Step::UnbindPlatform { .. } => crate::console::apply(self, step),
+            | Step::UnbindPlatform { .. } => crate::engine::console::apply(self, step),
             Step::StopContainer { ctid } => self.container(*ctid, false),
             Step::StartContainer { ctid } => self.container(*ctid, true),
             Step::AwaitFree { bdfs } => {
                 if self.dry_run {
                     return Ok(());
                 }
-                let left = crate::guard::wait_unheld(h, bdfs, self.budget(self.t.unit));
+                let left = crate::engine::guard::wait_unheld(h, bdfs, self.budget(self.t.unit));
                 if left.is_empty() {
                     Ok(())
                 } else {

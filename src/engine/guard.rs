@@ -23,10 +23,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::engine::state::{self, VmKey};
 use crate::host::{paths, Host, OpenNode};
+use crate::parse::pve::mapping::{parse_reservations, ReservationHolder};
 use crate::pci::Bdf;
-use crate::pve::mapping::{parse_reservations, ReservationHolder};
-use crate::state::{self, VmKey};
 
 /// Where a process runs, from its cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -933,12 +933,12 @@ impl<'a> Scanner<'a> {
 
     fn node_uses(&mut self, bdf: &Bdf, out: &mut Vec<Use>) {
         let chars = self.char_nodes(bdf);
-        let group = crate::device::iommu_group_of(self.host, bdf);
+        let group = crate::sysfs::device::iommu_group_of(self.host, bdf);
         let group_dev = group.and_then(|g| {
             read_trim(self.host, &format!("sys/class/vfio/{g}/dev")).and_then(|d| parse_rdev(&d))
         });
-        let on_vfio =
-            crate::device::driver_of(self.host, bdf).as_deref() == Some(crate::plan::VFIO);
+        let on_vfio = crate::sysfs::device::driver_of(self.host, bdf).as_deref()
+            == Some(crate::engine::plan::VFIO);
         let b = bdf.to_string();
         let mut hits: Vec<(String, u32)> = Vec::new();
         let mut unattributed: BTreeSet<u32> = BTreeSet::new();

@@ -2,13 +2,13 @@
 //! the host lets go in order (units, vtconsoles, firmware framebuffer, NVIDIA modules) before
 //! the devices move to vfio-pci; post-stop undoes it in reverse from the journal.
 
-use crate::config::Handoff;
-use crate::console;
-use crate::device::DeviceInfo;
+use crate::engine::console;
+use crate::engine::lifecycle::Ctx;
+use crate::engine::plan::{PlannedDevice, Step};
 use crate::error::Result;
 use crate::host::{paths, Host};
-use crate::lifecycle::Ctx;
-use crate::plan::{PlannedDevice, Step};
+use crate::parse::config::Handoff;
+use crate::sysfs::device::DeviceInfo;
 
 /// Units that hold GPUs: stopped only when running, restarted only if they were.
 pub const GPU_UNITS: [&str; 2] = ["display-manager.service", "nvidia-persistenced.service"];

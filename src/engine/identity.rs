@@ -21,16 +21,16 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{self, DeviceInfo};
+use crate::engine::lifecycle::Ctx;
+use crate::engine::plan::PlannedDevice;
+use crate::engine::resolve::Resolved;
+use crate::engine::state::{Domain, VmKey};
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, Host};
-use crate::lifecycle::Ctx;
 use crate::log::escape_controls;
 use crate::pci::{Bdf, PciId};
-use crate::plan::PlannedDevice;
-use crate::resolve::Resolved;
-use crate::state::{Domain, VmKey};
+use crate::sysfs::device::{self, DeviceInfo};
 
 pub const IDENTITY_VERSION: u32 = 1;
 /// An identity file larger than this is damaged (a VM names at most a few dozen functions).
@@ -325,18 +325,18 @@ fn ids_of(f: &FunctionId) -> Option<(u16, u16)> {
 fn names_for<'a>(
     host: &dyn Host,
     pairs: impl Iterator<Item = (&'a FunctionId, &'a FunctionId)>,
-) -> crate::pciids::Names {
+) -> crate::sysfs::pciids::Names {
     let mut want = BTreeSet::new();
     for (a, b) in pairs {
         want.extend(ids_of(a));
         want.extend(ids_of(b));
     }
-    crate::pciids::load(host, &want)
+    crate::sysfs::pciids::load(host, &want)
 }
 
 /// "10de:2786 NVIDIA Corporation AD104 [GeForce RTX 4070]", plus what tells it apart from
 /// `other` when the ids are the same (subsystem, class, serial).
-fn describe(f: &FunctionId, other: &FunctionId, names: &crate::pciids::Names) -> String {
+fn describe(f: &FunctionId, other: &FunctionId, names: &crate::sysfs::pciids::Names) -> String {
     let class = u32::from_str_radix(&f.class, 16).unwrap_or(0);
     let name = ids_of(f)
         .and_then(|(v, d)| names.describe(v, d))
@@ -377,7 +377,7 @@ fn fix_hint(host: &dyn Host, key: &VmKey, origin: &str) -> String {
             }
             let hp = origin.split_whitespace().next().unwrap_or(origin);
             let migrated = std::env::var("PVE_MIGRATED_FROM").ok();
-            let cfg = crate::pve::config::vm_config_path(
+            let cfg = crate::parse::pve::config::vm_config_path(
                 *v,
                 migrated.as_deref().filter(|s| !s.is_empty()),
             )
@@ -576,10 +576,10 @@ fn at_addresses(host: &dyn Host, f: &IdentityFile) -> Vec<FunctionId> {
 /// is reported by plan and doctor themselves).
 fn named_now_pve(host: &dyn Host, vmid: u32) -> Vec<FunctionId> {
     let log = crate::log::Logger::new(-3, false);
-    let Ok(cfg) = crate::resolve::load_vm_config(host, vmid) else {
+    let Ok(cfg) = crate::engine::resolve::load_vm_config(host, vmid) else {
         return Vec::new();
     };
-    match crate::resolve::resolve(host, &cfg, &crate::resolve::node_name(), &log) {
+    match crate::engine::resolve::resolve(host, &cfg, &crate::engine::resolve::node_name(), &log) {
         Ok(r) => current_resolved(host, &r),
         Err(_) => Vec::new(),
     }
@@ -596,7 +596,7 @@ fn key_of_name(name: &str) -> Option<VmKey> {
     } else {
         let u = name.strip_prefix("libvirt-")?.strip_suffix(".json")?;
         VmKey::Libvirt(Domain {
-            uuid: crate::libvirt::parse_uuid(u)?,
+            uuid: crate::engine::libvirt::parse_uuid(u)?,
             name: String::new(),
         })
     };
@@ -777,9 +777,9 @@ mod tests {
 
     // ---- on the simulated kernel ----
 
+    use crate::engine::lifecycle;
     use crate::host::sim::{SimDevice, SimDriver, SimHost};
-    use crate::lifecycle;
-    use crate::test_support::{timeouts, T};
+    use crate::tests::test_support::{timeouts, T};
 
     const NVME: &str = "0000:02:00.0";
     const NVME2: &str = "0000:03:00.0";
@@ -1136,18 +1136,18 @@ mod tests {
         let t = T::new();
         lifecycle::pre_start(&t.ctx(), 100).unwrap();
         lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
-        let cfg = crate::config::Config::default();
+        let cfg = crate::parse::config::Config::default();
         let pctx = t.ctx_dry(true);
         let planner = |v| lifecycle::plan_vm(&pctx, v);
-        let r = crate::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
+        let r = crate::cmd::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
         let c: Vec<_> = r.checks.iter().filter(|c| c.id == "vm.identity").collect();
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].status, crate::doctor::Status::Pass);
+        assert_eq!(c[0].status, crate::cmd::doctor::Status::Pass);
         nic_at(&t, NVME);
-        let r = crate::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
+        let r = crate::cmd::doctor::run(&*t.sim, &cfg, Some(100), &planner).unwrap();
         let c: Vec<_> = r.checks.iter().filter(|c| c.id == "vm.identity").collect();
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].status, crate::doctor::Status::Fail);
+        assert_eq!(c[0].status, crate::cmd::doctor::Status::Fail);
         let plan_msg = lifecycle::plan_vm(&t.ctx_dry(true), 100)
             .unwrap()
             .identity

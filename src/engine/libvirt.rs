@@ -14,12 +14,12 @@ use std::ffi::OsStr;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use crate::config::MAX_FILE_BYTES;
+use crate::engine::lifecycle::{self, Ctx};
+use crate::engine::state::{Domain, VmKey};
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::lifecycle::{self, Ctx};
+use crate::parse::config::MAX_FILE_BYTES;
 use crate::pci::Bdf;
-use crate::state::{Domain, VmKey};
 
 /// The largest domain XML accepted on stdin.
 pub const MAX_XML_BYTES: usize = MAX_FILE_BYTES;
@@ -302,7 +302,7 @@ pub fn domain_running(host: &dyn Host, uuid: &str) -> Option<u32> {
 /// bounded, for the others so libvirt never writes into a closed pipe).
 pub fn command(
     host: std::sync::Arc<dyn Host>,
-    load_cfg: &dyn Fn(&dyn Host) -> Result<crate::config::Config>,
+    load_cfg: &dyn Fn(&dyn Host) -> Result<crate::parse::config::Config>,
     dry_run: bool,
     log: &crate::log::Logger,
     args: &LibvirtArgs,
@@ -339,7 +339,7 @@ pub fn command(
         cfg: &cfg,
         log,
         dry_run,
-        node: crate::resolve::node_name(),
+        node: crate::engine::resolve::node_name(),
     };
     let key = VmKey::Libvirt(Domain {
         uuid: dom.uuid.clone(),
@@ -363,9 +363,9 @@ pub fn command(
             }
             let p = lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs)?;
             let replan = || lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs);
-            crate::userhooks::pre_start(&ctx, &key, p, &replan)
+            crate::engine::userhooks::pre_start(&ctx, &key, p, &replan)
         }
-        Action::PostStop => crate::userhooks::post_stop(&ctx, &key),
+        Action::PostStop => crate::engine::userhooks::post_stop(&ctx, &key),
     }
 }
 

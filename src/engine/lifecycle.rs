@@ -4,17 +4,17 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::device;
+use crate::engine::exec::Exec;
+use crate::engine::guard;
+use crate::engine::plan::{self, HostFacts, PlannedDevice, Step};
+use crate::engine::resolve::{self, Resolved};
+use crate::engine::state::{self, DeviceRecord, VmKey, VmState};
 use crate::error::{Error, Result};
-use crate::exec::Exec;
-use crate::guard;
 use crate::host::{paths, Host, LockGuard};
 use crate::log::Logger;
+use crate::parse::config::Config;
 use crate::pci::Bdf;
-use crate::plan::{self, HostFacts, PlannedDevice, Step};
-use crate::resolve::{self, Resolved};
-use crate::state::{self, DeviceRecord, VmKey, VmState};
+use crate::sysfs::device;
 
 pub struct Ctx<'a> {
     pub host: Arc<dyn Host>,
@@ -47,7 +47,7 @@ pub struct VmPlan {
     pub post_stop: Vec<String>,
     pub warnings: Vec<String>,
     /// Address drift since the last good start: pre-start refuses while it is not empty.
-    pub identity: crate::identity::PlanIdentity,
+    pub identity: crate::engine::identity::PlanIdentity,
     /// Who uses the functions (the host guard), released ones included.
     pub users: guard::Report,
     /// Users that make pre-start refuse: "hostpci0 0000:02:00.0: /dev/nvme0n1p1 is mounted
@@ -201,7 +201,7 @@ fn guard_plan(
     let mut fixes = Vec::new();
     if !refusals.is_empty() {
         let cfg = match key {
-            VmKey::Pve(v) => crate::pve::config::vm_config_path(*v, None)
+            VmKey::Pve(v) => crate::parse::pve::config::vm_config_path(*v, None)
                 .map(|p| h.display(&p))
                 .unwrap_or_default(),
             VmKey::Libvirt(_) => String::new(),
@@ -264,15 +264,15 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
     // Before anything else reads or plans a change: what the named addresses hold now.
-    let identity = crate::identity::check(ctx.h(), key, &devices, &mut warnings);
-    crate::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
+    let identity = crate::engine::identity::check(ctx.h(), key, &devices, &mut warnings);
+    crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
     let facts = HostFacts {
         vfio_loaded: ctx
             .h()
             .exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
     };
     let mut steps = Vec::new();
-    let handoff = crate::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
+    let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
     let g = guard_plan(ctx, key, vmid, &devices, &handoff);
     warnings.extend(g.users.notes.iter().cloned());
     steps.extend(
@@ -380,7 +380,7 @@ pub fn prepare(
         ctx.log.warn(w);
     }
     // Address drift (driver=keep functions included): refused before anything is touched.
-    crate::identity::refuse(&p.identity)?;
+    crate::engine::identity::refuse(&p.identity)?;
     // The host guard, before any change: a device the host or another VM uses is refused.
     if let Some(e) = p.refusal(key) {
         return Err(e);
@@ -392,7 +392,7 @@ pub fn prepare(
     }
     if active.is_empty() {
         ctx.log.info("no PCI devices to prepare");
-        crate::identity::remember(ctx, key, &p.identity);
+        crate::engine::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
@@ -423,7 +423,7 @@ pub fn prepare(
             restore(ctx, old, false)?;
             // The host changed: plan again from what it is now.
             let p = replan()?;
-            crate::identity::refuse(&p.identity)?;
+            crate::engine::identity::refuse(&p.identity)?;
             if let Some(e) = p.refusal(key) {
                 return Err(e);
             }
@@ -451,7 +451,7 @@ pub fn prepare(
         for s in &p.steps {
             exec.apply(s)?;
         }
-        crate::identity::remember(ctx, key, &p.identity);
+        crate::engine::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
     state::save(ctx.h(), &st)?;
@@ -499,7 +499,7 @@ pub fn prepare(
     }
     st.phase = "prepared".into();
     state::save(ctx.h(), &st)?;
-    crate::identity::remember(ctx, key, &p.identity);
+    crate::engine::identity::remember(ctx, key, &p.identity);
     ctx.log.info(&format!(
         "{} device(s) on vfio-pci: {}",
         bdfs.len(),
@@ -595,8 +595,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     st.phase = "post-stop".into();
     st.pid = std::process::id();
     state::save(ctx.h(), &st)?;
-    let profiles =
-        crate::quirks::load_all(ctx.h(), ctx.cfg).unwrap_or_else(|_| crate::quirks::builtin());
+    let profiles = crate::engine::quirks::load_all(ctx.h(), ctx.cfg)
+        .unwrap_or_else(|_| crate::engine::quirks::builtin());
     let mut failed: Vec<String> = Vec::new();
     // An earlier "unrecovered" device that is present again was reset once more just now
     // (post_stop_reset): it stays unrecovered only if that failed too.
@@ -610,7 +610,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.unrecovered.clone()
     };
     if with_reset {
-        let outcome = crate::reset::post_stop_reset(ctx, &st, &profiles, &back);
+        let outcome = crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back);
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(
                 "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"
@@ -653,7 +653,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         let wait = d
             .quirk
             .as_deref()
-            .and_then(|q| crate::quirks::by_name(&profiles, q))
+            .and_then(|q| crate::engine::quirks::by_name(&profiles, q))
             .and_then(|p| p.rebind_wait())
             .unwrap_or(ctx.cfg.timeouts.driver_bind)
             .max(ctx.cfg.timeouts.driver_bind);
@@ -765,7 +765,7 @@ pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
             continue;
         }
         // The post-stop that never came: devices back, then the user post-stop hooks.
-        match crate::userhooks::post_stop(ctx, &vm) {
+        match crate::engine::userhooks::post_stop(ctx, &vm) {
             Ok(()) => {}
             Err(e) => {
                 ctx.log.error(&e.to_string());

@@ -6,8 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceInfo;
 use crate::pci::Bdf;
+use crate::sysfs::device::DeviceInfo;
 
 pub const VFIO: &str = "vfio-pci";
 pub const VFIO_MODULE: &str = "vfio_pci";

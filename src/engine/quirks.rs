@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{read_trusted, Config};
-use crate::device::DeviceInfo;
+use crate::engine::plan::PlannedDevice;
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
-use crate::plan::PlannedDevice;
+use crate::parse::config::{read_trusted, Config};
+use crate::sysfs::device::DeviceInfo;
 
 const BUILTIN: &str = include_str!("quirks.toml");
 
@@ -174,7 +174,7 @@ pub(crate) fn parse_file(text: &str, file: &str) -> Result<Vec<Profile>> {
     let f: File = toml::from_str(text).map_err(|e| {
         Error::Config(format!(
             "{file}:{}: {}",
-            crate::config::line_of(text, e.span()),
+            crate::parse::config::line_of(text, e.span()),
             e.message()
         ))
     })?;
@@ -276,14 +276,14 @@ fn add_companions(
     if gpus.is_empty() {
         return;
     }
-    for b in crate::device::list_all(host) {
+    for b in crate::sysfs::device::list_all(host) {
         let Some(gpu) = gpus.iter().find(|g| g.slot() == b.slot() && **g != b) else {
             continue;
         };
         if devices.iter().any(|d| d.info.bdf == b) {
             continue;
         }
-        let Some(info) = crate::device::read_device(host, &b) else {
+        let Some(info) = crate::sysfs::device::read_device(host, &b) else {
             continue;
         };
         let Some(p) = find(all, &info).filter(|p| p.companion) else {

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::read_bounded;
-use crate::device::{self, DeviceInfo};
+use crate::engine::state;
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
+use crate::parse::config::read_bounded;
+use crate::parse::pve::config::{parse_vm_config, vm_config_path, VmConfig};
+use crate::parse::pve::hostpci::{DriverMode, HostSource};
+use crate::parse::pve::mapping::{
+    choose_entry, parse_mapping_file, parse_reservations, MappingFile,
+};
 use crate::pci::{Bdf, PciAddr};
-use crate::pve::config::{parse_vm_config, vm_config_path, VmConfig};
-use crate::pve::hostpci::{DriverMode, HostSource};
-use crate::pve::mapping::{choose_entry, parse_mapping_file, parse_reservations, MappingFile};
-use crate::state;
+use crate::sysfs::device::{self, DeviceInfo};
 
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -136,7 +138,7 @@ pub fn resolve(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let taken = |e: &crate::pve::mapping::MapEntry| -> Option<String> {
+                let taken = |e: &crate::parse::pve::mapping::MapEntry| -> Option<String> {
                     for p in &e.paths {
                         for r in &reservations {
                             if !p.matches(&r.bdf) {

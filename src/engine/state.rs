@@ -4,11 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceInfo;
+use crate::engine::plan::Step;
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
 use crate::pci::Bdf;
-use crate::plan::Step;
+use crate::sysfs::device::DeviceInfo;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -44,7 +44,7 @@ pub struct VmState {
 /// A libvirt domain: keyed by its UUID (the name is only shown).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Domain {
-    /// Lowercase 8-4-4-4-12 hex, validated by `crate::libvirt::parse_uuid`.
+    /// Lowercase 8-4-4-4-12 hex, validated by `crate::engine::libvirt::parse_uuid`.
     pub uuid: String,
     pub name: String,
 }
@@ -191,7 +191,7 @@ pub fn list_keys(host: &dyn Host) -> Vec<VmKey> {
         else {
             continue;
         };
-        let Some(uuid) = crate::libvirt::parse_uuid(uuid) else {
+        let Some(uuid) = crate::engine::libvirt::parse_uuid(uuid) else {
             continue;
         };
         let probe = VmKey::Libvirt(Domain {
@@ -231,7 +231,7 @@ pub fn owner_of_key(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey>
 pub fn key_running(host: &dyn Host, key: &VmKey) -> Option<u32> {
     match key {
         VmKey::Pve(v) => vm_running(host, *v),
-        VmKey::Libvirt(d) => crate::libvirt::domain_running(host, &d.uuid),
+        VmKey::Libvirt(d) => crate::engine::libvirt::domain_running(host, &d.uuid),
     }
 }
 

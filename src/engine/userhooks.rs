@@ -24,12 +24,12 @@
 
 use std::time::Instant;
 
-use crate::config::check_trusted;
+use crate::engine::lifecycle::{self, Ctx, VmPlan};
+use crate::engine::state::{self, VmKey};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
-use crate::lifecycle::{self, Ctx, VmPlan};
+use crate::parse::config::check_trusted;
 use crate::pci::Bdf;
-use crate::state::{self, VmKey};
 
 pub const PHASES: [&str; 4] = ["pre-start", "post-start", "pre-stop", "post-stop"];
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -215,7 +215,7 @@ pub fn pre_start(
     replan: &dyn Fn() -> Result<VmPlan>,
 ) -> Result<()> {
     // Address drift refuses before the user pre-start hooks change anything either.
-    crate::identity::refuse(&p.identity)?;
+    crate::engine::identity::refuse(&p.identity)?;
     for ph in PHASES {
         list(ctx.host.as_ref(), ph, ctx.log)?;
     }

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use crate::engine::lifecycle;
+use crate::engine::reset::{self, Mode, Verdict};
 use crate::error::Error;
 use crate::host::sim::{Fault, FaultPoint, ResetBehaviour, SimDevice, SimHost};
-use crate::lifecycle;
 use crate::pci::Bdf;
-use crate::reset::{self, Mode, Verdict};
-use crate::test_support::T;
+use crate::tests::test_support::T;
 
 const NVME: &str = "0000:02:00.0";
 const NVME2: &str = "0000:03:00.0";
@@ -62,7 +62,7 @@ fn double_pre_start_keeps_the_original_driver() {
     let before = t.devices();
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
-    let st = crate::state::load(&*t.sim, 100).unwrap().unwrap();
+    let st = crate::engine::state::load(&*t.sim, 100).unwrap().unwrap();
     assert!(st
         .devices
         .iter()
@@ -140,7 +140,7 @@ fn crash_at_every_step_boundary_is_recoverable() {
     let steps = lifecycle::plan_vm(&t0.ctx_dry(true), 102).unwrap().steps;
     assert!(steps.len() >= 6);
     // Two boundaries per batch (steps of a batch run in parallel).
-    let boundaries = 2 * crate::plan::batches(&steps).len();
+    let boundaries = 2 * crate::engine::plan::batches(&steps).len();
     for n in 0..boundaries {
         for via_cleanup in [true, false] {
             let t = T::new();
@@ -355,7 +355,7 @@ fn forced_unsupported_method_is_reported_not_guessed() {
 /// starts, so post-stop resets through the slot and the card comes back.
 #[test]
 fn blackwell_profile_avoids_flr_and_recovers() {
-    let t = T::with(crate::test_support::blackwell_host());
+    let t = T::with(crate::tests::test_support::blackwell_host());
     std::fs::write(
         t.sim.root_dir().join("etc/pve/qemu-server/120.conf"),
         "hostpci0: 06:00.0\n",
@@ -565,7 +565,7 @@ mod amd {
     #[test]
     fn vega10_without_device_specific_reports_exit_3() {
         let mut t = amd_host(0x687f, Some(true), false);
-        t.cfg = crate::config::parse(
+        t.cfg = crate::parse::config::parse(
             "[[quirk]]\nname = \"amd-vega10\"\nvendor = \"1002\"\ndevices = [\"687f\"]\n",
             "/etc/pt-hook/pt-hook.toml",
         )
@@ -685,10 +685,14 @@ mod amd {
         t.sim.set_driver_override(CARD, Some("vfio-pci"));
         t.sim.wedge(CARD);
         let ctx = t.ctx();
-        let all = crate::quirks::builtin();
+        let all = crate::engine::quirks::builtin();
         let mut q = reset::LadderQuirks::default();
-        let info = crate::device::read_device(&*ctx.host, &bdf(CARD)).unwrap();
-        q.add(bdf(CARD), crate::quirks::find(&all, &info).unwrap(), None);
+        let info = crate::sysfs::device::read_device(&*ctx.host, &bdf(CARD)).unwrap();
+        q.add(
+            bdf(CARD),
+            crate::engine::quirks::find(&all, &info).unwrap(),
+            None,
+        );
         let list = vec![bdf(CARD)];
         let r = reset::reset_many(&ctx, &list, None, Mode::Manual, &list, &q);
         assert_eq!(r[0].verdict, Verdict::Reset, "{r:?}");
@@ -703,7 +707,7 @@ mod amd {
 /// so with exit 3 and keeps the state; nothing is handed to the host driver.
 #[test]
 fn blackwell_gone_after_every_rung_is_exit_3() {
-    let mut t = T::with(crate::test_support::blackwell_host());
+    let mut t = T::with(crate::tests::test_support::blackwell_host());
     t.sim
         .set_reset_behaviour("0000:06:00.0", "bus", ResetBehaviour::Wedge);
     t.cfg.timeouts.driver_bind = Duration::from_millis(300);

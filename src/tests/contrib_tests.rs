@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-use crate::config::{self, Config, Timeouts};
+use crate::parse::config::{self, Config, Timeouts};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +56,7 @@ fn example_config_parses_and_documents_every_key() {
     // Its [[quirk]] goes through the quirk layer's own checks.
     let dir = tempfile::tempdir().unwrap();
     let host = crate::host::real::RealHost::new(dir.path());
-    let all = crate::quirks::load_all(&host, &cfg).unwrap();
+    let all = crate::engine::quirks::load_all(&host, &cfg).unwrap();
     assert!(all.iter().any(|p| p.name == "my-card"));
     // The documented timeouts are the defaults.
     let d = Timeouts::default();
@@ -90,7 +90,7 @@ fn example_config_parses_and_documents_every_key() {
     let doc: toml::Value = toml::from_str(&text).unwrap();
     let unknown = |toml: &str| -> String {
         config::parse(toml, "x")
-            .and_then(|c| crate::quirks::load_all(&host, &c).map(|_| ()))
+            .and_then(|c| crate::engine::quirks::load_all(&host, &c).map(|_| ()))
             .unwrap_err()
             .to_string()
     };

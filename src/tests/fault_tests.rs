@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Timeouts};
+use crate::engine::lifecycle::{self, Ctx};
 use crate::error::Error;
 use crate::host::sim::{Fault, FaultOp, FaultPoint, OpKind, PathMatch, Snapshot};
 use crate::host::Host;
-use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
+use crate::parse::config::{Config, Timeouts};
 use crate::pci::Bdf;
-use crate::test_support::{blackwell_host, T};
+use crate::tests::test_support::{blackwell_host, T};
 
 fn timeouts() -> Timeouts {
     // Short enough to keep ~600 cases quick, long enough that a clean step never times out
@@ -140,7 +140,9 @@ fn act(t: &T, p: Phase) -> Result<(), Error> {
     match p {
         Phase::PreStart(vm) => lifecycle::pre_start(&t.ctx(), vm),
         Phase::PostStop(vm) => lifecycle::post_stop(&t.ctx(), vm, true),
-        Phase::Reset(b) => crate::reset::command(&t.ctx(), &[Bdf::parse(b).unwrap()], None, true),
+        Phase::Reset(b) => {
+            crate::engine::reset::command(&t.ctx(), &[Bdf::parse(b).unwrap()], None, true)
+        }
         Phase::Cleanup(vm) => lifecycle::cleanup(&t.ctx(), Some(vm)),
     }
 }
@@ -566,7 +568,7 @@ fn failed_restore_keeps_only_the_devices_not_back() {
     assert_eq!(e.exit_code(), 1, "{e}");
     assert!(e.to_string().contains("0000:04:00.0"), "{e}");
     assert_eq!(t.sim.driver_of("0000:02:00.0").as_deref(), Some("nvme"));
-    let st = crate::state::load(&*t.sim, 100).unwrap().unwrap();
+    let st = crate::engine::state::load(&*t.sim, 100).unwrap().unwrap();
     assert_eq!(
         st.bdfs(),
         vec![Bdf::parse("0000:04:00.0").unwrap()],

@@ -112,23 +112,23 @@ fn targets() -> Vec<Target> {
             name: "vm-config",
             seeds: vm_config_seeds(),
             parse: |t| {
-                let _ = crate::pve::config::parse_vm_config(t, "fuzz.conf", 100);
+                let _ = crate::parse::pve::config::parse_vm_config(t, "fuzz.conf", 100);
             },
         },
         Target {
             name: "hostpci",
             seeds: hostpci_seeds(),
             parse: |t| {
-                let _ = crate::pve::hostpci::parse_hostpci(0, t);
+                let _ = crate::parse::pve::hostpci::parse_hostpci(0, t);
             },
         },
         Target {
             name: "pci.cfg",
             seeds: mapping_seeds(),
             parse: |t| {
-                if let Ok(f) = crate::pve::mapping::parse_mapping_file(t, "pci.cfg") {
+                if let Ok(f) = crate::parse::pve::mapping::parse_mapping_file(t, "pci.cfg") {
                     for m in &f.mappings {
-                        let _ = crate::pve::mapping::choose_entry(m, "pve1", &|_| None);
+                        let _ = crate::parse::pve::mapping::choose_entry(m, "pve1", &|_| None);
                     }
                 }
             },
@@ -137,28 +137,28 @@ fn targets() -> Vec<Target> {
             name: "reservations",
             seeds: reservation_seeds(),
             parse: |t| {
-                let _ = crate::pve::mapping::parse_reservations(t);
+                let _ = crate::parse::pve::mapping::parse_reservations(t);
             },
         },
         Target {
             name: "pt-hook.toml",
             seeds: toml_seeds(),
             parse: |t| {
-                let _ = crate::config::parse(t, "pt-hook.toml");
+                let _ = crate::parse::config::parse(t, "pt-hook.toml");
             },
         },
         Target {
             name: "quirks",
             seeds: quirk_seeds(),
             parse: |t| {
-                let _ = crate::quirks::parse_file(t, "quirk.toml");
+                let _ = crate::engine::quirks::parse_file(t, "quirk.toml");
             },
         },
         Target {
             name: "libvirt-xml",
             seeds: libvirt_seeds(),
             parse: |t| {
-                let _ = crate::libvirt::parse_domain(t, "domain.xml");
+                let _ = crate::engine::libvirt::parse_domain(t, "domain.xml");
             },
         },
     ]

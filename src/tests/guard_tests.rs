@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::VmOptions;
+use crate::engine::lifecycle;
 use crate::error::Error;
 use crate::host::sim::SimHost;
 use crate::host::OpenNode;
-use crate::lifecycle;
-use crate::test_support::T;
+use crate::parse::config::VmOptions;
+use crate::tests::test_support::T;
 
 const VGA: &str = "0000:01:00.0";
 const NVME: &str = "0000:02:00.0";
@@ -47,7 +47,7 @@ const ROUTE_HEAD: &str =
 fn refused(t: &T, vm: u32, needles: &[&str]) -> String {
     let before = t.devices();
     let writes = t.sim.write_count();
-    let e = crate::userhooks::pve_phase(&t.ctx(), vm, "pre-start").unwrap_err();
+    let e = crate::engine::userhooks::pve_phase(&t.ctx(), vm, "pre-start").unwrap_err();
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 1, "{msg}");
     assert!(matches!(e, Error::Failed(_)), "{msg}");
@@ -351,7 +351,7 @@ fn a_holder_in_the_display_manager_the_handoff_stops_is_released_by_the_plan() {
     assert!(p
         .steps
         .iter()
-        .any(|s| matches!(s, crate::plan::Step::AwaitFree { .. })));
+        .any(|s| matches!(s, crate::engine::plan::Step::AwaitFree { .. })));
     lifecycle::pre_start(&t.ctx(), 102).unwrap();
     assert_eq!(t.sim.driver_of(VGA).as_deref(), Some("vfio-pci"));
 }
@@ -449,7 +449,7 @@ fn post_stop_never_resets_or_unbinds_a_held_function_and_cleanup_restores_later(
         false,
     );
     let start = Instant::now();
-    let e = crate::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap_err();
+    let e = crate::engine::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap_err();
     let took = start.elapsed();
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 1, "{msg}");
@@ -491,7 +491,7 @@ fn post_stop_waits_for_a_qemu_that_is_still_exiting() {
         std::thread::sleep(Duration::from_millis(300));
         sim.exit_process(7000);
     });
-    crate::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap();
+    crate::engine::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap();
     h.join().unwrap();
     assert!(!t.has_state(100));
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
@@ -532,7 +532,7 @@ fn reset_refuses_a_device_in_use() {
         "40 22 259:1 / /mnt rw - xfs /dev/nvme0n1p1 rw\n",
     );
     let writes = t.sim.write_count();
-    let e = crate::reset::command(
+    let e = crate::engine::reset::command(
         &t.ctx(),
         &[crate::pci::Bdf::parse(NVME).unwrap()],
         None,
@@ -559,12 +559,12 @@ fn doctor_reports_the_refusal_in_pre_starts_words() {
     );
     let pctx = t.ctx_dry(true);
     let planner = |v| lifecycle::plan_vm(&pctx, v);
-    let r = crate::doctor::run(&*t.sim, &t.cfg, Some(100), &planner).unwrap();
+    let r = crate::cmd::doctor::run(&*t.sim, &t.cfg, Some(100), &planner).unwrap();
     let c: Vec<_> = r.checks.iter().filter(|c| c.id == "vm.in-use").collect();
     let p = lifecycle::plan_vm(&t.ctx_dry(true), 100).unwrap();
     assert_eq!(c.len(), 1, "one check for the one function");
     assert_eq!(c[0].message, p.refusals.join("; "));
-    assert_eq!(c[0].status, crate::doctor::Status::Fail);
+    assert_eq!(c[0].status, crate::cmd::doctor::Status::Fail);
     assert!(c[0].fix.as_deref().unwrap().contains("never taken"));
 }
 
@@ -614,10 +614,12 @@ fn release_containers_stops_the_holders_and_starts_them_after_post_stop() {
     lifecycle::pre_start(&t.ctx(), 102).unwrap();
     assert!(!t.sim.container_running(105));
     assert_eq!(t.sim.driver_of(VGA).as_deref(), Some("vfio-pci"));
-    let st = crate::state::load(t.sim.as_ref(), 102).unwrap().unwrap();
+    let st = crate::engine::state::load(t.sim.as_ref(), 102)
+        .unwrap()
+        .unwrap();
     assert!(st
         .journal
-        .contains(&crate::plan::Step::StopContainer { ctid: 105 }));
+        .contains(&crate::engine::plan::Step::StopContainer { ctid: 105 }));
     lifecycle::post_stop(&t.ctx(), 102, true).unwrap();
     assert!(t.sim.container_running(105));
     assert_eq!(t.devices(), before);
@@ -676,7 +678,7 @@ fn a_libvirt_domain_is_refused_the_same_way() {
         "proc/swaps",
         "Filename Type Size Used Priority\n/dev/nvme0n1p1 partition 1 0 -2\n",
     );
-    let key = crate::state::VmKey::Libvirt(crate::state::Domain {
+    let key = crate::engine::state::VmKey::Libvirt(crate::engine::state::Domain {
         uuid: "4dea22b3-1d52-d8f3-2516-782e98ab3fa0".into(),
         name: "web".into(),
     });

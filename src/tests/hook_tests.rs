@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::engine::libvirt::{self, LibvirtArgs};
+use crate::engine::state::{self, Domain, VmKey};
+use crate::engine::userhooks;
 use crate::error::Result;
 use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost};
 use crate::host::Host;
-use crate::libvirt::{self, LibvirtArgs};
-use crate::state::{self, Domain, VmKey};
-use crate::test_support::{self, T};
-use crate::userhooks;
+use crate::parse::config::Config;
+use crate::tests::test_support::{self, T};
 
 const NVME: &str = "0000:02:00.0";
 const NVME2: &str = "0000:03:00.0";
@@ -109,7 +109,7 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
     assert_eq!(st.domain.as_ref().unwrap().name, "web 01");
     assert_eq!(st.vmid, 0);
     // A Proxmox VM with the same device is refused, naming the domain.
-    let e = crate::userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         e.to_string().contains("held by libvirt domain \"web 01\""),
         "{e}"
@@ -178,10 +178,10 @@ fn cleanup_restores_libvirt_state_unless_the_domain_runs() {
     )
     .unwrap();
     assert_eq!(libvirt::domain_running(t.sim.as_ref(), UUID), Some(4242));
-    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert!(t.libvirt_state());
     std::fs::remove_dir_all(&p).unwrap();
-    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.libvirt_state());
     assert_eq!(t.devices(), before);
 }
@@ -369,14 +369,14 @@ fn cleanup_runs_the_post_stop_hooks_of_what_it_restores() {
     let before = t.devices();
     t.hook("post-stop", "10-undo", "");
     userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap();
-    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.devices(), before);
     assert_eq!(
         t.hook_log(),
         ["10-undo 100 post-stop [100|post-stop|0000:02:00.0|pve||0]"]
     );
     // Nothing left: a second cleanup runs no hook.
-    crate::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.hook_log().len(), 1);
 }
 

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Timeouts};
+use crate::engine::lifecycle::Ctx;
 use crate::host::sim::{ResetBehaviour, SimDevice, SimDriver, SimHost, Snapshot};
 use crate::host::Host;
-use crate::lifecycle::Ctx;
 use crate::log::Logger;
+use crate::parse::config::{Config, Timeouts};
 
 /// The VM configs of the behaviour tests (gpu_host devices).
 pub const GPU_HOST_VMS: &[(u32, &str)] = &[

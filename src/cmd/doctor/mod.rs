@@ -10,15 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::config::{read_bounded, Config};
-use crate::device::{self, DeviceInfo};
+use crate::engine::quirks::{self, Profile};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
+use crate::parse::config::{read_bounded, Config};
+use crate::parse::pve::config::{parse_vm_config, VmConfig};
+use crate::parse::pve::hostpci::HostSource;
 use crate::pci::{Bdf, PciId};
-use crate::pciids::{self, Names};
-use crate::pve::config::{parse_vm_config, VmConfig};
-use crate::pve::hostpci::HostSource;
-use crate::quirks::{self, Profile};
+use crate::sysfs::device::{self, DeviceInfo};
+use crate::sysfs::pciids::{self, Names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,7 +225,7 @@ struct Doctor<'a> {
     iommu_units: Vec<String>,
     /// pre-start's own plan for a VM: its refusals are doctor's `vm.in-use` findings, word
     /// for word (the host guard decides both).
-    planner: &'a dyn Fn(u32) -> Result<crate::lifecycle::VmPlan>,
+    planner: &'a dyn Fn(u32) -> Result<crate::engine::lifecycle::VmPlan>,
 }
 
 impl<'a> Doctor<'a> {
@@ -946,8 +946,8 @@ impl<'a> Doctor<'a> {
             }
         };
         let log = crate::log::Logger::new(-3, false);
-        let node = crate::resolve::node_name();
-        let resolved = match crate::resolve::resolve(self.host, &cfg, &node, &log) {
+        let node = crate::engine::resolve::node_name();
+        let resolved = match crate::engine::resolve::resolve(self.host, &cfg, &node, &log) {
             Ok(r) => r,
             Err(e) => {
                 self.add_vm(
@@ -964,7 +964,7 @@ impl<'a> Doctor<'a> {
                 return;
             }
         };
-        let explicit: Vec<&crate::resolve::Resolved> = resolved
+        let explicit: Vec<&crate::engine::resolve::Resolved> = resolved
             .iter()
             .filter(|r| r.origin.starts_with("hostpci"))
             .collect();
@@ -1045,12 +1045,12 @@ impl<'a> Doctor<'a> {
                 continue;
             }
             // A group member the host uses is named with its use (the management NIC...).
-            let users = crate::guard::scan(
+            let users = crate::engine::guard::scan(
                 self.host,
                 &others,
-                &crate::guard::Opts {
-                    me: Some(&crate::state::VmKey::Pve(vmid)),
-                    node: &crate::resolve::node_name(),
+                &crate::engine::guard::Opts {
+                    me: Some(&crate::engine::state::VmKey::Pve(vmid)),
+                    node: &crate::engine::resolve::node_name(),
                 },
             );
             let mut desc = Vec::new();
@@ -1122,7 +1122,7 @@ impl<'a> Doctor<'a> {
                 ),
             }
         }
-        let gpus: Vec<&crate::resolve::Resolved> = explicit
+        let gpus: Vec<&crate::engine::resolve::Resolved> = explicit
             .iter()
             .copied()
             .filter(|r| r.info.is_display())
@@ -1521,8 +1521,8 @@ impl<'a> Doctor<'a> {
     }
 
     /// Address drift: the named addresses hold what they held at the VM's last good start.
-    fn check_identity(&mut self, vmid: u32, resolved: &[crate::resolve::Resolved]) {
-        match crate::identity::doctor_drift(self.host, vmid, resolved) {
+    fn check_identity(&mut self, vmid: u32, resolved: &[crate::engine::resolve::Resolved]) {
+        match crate::engine::identity::doctor_drift(self.host, vmid, resolved) {
             Ok(None) => {}
             Ok(Some(drift)) if drift.is_empty() => self.add_vm(
                 vmid,
@@ -1558,7 +1558,7 @@ impl<'a> Doctor<'a> {
         }
     }
 
-    fn check_quirks(&mut self, vmid: u32, resolved: &[crate::resolve::Resolved]) {
+    fn check_quirks(&mut self, vmid: u32, resolved: &[crate::engine::resolve::Resolved]) {
         // One finding per profile and slot: a GPU's functions share one profile.
         let mut seen = BTreeSet::new();
         for r in resolved.iter().filter(|r| !r.keep) {
@@ -1648,7 +1648,7 @@ impl<'a> Doctor<'a> {
 fn install_hint(vmid: u32, storage: &str) -> String {
     format!(
         "pt-hook install --storage {storage} --vmid {vmid}; qm set {vmid} --hookscript {storage}:snippets/{}",
-        crate::install::LINK_NAME
+        crate::cmd::install::LINK_NAME
     )
 }
 
@@ -1657,13 +1657,13 @@ fn install_hint(vmid: u32, storage: &str) -> String {
 /// `local` is Proxmox's built-in /var/lib/vz. The error says why there is none.
 fn snippets_base(host: &dyn Host, storage: &str) -> std::result::Result<String, String> {
     const LOCAL: &str = "var/lib/vz";
-    let (file, all) = match crate::install::read_storage_cfg(host) {
+    let (file, all) = match crate::cmd::install::read_storage_cfg(host) {
         Ok(Some(v)) => v,
         Ok(None) if storage == "local" => return Ok(LOCAL.to_string()),
         Ok(None) => {
             return Err(format!(
                 "{} does not exist, so storage {storage} is unknown",
-                host.display(crate::install::STORAGE_CFG)
+                host.display(crate::cmd::install::STORAGE_CFG)
             ))
         }
         Err(e) => return Err(e.to_string()),
@@ -1725,7 +1725,7 @@ pub fn run(
     host: &dyn Host,
     cfg: &Config,
     vmid: Option<u32>,
-    planner: &dyn Fn(u32) -> Result<crate::lifecycle::VmPlan>,
+    planner: &dyn Fn(u32) -> Result<crate::engine::lifecycle::VmPlan>,
 ) -> Result<Report> {
     let mut devices = BTreeMap::new();
     for b in device::list_all(host) {

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::device::{self, DeviceInfo};
+use crate::engine::lifecycle::Ctx;
+use crate::engine::plan::VFIO;
+use crate::engine::state::VmState;
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, poll_until, write_with_deadline, Host};
-use crate::lifecycle::Ctx;
 use crate::log::fmt_dur;
 use crate::pci::Bdf;
-use crate::plan::VFIO;
-use crate::state::VmState;
+use crate::sysfs::device::{self, DeviceInfo};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
@@ -94,7 +94,7 @@ pub struct LadderQuirks {
 impl LadderQuirks {
     /// Adds `p`'s ladder changes for `bdf`. `original` is the driver the function goes back to
     /// after post-stop (None for `pt-hook reset`).
-    pub fn add(&mut self, bdf: Bdf, p: &crate::quirks::Profile, original: Option<&str>) {
+    pub fn add(&mut self, bdf: Bdf, p: &crate::engine::quirks::Profile, original: Option<&str>) {
         if !p.skip_rungs.is_empty() {
             self.skip.push((bdf, p.skip_rungs.clone()));
         }
@@ -512,16 +512,16 @@ impl Ladder<'_, '_> {
             let to_before = || -> Result<()> {
                 if let Some(now) = device::driver_of(h, &bdf) {
                     if Some(&now) != cur.as_ref() {
-                        exec.apply(&crate::plan::Step::Unbind { bdf, driver: now })?;
+                        exec.apply(&crate::engine::plan::Step::Unbind { bdf, driver: now })?;
                     }
                 }
-                exec.apply(&crate::plan::Step::SetOverride {
+                exec.apply(&crate::engine::plan::Step::SetOverride {
                     bdf,
                     from: None,
                     to: ov0.clone(),
                 })?;
                 match &cur {
-                    Some(c) => exec.apply(&crate::plan::Step::Bind {
+                    Some(c) => exec.apply(&crate::engine::plan::Step::Bind {
                         bdf,
                         driver: c.clone(),
                     }),
@@ -536,18 +536,18 @@ impl Ladder<'_, '_> {
             };
             let mut steps = Vec::new();
             if !h.exists(&paths::driver_dir(&r.driver).unwrap_or_default()) {
-                steps.push(crate::plan::Step::LoadModules {
-                    modules: vec![crate::exec::module_for_driver(&r.driver)],
+                steps.push(crate::engine::plan::Step::LoadModules {
+                    modules: vec![crate::engine::exec::module_for_driver(&r.driver)],
                     unload_on_undo: false,
                 });
             }
             if let Some(c) = &cur {
-                steps.push(crate::plan::Step::Unbind {
+                steps.push(crate::engine::plan::Step::Unbind {
                     bdf,
                     driver: c.clone(),
                 });
             }
-            steps.push(crate::plan::Step::SetOverride {
+            steps.push(crate::engine::plan::Step::SetOverride {
                 bdf,
                 from: ov0.clone(),
                 to: Some(r.driver.clone()),
@@ -833,7 +833,7 @@ pub struct Outcome {
 pub fn post_stop_reset(
     ctx: &Ctx,
     st: &VmState,
-    profiles: &[crate::quirks::Profile],
+    profiles: &[crate::engine::quirks::Profile],
     skip: &[Bdf],
 ) -> Outcome {
     let mut o = Outcome::default();
@@ -861,7 +861,7 @@ pub fn post_stop_reset(
         let Some(p) = d
             .quirk
             .as_deref()
-            .and_then(|q| crate::quirks::by_name(profiles, q))
+            .and_then(|q| crate::engine::quirks::by_name(profiles, q))
         else {
             continue;
         };
@@ -924,17 +924,17 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     }
     // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
     // is not a user: resetting its devices is what this command is for.
-    let users = crate::guard::scan(
+    let users = crate::engine::guard::scan(
         &*ctx.host,
         bdfs,
-        &crate::guard::Opts {
+        &crate::engine::guard::Opts {
             me: None,
             node: &ctx.node,
         },
     );
     let refused: Vec<String> = users
         .pairs()
-        .filter(|(_, u)| !matches!(u, crate::guard::Use::State { .. }))
+        .filter(|(_, u)| !matches!(u, crate::engine::guard::Use::State { .. }))
         .map(|(b, u)| format!("{b}: {u}"))
         .collect();
     if !refused.is_empty() {
@@ -952,8 +952,8 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     // The devices asked for, plus whatever a VM's state says belongs with them.
     let mut owned: Vec<Bdf> = bdfs.to_vec();
     for b in bdfs {
-        for vm in crate::state::list_vms(&*ctx.host) {
-            if let Ok(Some(st)) = crate::state::load(&*ctx.host, vm) {
+        for vm in crate::engine::state::list_vms(&*ctx.host) {
+            if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, vm) {
                 if st.owns(b) {
                     owned.extend(st.bdfs());
                 }
@@ -961,12 +961,12 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
         }
     }
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
-    let all = crate::quirks::load_all(&*ctx.host, ctx.cfg)?;
+    let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
     let mut quirks = LadderQuirks::default();
     if method.is_none() {
         for b in bdfs {
             if let Some(info) = device::read_device(&*ctx.host, b) {
-                if let Some(p) = crate::quirks::find(&all, &info) {
+                if let Some(p) = crate::engine::quirks::find(&all, &info) {
                     quirks.add(*b, p, None);
                 }
             }

@@ -191,7 +191,7 @@ pub fn valid_node_name(node: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pve::hostpci::HostSource;
+    use crate::parse::pve::hostpci::HostSource;
 
     const FILE: &str = "/etc/pve/qemu-server/100.conf";
 
