@@ -13,6 +13,7 @@ use crate::host::real::RealHost;
 use crate::host::{kio, Host};
 use crate::log::Logger;
 use crate::parse::config::{self, Config};
+use crate::parse::pve::parse_vmid;
 use crate::pci::Bdf;
 
 const AFTER_HELP: &str = "\
@@ -158,23 +159,6 @@ pub enum Cmd {
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
-}
-
-pub fn parse_vmid(s: &str) -> Result<u32> {
-    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::Usage(format!(
-            "invalid VM id {s:?}: expected a number such as 100"
-        )));
-    }
-    let n: u32 = s
-        .parse()
-        .map_err(|_| Error::Usage(format!("invalid VM id {s:?}")))?;
-    if n < 100 {
-        return Err(Error::Usage(format!(
-            "invalid VM id {s:?}: Proxmox VM ids start at 100"
-        )));
-    }
-    Ok(n)
 }
 
 /// The two invocations that must start fastest skip building the clap parser: Proxmox's

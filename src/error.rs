@@ -2,8 +2,6 @@
 
 use std::io;
 
-use crate::host::errno_text;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command line or input: exit 2, nothing touched.
@@ -48,3 +46,15 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let name = nix::errno::Errno::from_raw(code);
+            let desc = nix::errno::Errno::desc(name);
+            format!("{desc} ({name:?})")
+        }
+        None => e.to_string(),
+    }
+}

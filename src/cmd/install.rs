@@ -238,7 +238,7 @@ pub fn command(
         return Ok(());
     }
     let vmid = match &a.vmid {
-        Some(v) => crate::cli::parse_vmid(v)?.to_string(),
+        Some(v) => crate::parse::pve::parse_vmid(v)?.to_string(),
         None => "<VMID>".to_string(),
     };
     if !valid_storage_id(&a.storage) {

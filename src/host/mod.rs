@@ -9,6 +9,8 @@ pub mod paths;
 pub mod real;
 pub mod sim;
 
+pub use crate::error::errno_text;
+
 use std::io;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -184,17 +186,5 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         }
         let d = delays.next().unwrap_or(Duration::from_millis(50));
         std::thread::sleep(d.min(timeout - elapsed));
-    }
-}
-
-/// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".
-pub fn errno_text(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => {
-            let name = nix::errno::Errno::from_raw(code);
-            let desc = nix::errno::Errno::desc(name);
-            format!("{desc} ({name:?})")
-        }
-        None => e.to_string(),
     }
 }

@@ -99,6 +99,24 @@ pub(crate) fn ser_display<T: fmt::Display, S: serde::Serializer>(
     s.collect_str(v)
 }
 
+/// A Proxmox VM id as given on a command line: digits only, 100 or more.
+pub fn parse_vmid(s: &str) -> crate::error::Result<u32> {
+    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(crate::error::Error::Usage(format!(
+            "invalid VM id {s:?}: expected a number such as 100"
+        )));
+    }
+    let n: u32 = s
+        .parse()
+        .map_err(|_| crate::error::Error::Usage(format!("invalid VM id {s:?}")))?;
+    if n < 100 {
+        return Err(crate::error::Error::Usage(format!(
+            "invalid VM id {s:?}: Proxmox VM ids start at 100"
+        )));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
