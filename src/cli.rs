@@ -6,7 +6,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::engine::lifecycle::{self, Ctx};
+use crate::engine::ctx::Ctx;
+use crate::engine::lifecycle;
 use crate::engine::state::VmKey;
 use crate::error::{Error, Result};
 use crate::host::real::RealHost;

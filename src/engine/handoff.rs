@@ -3,7 +3,7 @@
 //! the devices move to vfio-pci; post-stop undoes it in reverse from the journal.
 
 use crate::engine::console;
-use crate::engine::lifecycle::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::engine::plan::{PlannedDevice, Step};
 use crate::error::Result;
 use crate::host::{paths, Host};

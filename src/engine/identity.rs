@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::lifecycle::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::engine::plan::PlannedDevice;
 use crate::engine::resolve::Resolved;
 use crate::engine::state::{Domain, VmKey};

@@ -14,7 +14,8 @@ use std::ffi::OsStr;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use crate::engine::lifecycle::{self, Ctx};
+use crate::engine::ctx::Ctx;
+use crate::engine::lifecycle;
 use crate::engine::state::{Domain, VmKey};
 use crate::error::{Error, Result};
 use crate::host::Host;

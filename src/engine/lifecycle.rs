@@ -2,41 +2,16 @@
 //! cleanup) gives them back from pt-hook's own state.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use crate::engine::exec::Exec;
+use crate::engine::ctx::Ctx;
 use crate::engine::guard;
 use crate::engine::plan::{self, HostFacts, PlannedDevice, Step};
 use crate::engine::resolve::{self, Resolved};
 use crate::engine::state::{self, DeviceRecord, VmKey, VmState};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host, LockGuard};
-use crate::log::Logger;
-use crate::parse::config::Config;
 use crate::pci::Bdf;
 use crate::sysfs::device;
-
-pub struct Ctx<'a> {
-    pub host: Arc<dyn Host>,
-    pub cfg: &'a Config,
-    pub log: &'a Logger,
-    pub dry_run: bool,
-    pub node: String,
-}
-
-impl<'a> Ctx<'a> {
-    pub fn exec(&self) -> Exec<'a> {
-        Exec::new(
-            Arc::clone(&self.host),
-            &self.cfg.timeouts,
-            self.dry_run,
-            self.log,
-        )
-    }
-    fn h(&self) -> &dyn Host {
-        &*self.host
-    }
-}
 
 /// What `plan` prints and pre-start executes.
 #[derive(Debug, serde::Serialize)]

@@ -1,6 +1,7 @@
 //! The engine: resolve a VM's devices, plan the steps, execute them with a journal, restore.
 
 pub mod console;
+pub mod ctx;
 pub mod exec;
 pub mod guard;
 pub mod handoff;

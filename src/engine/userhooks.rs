@@ -24,7 +24,8 @@
 
 use std::time::Instant;
 
-use crate::engine::lifecycle::{self, Ctx, VmPlan};
+use crate::engine::ctx::Ctx;
+use crate::engine::lifecycle::{self, VmPlan};
 use crate::engine::state::{self, VmKey};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};

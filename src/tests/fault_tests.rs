@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::lifecycle::{self, Ctx};
+use crate::engine::ctx::Ctx;
+use crate::engine::lifecycle;
 use crate::error::Error;
 use crate::host::sim::{Fault, FaultOp, FaultPoint, OpKind, PathMatch, Snapshot};
 use crate::host::Host;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::lifecycle::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::host::sim::{ResetBehaviour, SimDevice, SimDriver, SimHost, Snapshot};
 use crate::host::Host;
 use crate::log::Logger;

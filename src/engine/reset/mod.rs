@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::lifecycle::Ctx;
+use crate::engine::ctx::Ctx;
 use crate::engine::plan::VFIO;
 use crate::engine::state::VmState;
 use crate::error::{Error, Result};
