@@ -290,7 +290,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
-            let r = crate::engine::userhooks::pve_phase(&ctx, vmid, phase);
+            let r = crate::engine::phase::pve(&ctx, vmid, phase);
             if r.is_ok() {
                 log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
@@ -336,7 +336,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             log.set_context("cleanup");
             let cfg = load_armed(&*host, "cleanup")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
-            lifecycle::cleanup(&ctx, vmid)
+            crate::engine::phase::cleanup(&ctx, vmid)
         }
         Cmd::Status { json } => {
             let cfg = load_cfg(&*host)?;

@@ -364,9 +364,9 @@ pub fn command(
             }
             let p = lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs)?;
             let replan = || lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs);
-            crate::engine::userhooks::pre_start(&ctx, &key, p, &replan)
+            crate::engine::phase::pre_start(&ctx, &key, p, &replan)
         }
-        Action::PostStop => crate::engine::userhooks::post_stop(&ctx, &key),
+        Action::PostStop => crate::engine::phase::post_stop(&ctx, &key),
     }
 }
 

@@ -336,7 +336,7 @@ fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
     Ok(guards)
 }
 
-/// pre-start without user hooks (the hookscript goes through `userhooks::pve_phase`).
+/// pre-start without user hooks (the hookscript goes through `phase::pve`).
 #[allow(dead_code)]
 pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     let p = plan_vm(ctx, vmid)?;
@@ -720,37 +720,6 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.devices.len()
     ));
     Ok(())
-}
-
-/// `pt-hook cleanup [VMID]`: restore what pre-starts left behind without a post-stop.
-pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
-    let vms = match vmid {
-        Some(v) => vec![VmKey::Pve(v)],
-        None => state::list_keys(ctx.h()),
-    };
-    if vms.is_empty() {
-        ctx.log.info("no pt-hook state: nothing to clean up");
-    }
-    let mut worst: Option<Error> = None;
-    for vm in vms {
-        if let Some(pid) = state::key_running(ctx.h(), &vm) {
-            ctx.log.warn(&format!(
-                "{vm} is running (QEMU pid {pid}): leaving its devices alone"
-            ));
-            continue;
-        }
-        // The post-stop that never came: devices back, then the user post-stop hooks.
-        match crate::engine::userhooks::post_stop(ctx, &vm) {
-            Ok(()) => {}
-            Err(e) => {
-                ctx.log.error(&e.to_string());
-                if worst.as_ref().is_none_or(|w| e.exit_code() > w.exit_code()) {
-                    worst = Some(e);
-                }
-            }
-        }
-    }
-    worst.map_or(Ok(()), Err)
 }
 
 pub const SIMULATED_CRASH: &str = "simulated crash";

@@ -8,6 +8,7 @@ pub mod handoff;
 pub mod identity;
 pub mod libvirt;
 pub mod lifecycle;
+pub mod phase;
 pub mod plan;
 pub mod quirks;
 pub mod reset;

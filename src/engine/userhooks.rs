@@ -25,7 +25,6 @@
 use std::time::Instant;
 
 use crate::engine::ctx::Ctx;
-use crate::engine::lifecycle::{self, VmPlan};
 use crate::engine::state::{self, VmKey};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
@@ -117,7 +116,7 @@ fn tail(s: &str) -> Vec<&str> {
 
 /// Runs the phase's hooks in order, stopping at the first failure. Returns how many
 /// succeeded, and the failure.
-fn run_hooks(
+pub fn run_hooks(
     ctx: &Ctx,
     key: &VmKey,
     phase: &str,
@@ -199,93 +198,11 @@ fn run_hooks(
     (ok, Ok(()))
 }
 
-fn undo_after_failed_start(ctx: &Ctx, key: &VmKey, devices: &[Bdf]) {
-    ctx.log.warn(
-        "pre-start failed after user pre-start hooks ran: running the post-stop hooks with PT_HOOK_ROLLBACK=1",
-    );
-    if let (_, Err(e)) = run_hooks(ctx, key, "post-stop", devices, true) {
-        ctx.log.error(&format!("rollback: {e}"));
-    }
-}
-
-/// pre-start with user hooks around pt-hook's own steps (see the module doc).
-pub fn pre_start(
-    ctx: &Ctx,
-    key: &VmKey,
-    p: VmPlan,
-    replan: &dyn Fn() -> Result<VmPlan>,
-) -> Result<()> {
-    // Address drift refuses before the user pre-start hooks change anything either.
-    crate::engine::identity::refuse(&p.identity)?;
-    for ph in PHASES {
-        list(ctx.host.as_ref(), ph, ctx.log)?;
-    }
-    let devices: Vec<Bdf> = p
-        .devices
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.info.bdf)
-        .collect();
-    let (ok, r) = run_hooks(ctx, key, "pre-start", &devices, false);
-    if let Err(e) = r {
-        if ok > 0 {
-            undo_after_failed_start(ctx, key, &devices);
-        }
-        return Err(e);
-    }
-    if let Err(e) = lifecycle::prepare(ctx, key, p, replan) {
-        if ok > 0 {
-            undo_after_failed_start(ctx, key, &devices);
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn held_devices(ctx: &Ctx, key: &VmKey) -> Vec<Bdf> {
+/// The functions a VM holds now (from its state), for the hooks' PT_HOOK_DEVICES.
+pub fn held_devices(ctx: &Ctx, key: &VmKey) -> Vec<Bdf> {
     state::load_key(ctx.host.as_ref(), key)
         .ok()
         .flatten()
         .map(|s| s.bdfs())
         .unwrap_or_default()
-}
-
-/// post-stop: give the devices back, then run the user hooks.
-pub fn post_stop(ctx: &Ctx, key: &VmKey) -> Result<()> {
-    let devices = held_devices(ctx, key);
-    let r = lifecycle::post_stop_key(ctx, key, true);
-    let (_, h) = run_hooks(ctx, key, "post-stop", &devices, false);
-    match (r, h) {
-        (Err(e), Err(h)) => {
-            ctx.log.error(&h.to_string());
-            Err(e)
-        }
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(())) => Ok(()),
-    }
-}
-
-/// A Proxmox hookscript phase: `pt-hook <VMID> <PHASE>`.
-pub fn pve_phase(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
-    let key = VmKey::Pve(vmid);
-    match phase {
-        "pre-start" => {
-            let p = lifecycle::plan_vm(ctx, vmid)?;
-            pre_start(ctx, &key, p, &|| lifecycle::plan_vm(ctx, vmid))
-        }
-        "post-stop" => post_stop(ctx, &key),
-        "post-start" | "pre-stop" => {
-            let devices = held_devices(ctx, &key);
-            let (n, r) = run_hooks(ctx, &key, phase, &devices, false);
-            if n == 0 && r.is_ok() {
-                ctx.log.info("nothing to do in this phase");
-            }
-            r
-        }
-        other => {
-            ctx.log
-                .info(&format!("unknown phase {other:?}: nothing to do"));
-            Ok(())
-        }
-    }
 }

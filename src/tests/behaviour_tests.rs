@@ -154,7 +154,7 @@ fn crash_at_every_step_boundary_is_recoverable() {
             );
             assert!(t.has_state(102), "n={n}: the state must exist at the crash");
             if via_cleanup {
-                lifecycle::cleanup(&t.ctx(), None).unwrap();
+                crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
             } else {
                 lifecycle::pre_start(&t.ctx(), 102).unwrap();
                 lifecycle::post_stop(&t.ctx(), 102, true).unwrap();
@@ -208,7 +208,7 @@ fn every_pre_start_write_fault_rolls_back() {
                 // for cleanup, which finds nothing left to undo.
                 assert!(t.has_state(102), "write {i} {path} {name}");
                 assert!(msg.contains("pt-hook cleanup 102"), "{msg}");
-                lifecycle::cleanup(&t.ctx(), None).unwrap();
+                crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
                 assert_eq!(t.devices(), before, "write {i} {path} {name}: {msg}");
             }
             assert!(!t.has_state(102), "write {i} {path} {name}");

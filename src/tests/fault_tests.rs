@@ -144,7 +144,7 @@ fn act(t: &T, p: Phase) -> Result<(), Error> {
         Phase::Reset(b) => {
             crate::engine::reset::command(&t.ctx(), &[Bdf::parse(b).unwrap()], None, true)
         }
-        Phase::Cleanup(vm) => lifecycle::cleanup(&t.ctx(), Some(vm)),
+        Phase::Cleanup(vm) => crate::engine::phase::cleanup(&t.ctx(), Some(vm)),
     }
 }
 
@@ -289,7 +289,7 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
                 }
                 // Recovery: the device comes back (rescan), cleanup puts everything back.
                 t.heal();
-                lifecycle::cleanup(&t.ctx(), None)
+                crate::engine::phase::cleanup(&t.ctx(), None)
                     .map_err(|e| format!("{id}: cleanup after rescan: {e}"))?;
                 if !same_host(&before, &t.devices(), gone) {
                     return Err(format!(
@@ -311,7 +311,7 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
                     return Err(format!("{id}: asks for cleanup but kept no state: {msg}"));
                 }
                 t.heal();
-                lifecycle::cleanup(&t.ctx(), None)
+                crate::engine::phase::cleanup(&t.ctx(), None)
                     .map_err(|e| format!("{id}: cleanup after the hang: {e}"))?;
                 if t.devices() != before || t.has_state(vm) {
                     return Err(format!("{id}: cleanup did not restore: {msg}"));
@@ -387,7 +387,7 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
                 return Ok(());
             }
             t.heal();
-            lifecycle::cleanup(&t.ctx(), None)
+            crate::engine::phase::cleanup(&t.ctx(), None)
                 .map_err(|e| format!("{id}: cleanup after the fault: {e}"))?;
             if !same_host(&before, &t.devices(), gone) || t.has_state(vm) {
                 return Err(format!(
@@ -535,7 +535,7 @@ fn every_write_hanging_still_returns_within_the_deadline() {
     assert!(t.has_state(100), "what was not undone stays recorded");
     // The hangs end; cleanup finishes the job.
     t.heal();
-    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.has_state(100));
 
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
@@ -552,7 +552,7 @@ fn every_write_hanging_still_returns_within_the_deadline() {
     assert!(took < bound, "{took:?} >= {bound:?}");
     assert!(t.has_state(100));
     t.heal();
-    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.has_state(100));
 }
 
@@ -581,7 +581,7 @@ fn failed_restore_keeps_only_the_devices_not_back() {
         .all(|s| s.bdf().is_none_or(|b| b.to_string() == "0000:04:00.0")));
     t.heal();
     t.sim.clear_ops();
-    let r = lifecycle::cleanup(&t.ctx(), None);
+    let r = crate::engine::phase::cleanup(&t.ctx(), None);
     let touched_nvme: Vec<_> = t
         .sim
         .ops()
@@ -632,7 +632,7 @@ fn an_unrecovered_device_that_recovers_is_given_back_by_cleanup() {
         .set_subordinate_error(Bdf::parse("0000:00:1c.1").unwrap(), None);
     t.sim.clear_faults();
     t.sim.unwedge(nvme);
-    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.devices(), before);
     assert!(!t.has_state(100));
 }

@@ -47,7 +47,7 @@ const ROUTE_HEAD: &str =
 fn refused(t: &T, vm: u32, needles: &[&str]) -> String {
     let before = t.devices();
     let writes = t.sim.write_count();
-    let e = crate::engine::userhooks::pve_phase(&t.ctx(), vm, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), vm, "pre-start").unwrap_err();
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 1, "{msg}");
     assert!(matches!(e, Error::Failed(_)), "{msg}");
@@ -449,7 +449,7 @@ fn post_stop_never_resets_or_unbinds_a_held_function_and_cleanup_restores_later(
         false,
     );
     let start = Instant::now();
-    let e = crate::engine::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "post-stop").unwrap_err();
     let took = start.elapsed();
     let msg = e.to_string();
     assert_eq!(e.exit_code(), 1, "{msg}");
@@ -465,11 +465,11 @@ fn post_stop_never_resets_or_unbinds_a_held_function_and_cleanup_restores_later(
     assert_eq!(t.sim.writes_to("/reset").len(), before_resets);
     assert!(t.sim.writes_to("vfio-pci/unbind").is_empty());
     // cleanup while held: the same refusal.
-    assert!(lifecycle::cleanup(&t.ctx(), None).is_err());
+    assert!(crate::engine::phase::cleanup(&t.ctx(), None).is_err());
     assert!(t.has_state(100));
     // The holder exits: cleanup gives everything back.
     t.sim.exit_process(6000);
-    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.has_state(100));
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
 }
@@ -491,7 +491,7 @@ fn post_stop_waits_for_a_qemu_that_is_still_exiting() {
         std::thread::sleep(Duration::from_millis(300));
         sim.exit_process(7000);
     });
-    crate::engine::userhooks::pve_phase(&t.ctx(), 100, "post-stop").unwrap();
+    crate::engine::phase::pve(&t.ctx(), 100, "post-stop").unwrap();
     h.join().unwrap();
     assert!(!t.has_state(100));
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
@@ -506,7 +506,7 @@ fn cleanup_verifies_a_function_already_back_on_its_driver_and_never_resets_it() 
     t.sim.set_driver_override(VNET, None);
     t.sim.set_driver(VNET, Some("virtio-pci"));
     let resets_before = t.sim.writes_to("/reset");
-    lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     let resets: Vec<String> = t
         .sim
         .writes_to("/reset")

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::engine::libvirt::{self, LibvirtArgs};
 use crate::engine::state::{self, Domain, VmKey};
-use crate::engine::userhooks;
 use crate::error::Result;
 use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost};
 use crate::host::Host;
@@ -109,7 +108,7 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
     assert_eq!(st.domain.as_ref().unwrap().name, "web 01");
     assert_eq!(st.vmid, 0);
     // A Proxmox VM with the same device is refused, naming the domain.
-    let e = crate::engine::userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         e.to_string().contains("held by libvirt domain \"web 01\""),
         "{e}"
@@ -178,10 +177,10 @@ fn cleanup_restores_libvirt_state_unless_the_domain_runs() {
     )
     .unwrap();
     assert_eq!(libvirt::domain_running(t.sim.as_ref(), UUID), Some(4242));
-    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(t.libvirt_state());
     std::fs::remove_dir_all(&p).unwrap();
-    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(!t.libvirt_state());
     assert_eq!(t.devices(), before);
 }
@@ -202,11 +201,11 @@ fn user_hooks_run_in_order_with_args_and_env_around_the_device_steps() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::create_dir_all(t.root().join("etc/pt-hook/hooks.d/pre-start/60-dir")).unwrap();
     let ctx = t.ctx();
-    userhooks::pve_phase(&ctx, 100, "pre-start").unwrap();
+    crate::engine::phase::pve(&ctx, 100, "pre-start").unwrap();
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
-    userhooks::pve_phase(&ctx, 100, "post-start").unwrap();
-    userhooks::pve_phase(&ctx, 100, "pre-stop").unwrap();
-    userhooks::pve_phase(&ctx, 100, "post-stop").unwrap();
+    crate::engine::phase::pve(&ctx, 100, "post-start").unwrap();
+    crate::engine::phase::pve(&ctx, 100, "pre-stop").unwrap();
+    crate::engine::phase::pve(&ctx, 100, "post-stop").unwrap();
     assert_eq!(t.devices(), before);
     assert_eq!(
         t.hook_log(),
@@ -263,7 +262,7 @@ fn failing_pre_start_hook_aborts_before_any_device_change_and_undoes_earlier_hoo
     );
     t.hook("pre-start", "30-never", "");
     t.hook("post-stop", "10-undo", "");
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 1);
     let m = e.to_string();
     assert!(
@@ -291,7 +290,7 @@ fn failing_device_step_after_hooks_rolls_back_devices_and_runs_post_stop_hooks()
     t.hook("post-stop", "10-undo", "");
     t.sim
         .inject(FaultPoint::write_suffix("/driver_override", Fault::Errno(libc::EIO)).nth(1));
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
     assert_eq!(t.devices(), before);
     assert!(!t.sim.exists("run/pt-hook/vm-100.json"));
@@ -305,7 +304,7 @@ fn untrusted_or_badly_named_hooks_are_refused_naming_the_file() {
     let before = t.devices();
     let p = t.hook("pre-start", "10-open", "");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o757)).unwrap();
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(
         e.to_string().contains("10-open") && e.to_string().contains("writable by others"),
@@ -316,14 +315,14 @@ fn untrusted_or_badly_named_hooks_are_refused_naming_the_file() {
     let d = t.root().join("etc/pt-hook/hooks.d/post-stop");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         e.to_string().contains("post-stop") && e.to_string().contains("writable by group"),
         "{e}"
     );
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(d.join("bad name"), "#!/bin/sh\n").unwrap();
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(e.to_string().contains("bad name"), "{e}");
     assert!(t.hook_log().is_empty());
     assert_eq!(t.devices(), before);
@@ -340,7 +339,7 @@ fn hanging_hook_is_killed_with_its_process_group_at_the_deadline() {
         &format!("sleep 60 & echo $! > {}\nsleep 60", pidfile.display()),
     );
     let start = Instant::now();
-    let e = userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap_err();
+    let e = crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap_err();
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -368,15 +367,15 @@ fn cleanup_runs_the_post_stop_hooks_of_what_it_restores() {
     let t = T::vm100();
     let before = t.devices();
     t.hook("post-stop", "10-undo", "");
-    userhooks::pve_phase(&t.ctx(), 100, "pre-start").unwrap();
-    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.devices(), before);
     assert_eq!(
         t.hook_log(),
         ["10-undo 100 post-stop [100|post-stop|0000:02:00.0|pve||0]"]
     );
     // Nothing left: a second cleanup runs no hook.
-    crate::engine::lifecycle::cleanup(&t.ctx(), None).unwrap();
+    crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert_eq!(t.hook_log().len(), 1);
 }
 
@@ -385,7 +384,7 @@ fn dry_run_lists_hooks_without_running_them() {
     let t = T::vm100();
     let before = t.devices();
     t.hook("pre-start", "10-a", "");
-    userhooks::pve_phase(&t.ctx_dry(true), 100, "pre-start").unwrap();
+    crate::engine::phase::pve(&t.ctx_dry(true), 100, "pre-start").unwrap();
     assert!(t.hook_log().is_empty());
     assert_eq!(t.devices(), before);
     // Neither a device write nor a hook run.
