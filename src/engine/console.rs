@@ -1,9 +1,27 @@
 //! Host console handoff: units, vtconsoles and the firmware framebuffer.
 
-use crate::engine::exec::Exec;
 use crate::engine::plan::Step;
 use crate::error::{Error, Result};
 use crate::host::{paths, poll_until, Host};
+use crate::log::Logger;
+use crate::parse::config::Timeouts;
+
+/// What the console steps need from the executor (`exec::Exec` implements it), so that the
+/// executor can hand these steps here without the two modules importing each other.
+pub trait Io {
+    fn host(&self) -> &dyn Host;
+    fn t(&self) -> &Timeouts;
+    fn dry_run(&self) -> bool;
+    fn log(&self) -> &Logger;
+    /// A bounded sysfs write, printed instead under --dry-run.
+    fn write_named(
+        &self,
+        what: &str,
+        rel: &str,
+        data: &str,
+        timeout: std::time::Duration,
+    ) -> Result<()>;
+}
 
 pub const FIRMWARE_FB: [(&str, &str); 3] = [
     ("simple-framebuffer", "simple-framebuffer.0"),
@@ -15,10 +33,10 @@ pub fn has_systemd(host: &dyn Host) -> bool {
     host.exists("run/systemd/system")
 }
 
-pub fn unit_active(exec: &Exec, unit: &str) -> Option<bool> {
+pub fn unit_active(exec: &dyn Io, unit: &str) -> Option<bool> {
     let out = exec
-        .host
-        .run("systemctl", &["is-active", "--quiet", unit], exec.t.unit)
+        .host()
+        .run("systemctl", &["is-active", "--quiet", unit], exec.t().unit)
         .ok()?;
     Some(out.success())
 }
@@ -50,19 +68,19 @@ pub fn firmware_fbs(host: &dyn Host) -> Vec<(String, String)> {
         .collect()
 }
 
-fn systemctl(exec: &Exec, verb: &str, unit: &str) -> Result<()> {
-    let h = &*exec.host;
+fn systemctl(exec: &dyn Io, verb: &str, unit: &str) -> Result<()> {
+    let h = exec.host();
     if !has_systemd(h) {
-        exec.log
+        exec.log()
             .info(&format!("no systemd on this host: skipping {verb} {unit}"));
         return Ok(());
     }
-    if exec.dry_run {
+    if exec.dry_run() {
         println!("dry-run: run systemctl {verb} {unit}");
         return Ok(());
     }
     let out = h
-        .run("systemctl", &[verb, unit], exec.t.unit)
+        .run("systemctl", &[verb, unit], exec.t().unit)
         .map_err(|e| Error::host(unit, "running", format!("systemctl {verb} {unit}"), e))?;
     if !out.success() {
         return Err(Error::Failed(format!(
@@ -74,15 +92,15 @@ fn systemctl(exec: &Exec, verb: &str, unit: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn apply(exec: &Exec, step: &Step) -> Result<()> {
-    let h = &*exec.host;
+pub fn apply(exec: &dyn Io, step: &Step) -> Result<()> {
+    let h = exec.host();
     match step {
         Step::StopUnit { unit } | Step::StartUnit { unit } => {
             if !paths::safe_name(unit) {
                 return Err(Error::Config(format!("bad unit name {unit:?}")));
             }
             let start = matches!(step, Step::StartUnit { .. });
-            if !exec.dry_run && has_systemd(h) && unit_active(exec, unit) == Some(start) {
+            if !exec.dry_run() && has_systemd(h) && unit_active(exec, unit) == Some(start) {
                 return Ok(());
             }
             systemctl(exec, if start { "start" } else { "stop" }, unit)
@@ -97,12 +115,12 @@ pub fn apply(exec: &Exec, step: &Step) -> Result<()> {
             if read().as_deref() == Some(want) {
                 return Ok(());
             }
-            exec.write_named(vtcon, &rel, want, exec.t.step)?;
-            if exec.dry_run {
+            exec.write_named(vtcon, &rel, want, exec.t().step)?;
+            if exec.dry_run() {
                 return Ok(());
             }
             // The kernel reports success even when nothing happened: read it back.
-            poll_until(exec.t.driver_bind, || {
+            poll_until(exec.t().driver_bind, || {
                 (read().as_deref() == Some(want)).then_some(())
             })
             .ok_or_else(|| {
@@ -122,11 +140,11 @@ pub fn apply(exec: &Exec, step: &Step) -> Result<()> {
                 return Ok(());
             }
             let rel = format!("{}/{driver}/unbind", paths::PLATFORM_DRIVERS);
-            exec.write_named(device, &rel, device, exec.t.step)?;
-            if exec.dry_run {
+            exec.write_named(device, &rel, device, exec.t().step)?;
+            if exec.dry_run() {
                 return Ok(());
             }
-            poll_until(exec.t.driver_bind, || (!h.exists(&dev)).then_some(())).ok_or_else(|| {
+            poll_until(exec.t().driver_bind, || (!h.exists(&dev)).then_some(())).ok_or_else(|| {
                 Error::Failed(format!("{device}: still bound to {driver} after unbind"))
             })
         }

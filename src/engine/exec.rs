@@ -403,3 +403,21 @@ impl<'a> Exec<'a> {
         self.wait_driver(bdf, Some(driver), self.t.driver_bind)
     }
 }
+
+impl crate::engine::console::Io for Exec<'_> {
+    fn host(&self) -> &dyn Host {
+        &*self.host
+    }
+    fn t(&self) -> &Timeouts {
+        self.t
+    }
+    fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+    fn log(&self) -> &Logger {
+        self.log
+    }
+    fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        Exec::write_named(self, what, rel, data, timeout)
+    }
+}
