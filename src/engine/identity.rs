@@ -596,7 +596,7 @@ fn key_of_name(name: &str) -> Option<VmKey> {
     } else {
         let u = name.strip_prefix("libvirt-")?.strip_suffix(".json")?;
         VmKey::Libvirt(Domain {
-            uuid: crate::engine::libvirt::parse_uuid(u)?,
+            uuid: crate::parse::libvirt::parse_uuid(u)?,
             name: String::new(),
         })
     };

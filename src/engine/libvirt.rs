@@ -22,6 +22,8 @@ use crate::host::Host;
 use crate::parse::config::MAX_FILE_BYTES;
 use crate::pci::Bdf;
 
+pub use crate::parse::libvirt::parse_uuid;
+
 /// The largest domain XML accepted on stdin.
 pub const MAX_XML_BYTES: usize = MAX_FILE_BYTES;
 /// Elements + attributes + text nodes: a real domain has a few hundred.
@@ -86,21 +88,6 @@ pub fn rewrite_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
         }
         _ => args,
     }
-}
-
-/// A canonical UUID (8-4-4-4-12 hex digits), lowercased; None for anything else.
-pub fn parse_uuid(s: &str) -> Option<String> {
-    let s = s.trim();
-    if s.len() != 36 {
-        return None;
-    }
-    for (i, b) in s.bytes().enumerate() {
-        let dash = matches!(i, 8 | 13 | 18 | 23);
-        if dash != (b == b'-') || (!dash && !b.is_ascii_hexdigit()) {
-            return None;
-        }
-    }
-    Some(s.to_ascii_lowercase())
 }
 
 /// A domain name as shown in messages and handed to user hooks: never a path component.
@@ -274,29 +261,6 @@ pub fn read_xml(input: &mut dyn Read) -> Result<String> {
         ));
     }
     String::from_utf8(buf).map_err(|_| Error::Usage("domain XML on stdin is not UTF-8".into()))
-}
-
-/// Whether a QEMU process runs with `-uuid UUID` on its command line (how libvirt starts it).
-pub fn domain_running(host: &dyn Host, uuid: &str) -> Option<u32> {
-    for p in host.list("proc").unwrap_or_default() {
-        let Ok(pid) = p.parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = host.read_bytes(&format!("proc/{pid}/cmdline"), 1 << 16) else {
-            continue;
-        };
-        let mut args = cmdline.split(|b| *b == 0);
-        while let Some(a) = args.next() {
-            if a == b"-uuid" {
-                if let Some(v) = args.next() {
-                    if v.eq_ignore_ascii_case(uuid.as_bytes()) {
-                        return Some(pid);
-                    }
-                }
-            }
-        }
-    }
-    None
 }
 
 /// `pt-hook libvirt ...`: reads stdin only for the operations it acts on (and drains it,

@@ -44,7 +44,7 @@ pub struct VmState {
 /// A libvirt domain: keyed by its UUID (the name is only shown).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Domain {
-    /// Lowercase 8-4-4-4-12 hex, validated by `crate::engine::libvirt::parse_uuid`.
+    /// Lowercase 8-4-4-4-12 hex, validated by `crate::parse::libvirt::parse_uuid`.
     pub uuid: String,
     pub name: String,
 }
@@ -191,7 +191,7 @@ pub fn list_keys(host: &dyn Host) -> Vec<VmKey> {
         else {
             continue;
         };
-        let Some(uuid) = crate::engine::libvirt::parse_uuid(uuid) else {
+        let Some(uuid) = crate::parse::libvirt::parse_uuid(uuid) else {
             continue;
         };
         let probe = VmKey::Libvirt(Domain {
@@ -231,7 +231,7 @@ pub fn owner_of_key(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey>
 pub fn key_running(host: &dyn Host, key: &VmKey) -> Option<u32> {
     match key {
         VmKey::Pve(v) => vm_running(host, *v),
-        VmKey::Libvirt(d) => crate::engine::libvirt::domain_running(host, &d.uuid),
+        VmKey::Libvirt(d) => domain_running(host, &d.uuid),
     }
 }
 
@@ -277,4 +277,27 @@ pub fn vm_running(host: &dyn Host, vmid: u32) -> Option<u32> {
     }
     let alive = host.exists(&format!("proc/{pid}"));
     alive.then_some(pid as u32)
+}
+
+/// Whether a QEMU process runs with `-uuid UUID` on its command line (how libvirt starts it).
+pub fn domain_running(host: &dyn Host, uuid: &str) -> Option<u32> {
+    for p in host.list("proc").unwrap_or_default() {
+        let Ok(pid) = p.parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = host.read_bytes(&format!("proc/{pid}/cmdline"), 1 << 16) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        while let Some(a) = args.next() {
+            if a == b"-uuid" {
+                if let Some(v) = args.next() {
+                    if v.eq_ignore_ascii_case(uuid.as_bytes()) {
+                        return Some(pid);
+                    }
+                }
+            }
+        }
+    }
+    None
 }

@@ -112,7 +112,7 @@ pub fn state_file(vmid: u32) -> String {
     format!("{RUN_DIR}/vm-{vmid}.json")
 }
 
-/// `uuid` must come from `crate::engine::libvirt::parse_uuid` (hex digits and dashes only).
+/// `uuid` must come from `crate::parse::libvirt::parse_uuid` (hex digits and dashes only).
 pub fn libvirt_state_file(uuid: &str) -> String {
     debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     format!("{RUN_DIR}/libvirt-{uuid}.json")
@@ -122,7 +122,7 @@ pub fn identity_file(vmid: u32) -> String {
     format!("{IDENTITY_DIR}/vm-{vmid}.json")
 }
 
-/// `uuid` must come from `crate::engine::libvirt::parse_uuid` (hex digits and dashes only).
+/// `uuid` must come from `crate::parse::libvirt::parse_uuid` (hex digits and dashes only).
 pub fn libvirt_identity_file(uuid: &str) -> String {
     debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     format!("{IDENTITY_DIR}/libvirt-{uuid}.json")

@@ -176,7 +176,10 @@ fn cleanup_restores_libvirt_state_unless_the_domain_runs() {
         format!("/usr/bin/qemu-system-x86_64\0-name\0guest=vm\0-uuid\0{UUID}\0"),
     )
     .unwrap();
-    assert_eq!(libvirt::domain_running(t.sim.as_ref(), UUID), Some(4242));
+    assert_eq!(
+        crate::engine::state::domain_running(t.sim.as_ref(), UUID),
+        Some(4242)
+    );
     crate::engine::phase::cleanup(&t.ctx(), None).unwrap();
     assert!(t.libvirt_state());
     std::fs::remove_dir_all(&p).unwrap();
