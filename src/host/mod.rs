@@ -7,6 +7,7 @@
 pub mod kio;
 pub mod paths;
 pub mod real;
+#[cfg(test)]
 pub mod sim;
 
 pub use crate::error::errno_text;
