@@ -440,7 +440,8 @@ pub fn prepare(
             crash_point()
         });
         if let Err(e) = r {
-            if matches!(&e, Error::Failed(m) if m == SIMULATED_CRASH) {
+            #[cfg(test)]
+            if matches!(&e, Error::SimulatedCrash) {
                 // The process "died" here: no rollback, the state file is all that is left.
                 return Err(e);
             }
@@ -722,8 +723,6 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     Ok(())
 }
 
-pub const SIMULATED_CRASH: &str = "simulated crash";
-
 #[cfg(test)]
 thread_local! {
     /// Tests set this to N to make pre-start "die" at its Nth step boundary.
@@ -744,7 +743,7 @@ fn crash_point() -> Result<()> {
         });
         if hit {
             CRASH_AT.with(|c| c.set(None));
-            return Err(Error::Failed(SIMULATED_CRASH.into()));
+            return Err(Error::SimulatedCrash);
         }
     }
     Ok(())

@@ -148,10 +148,7 @@ fn crash_at_every_step_boundary_is_recoverable() {
             lifecycle::CRASH_AT.with(|c| c.set(Some(n)));
             let r = lifecycle::pre_start(&t.ctx(), 102);
             lifecycle::CRASH_AT.with(|c| c.set(None));
-            assert!(
-                matches!(&r, Err(Error::Failed(m)) if m == lifecycle::SIMULATED_CRASH),
-                "n={n}: {r:?}"
-            );
+            assert!(matches!(&r, Err(Error::SimulatedCrash)), "n={n}: {r:?}");
             assert!(t.has_state(102), "n={n}: the state must exist at the crash");
             if via_cleanup {
                 crate::engine::phase::cleanup(&t.ctx(), None).unwrap();

@@ -128,10 +128,7 @@ fn setup(t: &T, p: Phase) {
             lifecycle::CRASH_AT.with(|c| c.set(Some(n - 1)));
             let r = lifecycle::pre_start(&t.ctx(), vm);
             lifecycle::CRASH_AT.with(|c| c.set(None));
-            assert!(
-                matches!(&r, Err(Error::Failed(m)) if m == lifecycle::SIMULATED_CRASH),
-                "{p:?}: {r:?}"
-            );
+            assert!(matches!(&r, Err(Error::SimulatedCrash)), "{p:?}: {r:?}");
         }
     }
     t.sim.clear_ops();

@@ -208,7 +208,7 @@ impl Ladder<'_, '_> {
     }
 
     /// Rung 1: the function's own reset methods.
-    fn function_reset(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+    fn function_reset(&self, before: &[Before]) -> RungOutcome {
         let h = self.h();
         let t = self.budget(self.ctx.cfg.timeouts.flr);
         let undo_t = self.ctx.cfg.timeouts.flr;
@@ -224,13 +224,10 @@ impl Ladder<'_, '_> {
             let old = device::reset_method_of(h, bdf);
             if let Some(m) = self.method {
                 if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, m, t) {
-                    return Err((
-                        false,
-                        format!(
-                            "{bdf}: the kernel refuses reset method {m:?} ({}: {})",
-                            h.display(&rm_rel),
-                            errno_text(&e)
-                        ),
+                    return RungOutcome::Untouched(format!(
+                        "{bdf}: the kernel refuses reset method {m:?} ({}: {})",
+                        h.display(&rm_rel),
+                        errno_text(&e)
                     ));
                 }
             }
@@ -266,19 +263,25 @@ impl Ladder<'_, '_> {
                             ""
                         }
                     );
-                    // (touched?, why): a reset that never returned may have done anything.
-                    return Err((timed_out || !done.is_empty(), msg));
+                    // A reset that never returned may have done anything.
+                    return if timed_out {
+                        RungOutcome::Hung(msg)
+                    } else if done.is_empty() {
+                        RungOutcome::Untouched(msg)
+                    } else {
+                        RungOutcome::Failed(msg)
+                    };
                 }
             }
         }
         if done.is_empty() {
-            return Err((false, skipped.join("; ")));
+            return RungOutcome::Untouched(skipped.join("; "));
         }
         let mut s = format!("reset {}", done.join(", "));
         if !skipped.is_empty() {
             s.push_str(&format!("; {}", skipped.join("; ")));
         }
-        Ok(s)
+        RungOutcome::Done(s)
     }
 
     /// Why a reset of everything below `bridge` is not safe, or None when it is.
@@ -308,13 +311,12 @@ impl Ladder<'_, '_> {
     }
 
     /// Rung 2: reset everything below the parent bridge.
-    fn bus_reset(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+    fn bus_reset(&self, before: &[Before]) -> RungOutcome {
         let h = self.h();
         let first = &before[0].info.bdf;
         let Some(bridge) = device::parent_bridge(h, first) else {
-            return Err((
-                false,
-                format!("{first} has no parent bridge (root complex device)"),
+            return RungOutcome::Untouched(format!(
+                "{first} has no parent bridge (root complex device)"
             ));
         };
         let below: Vec<Bdf> = device::list_all(h)
@@ -322,7 +324,7 @@ impl Ladder<'_, '_> {
             .filter(|b| device::parent_bridge(h, b) == Some(bridge))
             .collect();
         if let Some(why) = self.bus_unsafe(&bridge, &below) {
-            return Err((false, format!("bus reset refused: {why}")));
+            return RungOutcome::Untouched(format!("bus reset refused: {why}"));
         }
         let t = self.budget(self.ctx.cfg.timeouts.bus_reset);
         let sub = paths::dev(&bridge, DevFile::ResetSubordinate);
@@ -343,44 +345,37 @@ impl Ladder<'_, '_> {
                 }
             });
             return match ok {
-                Some(true) => Ok(format!(
+                Some(true) => RungOutcome::Done(format!(
                     "reset_subordinate on {bridge} (resets {})",
                     list(&below)
                 )),
                 _ => {
                     let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ETIMEDOUT));
-                    let touched = e.raw_os_error() == Some(libc::ETIMEDOUT);
-                    Err((
-                        touched,
+                    RungOutcome::untouched_or_hung(
+                        &e,
                         format!("writing 1 to {}: {}", h.display(&sub), errno_text(&e)),
-                    ))
+                    )
                 }
             };
         }
         // Older kernels: the kernel's bus reset, which works only when the function is alone
         // on its bus.
         if below.len() != 1 || below[0] != *first {
-            return Err((
-                false,
-                format!(
-                    "no reset_subordinate on {bridge} (kernel before 6.13) and {first} shares its bus with {}",
-                    list(&below.iter().filter(|b| *b != first).copied().collect::<Vec<_>>())
-                ),
+            return RungOutcome::Untouched(format!(
+                "no reset_subordinate on {bridge} (kernel before 6.13) and {first} shares its bus with {}",
+                list(&below.iter().filter(|b| *b != first).copied().collect::<Vec<_>>())
             ));
         }
         if !h.exists(&paths::dev(first, DevFile::Reset)) {
-            return Err((false, format!("{first} has no reset file")));
+            return RungOutcome::Untouched(format!("{first} has no reset file"));
         }
         let rm = paths::dev(first, DevFile::ResetMethod);
         let old = device::reset_method_of(h, first).unwrap_or_default();
         if let Err(e) = write_with_deadline(&self.ctx.host, &rm, "bus", t) {
-            return Err((
-                false,
-                format!(
-                    "{first}: bus reset not offered ({}: {})",
-                    h.display(&rm),
-                    errno_text(&e)
-                ),
+            return RungOutcome::Untouched(format!(
+                "{first}: bus reset not offered ({}: {})",
+                h.display(&rm),
+                errno_text(&e)
             ));
         }
         let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
@@ -391,17 +386,17 @@ impl Ladder<'_, '_> {
             self.ctx.cfg.timeouts.bus_reset,
         );
         match r {
-            Ok(()) => Ok(format!("bus reset of {first}")),
-            Err(e) => Err((
-                e.raw_os_error() == Some(libc::ETIMEDOUT),
+            Ok(()) => RungOutcome::Done(format!("bus reset of {first}")),
+            Err(e) => RungOutcome::untouched_or_hung(
+                &e,
                 format!("{first}: bus reset: {}", errno_text(&e)),
-            )),
+            ),
         }
     }
 
     /// Rung 3: remove the functions, rescan, wait for them, restore override/reset_method and
     /// the driver they had.
-    fn remove_rescan(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+    fn remove_rescan(&self, before: &[Before]) -> RungOutcome {
         let h = self.h();
         let t = self.budget(self.ctx.cfg.timeouts.rescan);
         let first = before[0].info.bdf;
@@ -411,7 +406,7 @@ impl Ladder<'_, '_> {
             let bdf = &b.info.bdf;
             if device::exists(h, bdf) {
                 if let Err(e) = self.write(bdf, &paths::dev(bdf, DevFile::Remove), "1", t) {
-                    return Err((true, e.to_string()));
+                    return RungOutcome::failed(&e, e.to_string());
                 }
             }
         }
@@ -423,7 +418,7 @@ impl Ladder<'_, '_> {
         })
         .is_none()
         {
-            return Err((true, "functions did not go away after remove".into()));
+            return RungOutcome::Failed("functions did not go away after remove".into());
         }
         let rescan = match bridge {
             Some(br) if h.exists(&format!("{}/rescan", paths::dev_dir(&br))) => {
@@ -432,7 +427,7 @@ impl Ladder<'_, '_> {
             _ => paths::PCI_RESCAN.to_string(),
         };
         if let Err(e) = self.write(&first, &rescan, "1", t) {
-            return Err((true, e.to_string()));
+            return RungOutcome::failed(&e, e.to_string());
         }
         if poll_until(t, || {
             before
@@ -447,9 +442,9 @@ impl Ladder<'_, '_> {
                 .map(|b| b.info.bdf)
                 .filter(|b| !device::exists(h, b))
                 .collect();
-            return Err((
-                true,
-                format!("{} did not come back after rescan", list(&missing)),
+            return RungOutcome::Failed(format!(
+                "{} did not come back after rescan",
+                list(&missing)
             ));
         }
         // A rescanned device has fresh state: no override, default reset_method, and whatever
@@ -484,7 +479,7 @@ impl Ladder<'_, '_> {
                 }
             }
         }
-        Ok(format!(
+        RungOutcome::Done(format!(
             "removed and rescanned {}",
             list(&before.iter().map(|b| b.info.bdf).collect::<Vec<_>>())
         ))
@@ -494,7 +489,7 @@ impl Ladder<'_, '_> {
     /// for it within the profile's deadline, check the card, then keep it there (post-stop, when
     /// that is where it goes back to) or hand it back to the driver it had. On failure the
     /// function goes back to the driver it had (vfio-pci: safe).
-    fn host_rebind(&self, before: &[Before]) -> std::result::Result<String, (bool, String)> {
+    fn host_rebind(&self, before: &[Before]) -> RungOutcome {
         let h = self.h();
         let exec = self.ctx.exec();
         let mut done = Vec::new();
@@ -528,10 +523,16 @@ impl Ladder<'_, '_> {
                     None => Ok(()),
                 }
             };
-            let back = |why: String| -> (bool, String) {
+            // `cause`: the error that failed the rebind, when there is one (it says whether a
+            // write hung).
+            let back = |cause: Option<&Error>, why: String| -> RungOutcome {
+                let hung = cause.is_some_and(Error::timed_out);
                 match to_before() {
-                    Ok(()) => (true, why),
-                    Err(e) => (true, format!("{why}; putting it back failed: {e}")),
+                    Ok(()) => RungOutcome::failed_or_hung(hung, why),
+                    Err(e) => RungOutcome::failed_or_hung(
+                        hung || e.timed_out(),
+                        format!("{why}; putting it back failed: {e}"),
+                    ),
                 }
             };
             let mut steps = Vec::new();
@@ -554,28 +555,28 @@ impl Ladder<'_, '_> {
             });
             for s in &steps {
                 if let Err(e) = exec.apply(s) {
-                    return Err(back(format!("{bdf}: host rebind: {e}")));
+                    return back(Some(&e), format!("{bdf}: host rebind: {e}"));
                 }
             }
             // The probe runs inside the bind write: give it the profile's whole wait.
             let bind = paths::driver_file(&r.driver, "bind").unwrap_or_default();
             if let Err(e) = self.write(&bdf, &bind, &bdf.to_string(), wait) {
-                return Err(back(format!(
-                    "{bdf}: host rebind: {} refused it: {e}",
-                    r.driver
-                )));
+                return back(
+                    Some(&e),
+                    format!("{bdf}: host rebind: {} refused it: {e}", r.driver),
+                );
             }
             let left = wait.saturating_sub(t0.elapsed());
             if let Err(e) = exec.wait_driver(&bdf, Some(&r.driver), left) {
-                return Err(back(format!("{bdf}: host rebind: {e}")));
+                return back(Some(&e), format!("{bdf}: host rebind: {e}"));
             }
             let left = wait.saturating_sub(t0.elapsed());
             if poll_until(left, || device::config_healthy(h, &bdf).ok()).is_none() {
                 let why = device::config_healthy(h, &bdf).unwrap_err();
-                return Err(back(format!(
-                    "{bdf}: bound to {} but still unhealthy: {why}",
-                    r.driver
-                )));
+                return back(
+                    None,
+                    format!("{bdf}: bound to {} but still unhealthy: {why}", r.driver),
+                );
             }
             if r.keep && self.mode == Mode::PostStop {
                 if let Ok(mut k) = self.kept.lock() {
@@ -590,7 +591,7 @@ impl Ladder<'_, '_> {
             }
             // Hand it back (when it came from the host driver itself, it is there already).
             if let Err(e) = to_before() {
-                return Err((true, format!("{bdf}: handing it back: {e}")));
+                return RungOutcome::failed(&e, format!("{bdf}: handing it back: {e}"));
             }
             done.push(format!(
                 "{bdf}: {} bound in {}, handed back to {}",
@@ -600,12 +601,11 @@ impl Ladder<'_, '_> {
             ));
         }
         if done.is_empty() {
-            return Err((
-                false,
+            return RungOutcome::Untouched(
                 "no function of this slot has a host-rebind profile".into(),
-            ));
+            );
         }
-        Ok(done.join("; "))
+        RungOutcome::Done(done.join("; "))
     }
 
     fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
@@ -637,8 +637,7 @@ impl Ladder<'_, '_> {
         }
         // Was it healthy before we started? A refusal then leaves it healthy.
         let healthy_before = self.verify(&before).is_ok();
-        type RungFn<'x, 'y, 'z> =
-            fn(&Ladder<'x, 'y>, &[Before]) -> std::result::Result<String, (bool, String)>;
+        type RungFn<'x, 'y, 'z> = fn(&Ladder<'x, 'y>, &[Before]) -> RungOutcome;
         let mut ladder: Vec<(&'static str, RungFn)> = vec![
             ("function-reset", Ladder::function_reset),
             ("bus-reset", Ladder::bus_reset),
@@ -682,14 +681,12 @@ impl Ladder<'_, '_> {
             }
             let t0 = Instant::now();
             let r = f(self, &before);
-            let (ran, detail) = match r {
-                Ok(d) => (true, d),
-                Err((touched, why)) => (touched, why),
-            };
+            let ran = r.touched();
             // A write that never returned: the kernel still holds the device (its reset
             // thread owns the device lock). Whatever the checks say, it is not reset, and no
             // further rung can run on it.
-            let stuck = ran && detail.contains("ETIMEDOUT");
+            let stuck = matches!(r, RungOutcome::Hung(_));
+            let detail = r.into_detail();
             let check = if ran { self.verify(&before) } else { Ok(()) };
             let ok = ran && !stuck && check.is_ok();
             let detail = match &check {
@@ -743,6 +740,56 @@ impl Ladder<'_, '_> {
                 reasons.join("; ")
             ),
         )
+    }
+}
+
+/// What one rung did: the ladder decides on the variant, the text is for people.
+#[derive(Debug)]
+pub enum RungOutcome {
+    /// It ran; the text says what it did (the checks decide whether it worked).
+    Done(String),
+    /// It did not touch the device: not offered, refused, or nothing to do.
+    Untouched(String),
+    /// It touched the device and failed.
+    Failed(String),
+    /// A write did not return before its deadline: the kernel still holds the device.
+    Hung(String),
+}
+
+impl RungOutcome {
+    /// Whether the device may have been changed (the checks run after such a rung).
+    fn touched(&self) -> bool {
+        !matches!(self, RungOutcome::Untouched(_))
+    }
+
+    fn into_detail(self) -> String {
+        match self {
+            RungOutcome::Done(s)
+            | RungOutcome::Untouched(s)
+            | RungOutcome::Failed(s)
+            | RungOutcome::Hung(s) => s,
+        }
+    }
+
+    /// A write that failed before it could act; one that did not return may have acted.
+    fn untouched_or_hung(e: &io::Error, why: String) -> RungOutcome {
+        if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+            RungOutcome::Hung(why)
+        } else {
+            RungOutcome::Untouched(why)
+        }
+    }
+
+    fn failed(e: &Error, why: String) -> RungOutcome {
+        RungOutcome::failed_or_hung(e.timed_out(), why)
+    }
+
+    fn failed_or_hung(hung: bool, why: String) -> RungOutcome {
+        if hung {
+            RungOutcome::Hung(why)
+        } else {
+            RungOutcome::Failed(why)
+        }
     }
 }
 
