@@ -675,8 +675,8 @@ fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -
 fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
     use crate::parse::pve::hostpci::HostSource;
     let mut m = std::collections::BTreeMap::new();
-    for key in crate::engine::state::list_keys(host) {
-        if let Ok(Some(st)) = crate::engine::state::load_key(host, &key) {
+    for key in crate::engine::state::list(host) {
+        if let Ok(Some(st)) = crate::engine::state::load(host, &key) {
             for b in st.bdfs() {
                 m.insert(b, (key.clone(), "state"));
             }

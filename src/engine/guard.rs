@@ -1169,7 +1169,7 @@ impl<'a> Scanner<'a> {
         }
         let probe = VmKey::Pve(u32::MAX);
         let except = self.opts.me.unwrap_or(&probe);
-        if let Some(owner) = state::owner_of_key(self.host, bdf, except) {
+        if let Some(owner) = state::owner_of(self.host, bdf, except) {
             out.push(Use::State {
                 file: self.host.display(&owner.state_file()),
                 owner: owner.to_string(),

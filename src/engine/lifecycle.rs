@@ -373,7 +373,7 @@ pub fn prepare(
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
     let _locks = lock_devices(ctx, &bdfs)?;
     for b in &bdfs {
-        if let Some(owner) = state::owner_of_key(ctx.h(), b, key) {
+        if let Some(owner) = state::owner_of(ctx.h(), b, key) {
             return Err(Error::Failed(format!(
                 "{b}: in use by {owner} (state {}); stop it or run `{}` first",
                 ctx.h().display(&owner.state_file()),
@@ -381,8 +381,8 @@ pub fn prepare(
             )));
         }
     }
-    let p = if let Some(old) = state::load_key(ctx.h(), key)? {
-        if let Some(pid) = state::key_running(ctx.h(), key) {
+    let p = if let Some(old) = state::load(ctx.h(), key)? {
+        if let Some(pid) = state::running(ctx.h(), key) {
             return Err(Error::Failed(format!(
                 "{key} is running (QEMU pid {pid}) and already holds its devices"
             )));
@@ -494,7 +494,7 @@ pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
 }
 
 pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
-    let Some(st) = state::load_key(ctx.h(), key)? else {
+    let Some(st) = state::load(ctx.h(), key)? else {
         ctx.log
             .info(&format!("no pt-hook state for {key}: nothing to restore"));
         return Ok(());
@@ -715,7 +715,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             key.cleanup_hint()
         )));
     }
-    state::remove_key(ctx.h(), &key)?;
+    state::remove(ctx.h(), &key)?;
     ctx.log.info(&format!(
         "{key}: {} device(s) back on their host drivers",
         st.devices.len()

@@ -95,14 +95,14 @@ pub fn pve(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
 pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
     let vms = match vmid {
         Some(v) => vec![VmKey::Pve(v)],
-        None => state::list_keys(ctx.h()),
+        None => state::list(ctx.h()),
     };
     if vms.is_empty() {
         ctx.log.info("no pt-hook state: nothing to clean up");
     }
     let mut worst: Option<Error> = None;
     for vm in vms {
-        if let Some(pid) = state::key_running(ctx.h(), &vm) {
+        if let Some(pid) = state::running(ctx.h(), &vm) {
             ctx.log.warn(&format!(
                 "{vm} is running (QEMU pid {pid}): leaving its devices alone"
             ));

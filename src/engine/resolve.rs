@@ -153,8 +153,8 @@ pub fn resolve(
                             if seen.contains(b) {
                                 return Some(format!("{b} already used by this VM"));
                             }
-                            if let Some(o) = state::owner_of(host, b, vmid) {
-                                return Some(format!("{b} in use by VM {o}"));
+                            if let Some(o) = state::owner_of(host, b, &state::VmKey::Pve(vmid)) {
+                                return Some(format!("{b} in use by {o}"));
                             }
                         }
                     }

@@ -138,11 +138,7 @@ pub fn save(host: &dyn Host, st: &VmState) -> Result<()> {
         .map_err(|e| Error::host(&key, "writing", host.display(&rel), e))
 }
 
-pub fn load(host: &dyn Host, vmid: u32) -> Result<Option<VmState>> {
-    load_key(host, &VmKey::Pve(vmid))
-}
-
-pub fn load_key(host: &dyn Host, key: &VmKey) -> Result<Option<VmState>> {
+pub fn load(host: &dyn Host, key: &VmKey) -> Result<Option<VmState>> {
     let rel = key.state_file();
     if !host.exists(&rel) {
         return Ok(None);
@@ -171,7 +167,7 @@ pub fn load_key(host: &dyn Host, key: &VmKey) -> Result<Option<VmState>> {
     Ok(Some(st))
 }
 
-pub fn remove_key(host: &dyn Host, key: &VmKey) -> Result<()> {
+pub fn remove(host: &dyn Host, key: &VmKey) -> Result<()> {
     let rel = key.state_file();
     match host.remove_file(&rel) {
         Ok(()) => Ok(()),
@@ -181,9 +177,9 @@ pub fn remove_key(host: &dyn Host, key: &VmKey) -> Result<()> {
 }
 
 /// Every state file's key: Proxmox VMs (by id) then libvirt domains. A libvirt state file
-/// that cannot be read is skipped here (`load_key` reports it when it is used).
-pub fn list_keys(host: &dyn Host) -> Vec<VmKey> {
-    let mut keys: Vec<VmKey> = list_vms(host).into_iter().map(VmKey::Pve).collect();
+/// that cannot be read is skipped here (`load` reports it when it is used).
+pub fn list(host: &dyn Host) -> Vec<VmKey> {
+    let mut keys: Vec<VmKey> = pve_vmids(host).into_iter().map(VmKey::Pve).collect();
     for n in host.list(paths::RUN_DIR).unwrap_or_default() {
         let Some(uuid) = n
             .strip_prefix("libvirt-")
@@ -198,25 +194,26 @@ pub fn list_keys(host: &dyn Host) -> Vec<VmKey> {
             uuid,
             name: String::new(),
         });
-        if let Ok(Some(st)) = load_key(host, &probe) {
+        if let Ok(Some(st)) = load(host, &probe) {
             keys.push(st.key());
         }
     }
     keys
 }
 
-/// The other VM or domain whose state holds `bdf`, if any.
-pub fn owner_of_key(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey> {
+/// The other VM or domain whose state holds `bdf`, if any. A damaged state file of another
+/// VM or domain counts as unknown, not as free.
+pub fn owner_of(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey> {
     let same = |a: &VmKey, b: &VmKey| match (a, b) {
         (VmKey::Pve(x), VmKey::Pve(y)) => x == y,
         (VmKey::Libvirt(x), VmKey::Libvirt(y)) => x.uuid == y.uuid,
         _ => false,
     };
-    for k in list_keys(host) {
+    for k in list(host) {
         if same(&k, except) {
             continue;
         }
-        match load_key(host, &k) {
+        match load(host, &k) {
             Ok(Some(st)) if st.owns(bdf) => return Some(k),
             Ok(_) => {}
             // Unreadable or damaged: it may hold the device; refusing is the safe answer.
@@ -228,15 +225,15 @@ pub fn owner_of_key(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey>
 
 /// Whether the VM or domain is running: Proxmox's pid file, or for libvirt a QEMU process
 /// whose command line carries `-uuid UUID`.
-pub fn key_running(host: &dyn Host, key: &VmKey) -> Option<u32> {
+pub fn running(host: &dyn Host, key: &VmKey) -> Option<u32> {
     match key {
         VmKey::Pve(v) => vm_running(host, *v),
         VmKey::Libvirt(d) => domain_running(host, &d.uuid),
     }
 }
 
-/// VM ids that have a state file.
-pub fn list_vms(host: &dyn Host) -> Vec<u32> {
+/// Proxmox VM ids that have a state file.
+fn pve_vmids(host: &dyn Host) -> Vec<u32> {
     let mut v: Vec<u32> = host
         .list(paths::RUN_DIR)
         .unwrap_or_default()
@@ -245,23 +242,6 @@ pub fn list_vms(host: &dyn Host) -> Vec<u32> {
         .collect();
     v.sort();
     v
-}
-
-/// The other VM whose state holds `bdf`, if any. A damaged state file of another VM counts
-/// as unknown, not as free.
-pub fn owner_of(host: &dyn Host, bdf: &Bdf, except: u32) -> Option<u32> {
-    for vm in list_vms(host) {
-        if vm == except {
-            continue;
-        }
-        match load(host, vm) {
-            Ok(Some(st)) if st.owns(bdf) => return Some(vm),
-            Ok(_) => {}
-            // Unreadable or damaged: it may hold the device; refusing is the safe answer.
-            Err(_) => return Some(vm),
-        }
-    }
-    None
 }
 
 /// Whether QEMU for this VM is running (Proxmox's pid file names a live process).

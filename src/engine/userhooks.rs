@@ -200,7 +200,7 @@ pub fn run_hooks(
 
 /// The functions a VM holds now (from its state), for the hooks' PT_HOOK_DEVICES.
 pub fn held_devices(ctx: &Ctx, key: &VmKey) -> Vec<Bdf> {
-    state::load_key(ctx.host.as_ref(), key)
+    state::load(ctx.host.as_ref(), key)
         .ok()
         .flatten()
         .map(|s| s.bdfs())

@@ -62,7 +62,9 @@ fn double_pre_start_keeps_the_original_driver() {
     let before = t.devices();
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
-    let st = crate::engine::state::load(&*t.sim, 100).unwrap().unwrap();
+    let st = crate::engine::state::load(&*t.sim, &crate::engine::state::VmKey::Pve(100))
+        .unwrap()
+        .unwrap();
     assert!(st
         .devices
         .iter()

@@ -566,7 +566,9 @@ fn failed_restore_keeps_only_the_devices_not_back() {
     assert_eq!(e.exit_code(), 1, "{e}");
     assert!(e.to_string().contains("0000:04:00.0"), "{e}");
     assert_eq!(t.sim.driver_of("0000:02:00.0").as_deref(), Some("nvme"));
-    let st = crate::engine::state::load(&*t.sim, 100).unwrap().unwrap();
+    let st = crate::engine::state::load(&*t.sim, &crate::engine::state::VmKey::Pve(100))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         st.bdfs(),
         vec![Bdf::parse("0000:04:00.0").unwrap()],

@@ -614,7 +614,7 @@ fn release_containers_stops_the_holders_and_starts_them_after_post_stop() {
     lifecycle::pre_start(&t.ctx(), 102).unwrap();
     assert!(!t.sim.container_running(105));
     assert_eq!(t.sim.driver_of(VGA).as_deref(), Some("vfio-pci"));
-    let st = crate::engine::state::load(t.sim.as_ref(), 102)
+    let st = crate::engine::state::load(t.sim.as_ref(), &crate::engine::state::VmKey::Pve(102))
         .unwrap()
         .unwrap();
     assert!(st

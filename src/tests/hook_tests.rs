@@ -104,7 +104,7 @@ fn libvirt_prepare_and_release_cycle_keyed_by_uuid() {
         uuid: UUID.into(),
         name: "web 01".into(),
     });
-    let st = state::load_key(t.sim.as_ref(), &key).unwrap().unwrap();
+    let st = state::load(t.sim.as_ref(), &key).unwrap().unwrap();
     assert_eq!(st.domain.as_ref().unwrap().name, "web 01");
     assert_eq!(st.vmid, 0);
     // A Proxmox VM with the same device is refused, naming the domain.

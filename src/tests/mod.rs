@@ -6,4 +6,5 @@ mod fault_tests;
 mod fuzz_tests;
 mod guard_tests;
 mod hook_tests;
+mod state_tests;
 pub mod test_support;

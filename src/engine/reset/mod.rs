@@ -999,8 +999,8 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     // The devices asked for, plus whatever a VM's state says belongs with them.
     let mut owned: Vec<Bdf> = bdfs.to_vec();
     for b in bdfs {
-        for vm in crate::engine::state::list_vms(&*ctx.host) {
-            if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, vm) {
+        for vm in crate::engine::state::list(&*ctx.host) {
+            if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, &vm) {
                 if st.owns(b) {
                     owned.extend(st.bdfs());
                 }
