@@ -985,9 +985,31 @@ impl<'a> Doctor<'a> {
             None,
         );
 
+        let gpus: Vec<&crate::engine::resolve::Resolved> = explicit
+            .iter()
+            .copied()
+            .filter(|r| r.info.is_display())
+            .collect();
+        self.vm_shared_devices(vmid, &explicit);
+        self.vm_iommu_groups(vmid, &explicit, &passed);
+        self.vm_in_use(vmid);
+        self.vm_console_handoff(vmid, &explicit);
+        self.vm_machine_and_pcie(vmid, &cfg, &gpus);
+        self.vm_gpu_functions(vmid, &gpus, &passed);
+        self.vm_gpu_firmware(vmid, &cfg, &gpus);
+        self.vm_romfiles(vmid, &cfg);
+        self.vm_memory_and_cpu(vmid, &cfg);
+        self.check_hookscript(vmid, &cfg);
+        self.check_quirks(vmid, &resolved);
+        self.check_identity(vmid, &resolved);
+        self.vm_ha_and_workarounds(vmid, &cfg);
+    }
+
+    /// A device in two configs.
+    fn vm_shared_devices(&mut self, vmid: u32, explicit: &[&crate::engine::resolve::Resolved]) {
         // A device in two configs: only one of the VMs can run at a time.
         let owners = self.configured_owners();
-        for r in &explicit {
+        for r in explicit {
             let others: Vec<u32> = owners
                 .get(&r.info.bdf)
                 .map(|v| v.iter().copied().filter(|o| *o != vmid).collect())
@@ -1007,10 +1029,18 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
 
+    /// IOMMU group isolation.
+    fn vm_iommu_groups(
+        &mut self,
+        vmid: u32,
+        explicit: &[&crate::engine::resolve::Resolved],
+        passed: &BTreeSet<Bdf>,
+    ) {
         // IOMMU group isolation: Proxmox moves every member of the group to vfio-pci.
         let mut done_groups = BTreeSet::new();
-        for r in &explicit {
+        for r in explicit {
             let b = r.info.bdf;
             let Some(g) = r.info.iommu_group else {
                 self.add_vm(
@@ -1075,7 +1105,10 @@ impl<'a> Doctor<'a> {
                 Some("put the card in a slot whose root port isolates it (its own IOMMU group), or pass every device of the group to this VM; pcie_acs_override only fakes isolation".into()),
             );
         }
+    }
 
+    /// Devices the host or another VM uses.
+    fn vm_in_use(&mut self, vmid: u32) {
         // Devices the host or another VM uses: pre-start's own refusal, in its words.
         // One check per function, its refusal lines joined.
         if let Ok(p) = (self.planner)(vmid) {
@@ -1097,6 +1130,10 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
+
+    /// Single-GPU handoff: another way in.
+    fn vm_console_handoff(&mut self, vmid: u32, explicit: &[&crate::engine::resolve::Resolved]) {
         // Single-GPU handoff: the local console goes away, so another way in must exist.
         if let Some(g) = explicit
             .iter()
@@ -1122,11 +1159,15 @@ impl<'a> Doctor<'a> {
                 ),
             }
         }
-        let gpus: Vec<&crate::engine::resolve::Resolved> = explicit
-            .iter()
-            .copied()
-            .filter(|r| r.info.is_display())
-            .collect();
+    }
+
+    /// machine: q35, pcie=1 and x-vga on the hostpci lines.
+    fn vm_machine_and_pcie(
+        &mut self,
+        vmid: u32,
+        cfg: &VmConfig,
+        gpus: &[&crate::engine::resolve::Resolved],
+    ) {
         let machine = cfg.get("machine").unwrap_or("");
         let q35 = machine.contains("q35");
         let pcie_entries: Vec<String> = cfg
@@ -1220,9 +1261,17 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
 
+    /// Every function of a passed GPU goes with it.
+    fn vm_gpu_functions(
+        &mut self,
+        vmid: u32,
+        gpus: &[&crate::engine::resolve::Resolved],
+        passed: &BTreeSet<Bdf>,
+    ) {
         // Every function of a passed GPU goes with it (the audio function above all).
-        for g in &gpus {
+        for g in gpus {
             let missing: Vec<Bdf> = self
                 .devices
                 .values()
@@ -1258,7 +1307,15 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
 
+    /// What a passed GPU needs from the VM config.
+    fn vm_gpu_firmware(
+        &mut self,
+        vmid: u32,
+        cfg: &VmConfig,
+        gpus: &[&crate::engine::resolve::Resolved],
+    ) {
         if !gpus.is_empty() {
             match cfg.get("bios") {
                 Some("ovmf") if cfg.get("efidisk0").is_none() => self.add_vm(
@@ -1311,7 +1368,10 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
 
+    /// romfile= files exist.
+    fn vm_romfiles(&mut self, vmid: u32, cfg: &VmConfig) {
         for hp in &cfg.hostpci {
             let Some(rom) = &hp.romfile else { continue };
             let rel = if let Some(abs) = rom.strip_prefix('/') {
@@ -1360,7 +1420,10 @@ impl<'a> Doctor<'a> {
                 );
             }
         }
+    }
 
+    /// balloon and the rest of the VM's settings.
+    fn vm_memory_and_cpu(&mut self, vmid: u32, cfg: &VmConfig) {
         match cfg.get("balloon") {
             Some("0") => self.add_vm(
                 vmid,
@@ -1382,11 +1445,10 @@ impl<'a> Doctor<'a> {
                 Some(format!("qm set {vmid} --balloon 0")),
             ),
         }
+    }
 
-        self.check_hookscript(vmid, &cfg);
-        self.check_quirks(vmid, &resolved);
-        self.check_identity(vmid, &resolved);
-
+    /// HA membership and leftover Code 43 workarounds.
+    fn vm_ha_and_workarounds(&mut self, vmid: u32, cfg: &VmConfig) {
         if let Ok(text) = read_bounded(self.host, "etc/pve/ha/resources.cfg") {
             let ours = text.lines().any(|l| {
                 l.split_once(':')
