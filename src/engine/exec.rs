@@ -37,7 +37,7 @@ pub fn driver_for_module(module: &str) -> String {
 
 /// The module that provides a PCI driver (`vfio-pci` → `vfio_pci`).
 pub fn module_for_driver(driver: &str) -> String {
-    driver.replace('-', "_")
+    paths::module_name(driver)
 }
 
 impl<'a> Exec<'a> {

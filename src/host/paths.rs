@@ -101,7 +101,7 @@ pub fn driver_file(driver: &str, file: &str) -> Option<String> {
 }
 
 pub fn module_dir(module: &str) -> Option<String> {
-    safe_name(module).then(|| format!("{SYS_MODULE}/{}", module.replace('-', "_")))
+    safe_name(module).then(|| format!("{SYS_MODULE}/{}", module_name(module)))
 }
 
 pub fn iommu_group_devices(group: u32) -> String {
@@ -143,6 +143,12 @@ pub fn nvme_serial(bdf: &Bdf, ctrl: &str) -> Option<String> {
 
 pub fn lock_file(bdf: &Bdf) -> String {
     format!("{LOCK_DIR}/{bdf}.lock")
+}
+
+/// A kernel module's canonical name: modprobe and the kernel treat `-` and `_` alike and
+/// `/sys/module` shows `_` (`vfio-pci` is `vfio_pci`).
+pub fn module_name(name: &str) -> String {
+    name.replace('-', "_")
 }
 
 #[cfg(test)]

@@ -402,7 +402,7 @@ impl<'a> Doctor<'a> {
             let w: Vec<&str> = l.text.split_whitespace().collect();
             w.first() == Some(&"options")
                 && w.get(1)
-                    .is_some_and(|m| m.replace('-', "_") == "vfio_iommu_type1")
+                    .is_some_and(|m| crate::host::paths::module_name(m) == "vfio_iommu_type1")
                 && w.iter().skip(2).any(|o| {
                     matches!(
                         *o,
@@ -601,7 +601,7 @@ impl<'a> Doctor<'a> {
     fn module_listed(&self, m: &str) -> Option<&Line> {
         self.modules_load
             .iter()
-            .find(|l| l.text.replace('-', "_") == m)
+            .find(|l| crate::host::paths::module_name(&l.text) == m)
     }
 
     /// Whether the running kernel ships a module (modules.dep or modules.builtin); None when
@@ -628,7 +628,7 @@ impl<'a> Doctor<'a> {
                 let path = l.split(':').next().unwrap_or("");
                 let base = path.rsplit('/').next().unwrap_or("");
                 let stem = base.split(".ko").next().unwrap_or("");
-                base.contains(".ko") && stem.replace('-', "_") == m
+                base.contains(".ko") && crate::host::paths::module_name(stem) == m
             });
         }
         any.then_some(found)
@@ -691,7 +691,7 @@ impl<'a> Doctor<'a> {
         let virqfd: Vec<String> = self
             .modules_load
             .iter()
-            .filter(|l| l.text.replace('-', "_") == "vfio_virqfd")
+            .filter(|l| crate::host::paths::module_name(&l.text) == "vfio_virqfd")
             .map(Line::at)
             .collect();
         if !virqfd.is_empty() {
@@ -721,7 +721,8 @@ impl<'a> Doctor<'a> {
             .filter(|l| {
                 let w: Vec<&str> = l.text.split_whitespace().collect();
                 w.first() == Some(&"options")
-                    && w.get(1).is_some_and(|m| m.replace('-', "_") == "vfio_pci")
+                    && w.get(1)
+                        .is_some_and(|m| crate::host::paths::module_name(m) == "vfio_pci")
             })
             .cloned()
             .collect();
@@ -1663,7 +1664,8 @@ impl<'a> Doctor<'a> {
                     || self.modprobe.iter().any(|l| {
                         let w: Vec<&str> = l.text.split_whitespace().collect();
                         w.first() == Some(&"options")
-                            && w.get(1).is_some_and(|m| m.replace('-', "_") == "vfio_pci")
+                            && w.get(1)
+                                .is_some_and(|m| crate::host::paths::module_name(m) == "vfio_pci")
                             && w.contains(&"disable_idle_d3=1")
                     });
                 self.add_vm(
