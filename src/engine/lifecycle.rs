@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::engine::ctx::Ctx;
+use crate::engine::exec::Exec;
 use crate::engine::guard;
 use crate::engine::plan::{self, HostFacts, PlannedDevice, Step};
 use crate::engine::resolve::{self, Resolved};
@@ -534,40 +535,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             "{b}: already back on its host driver: verifying it, not resetting it"
         ));
     }
-    // Nothing is reset or unbound while something holds it: QEMU may still be exiting, so
-    // wait (most of the phase), then keep the state and name the holder.
-    let check: Vec<Bdf> = st
-        .bdfs()
-        .into_iter()
-        .filter(|b| !back.contains(b) && device::exists(ctx.h(), b))
-        .collect();
-    if !check.is_empty() {
-        let phase = ctx.cfg.timeouts.phase;
-        let wait = phase.saturating_sub((phase / 4).min(std::time::Duration::from_secs(30)));
-        let left = guard::wait_free(
-            ctx.h(),
-            &check,
-            &guard::Opts {
-                me: Some(&key),
-                node: &ctx.node,
-            },
-            wait.min(
-                exec.deadline
-                    .saturating_duration_since(std::time::Instant::now()),
-            ),
-        );
-        if !left.is_clear() {
-            st.phase = "held".into();
-            state::save(ctx.h(), &st)?;
-            return Err(Error::Failed(format!(
-                "{key}: {} after {}; nothing was reset or unbound; state kept in {}; run `{}` once it is released",
-                left.lines().join("; "),
-                humantime::format_duration(wait),
-                ctx.h().display(&key.state_file()),
-                key.cleanup_hint()
-            )));
-        }
-    }
+    wait_for_holders(ctx, &exec, &mut st, &back)?;
     st.phase = "post-stop".into();
     st.pid = std::process::id();
     state::save(ctx.h(), &st)?;
@@ -613,64 +581,10 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         }
     }
     for d in &st.devices {
-        let b = d.original.bdf;
-        if held(&b) {
+        if held(&d.original.bdf) {
             continue;
         }
-        let want = d.original.driver.as_deref();
-        if !device::exists(ctx.h(), &b) {
-            failed.push(format!(
-                "{b}: device is gone from {}",
-                ctx.h().display(&paths::dev_dir(&b))
-            ));
-            continue;
-        }
-        // A host-rebind profile: the host driver's probe is the reset, and it takes a while.
-        let wait = d
-            .quirk
-            .as_deref()
-            .and_then(|q| crate::engine::quirks::by_name(&profiles, q))
-            .and_then(|p| p.rebind_wait())
-            .unwrap_or(ctx.cfg.timeouts.driver_bind)
-            .max(ctx.cfg.timeouts.driver_bind);
-        if let Err(e) = exec.wait_driver(&b, want, wait) {
-            failed.push(e.to_string());
-        }
-        let ov = device::override_of(ctx.h(), &b);
-        if ov != d.original.driver_override {
-            failed.push(format!(
-                "{b}: driver_override is {:?}, was {:?}",
-                ov, d.original.driver_override
-            ));
-        }
-        if let Some(orig) = &d.original.reset_method {
-            let mut rm = device::reset_method_of(ctx.h(), &b);
-            if rm.as_ref() != Some(orig) {
-                // Re-enumeration (remove/rescan, a vanished device back) resets the list to
-                // the kernel's default: put the recorded one back.
-                let _ = exec.write(
-                    &b,
-                    &paths::dev(&b, crate::host::paths::DevFile::ResetMethod),
-                    device::reset_method_data(orig),
-                    ctx.cfg.timeouts.step,
-                );
-                rm = device::reset_method_of(ctx.h(), &b);
-            }
-            if rm.is_none() {
-                // No reset_method file: the kernel re-enumerated the device (remove/rescan,
-                // surprise removal) and now offers no reset method at all (a function that
-                // came back beside its sibling loses "bus"). Not pt-hook's change, and nothing
-                // pt-hook can write: say so, do not keep the state forever.
-                ctx.log.warn(&format!(
-                    "{b}: reset_method was {orig:?}; after re-enumeration the kernel offers no reset method for it",
-                ));
-            } else if rm != d.original.reset_method {
-                failed.push(format!(
-                    "{b}: reset_method is {:?}, was {:?}",
-                    rm, d.original.reset_method
-                ));
-            }
-        }
+        verify_restored(ctx, &exec, &profiles, d, &mut failed);
     }
     if !unrecovered.is_empty() {
         st.unrecovered = unrecovered.clone();
@@ -721,6 +635,110 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.devices.len()
     ));
     Ok(())
+}
+
+/// Nothing is reset or unbound while something holds a device: QEMU may still be exiting,
+/// so wait (most of the phase), then keep the state and name the holder.
+fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> Result<()> {
+    let key = st.key();
+    let check: Vec<Bdf> = st
+        .bdfs()
+        .into_iter()
+        .filter(|b| !back.contains(b) && device::exists(ctx.h(), b))
+        .collect();
+    if !check.is_empty() {
+        let phase = ctx.cfg.timeouts.phase;
+        let wait = phase.saturating_sub((phase / 4).min(std::time::Duration::from_secs(30)));
+        let left = guard::wait_free(
+            ctx.h(),
+            &check,
+            &guard::Opts {
+                me: Some(&key),
+                node: &ctx.node,
+            },
+            wait.min(
+                exec.deadline
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+        );
+        if !left.is_clear() {
+            st.phase = "held".into();
+            state::save(ctx.h(), st)?;
+            return Err(Error::Failed(format!(
+                "{key}: {} after {}; nothing was reset or unbound; state kept in {}; run `{}` once it is released",
+                left.lines().join("; "),
+                humantime::format_duration(wait),
+                ctx.h().display(&key.state_file()),
+                key.cleanup_hint()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a restored device is back as it was: driver, driver_override, reset_method.
+fn verify_restored(
+    ctx: &Ctx,
+    exec: &Exec,
+    profiles: &[crate::engine::quirks::Profile],
+    d: &DeviceRecord,
+    failed: &mut Vec<String>,
+) {
+    let b = d.original.bdf;
+    let want = d.original.driver.as_deref();
+    if !device::exists(ctx.h(), &b) {
+        failed.push(format!(
+            "{b}: device is gone from {}",
+            ctx.h().display(&paths::dev_dir(&b))
+        ));
+        return;
+    }
+    // A host-rebind profile: the host driver's probe is the reset, and it takes a while.
+    let wait = d
+        .quirk
+        .as_deref()
+        .and_then(|q| crate::engine::quirks::by_name(profiles, q))
+        .and_then(|p| p.rebind_wait())
+        .unwrap_or(ctx.cfg.timeouts.driver_bind)
+        .max(ctx.cfg.timeouts.driver_bind);
+    if let Err(e) = exec.wait_driver(&b, want, wait) {
+        failed.push(e.to_string());
+    }
+    let ov = device::override_of(ctx.h(), &b);
+    if ov != d.original.driver_override {
+        failed.push(format!(
+            "{b}: driver_override is {:?}, was {:?}",
+            ov, d.original.driver_override
+        ));
+    }
+    if let Some(orig) = &d.original.reset_method {
+        let mut rm = device::reset_method_of(ctx.h(), &b);
+        if rm.as_ref() != Some(orig) {
+            // Re-enumeration (remove/rescan, a vanished device back) resets the list to
+            // the kernel's default: put the recorded one back.
+            let _ = exec.write(
+                &b,
+                &paths::dev(&b, crate::host::paths::DevFile::ResetMethod),
+                device::reset_method_data(orig),
+                ctx.cfg.timeouts.step,
+            );
+            rm = device::reset_method_of(ctx.h(), &b);
+        }
+        if rm.is_none() {
+            // No reset_method file: the kernel re-enumerated the device (remove/rescan,
+            // surprise removal) and now offers no reset method at all (a function that
+            // came back beside its sibling loses "bus"). Not pt-hook's change, and nothing
+            // pt-hook can write: say so, do not keep the state forever.
+            ctx.log.warn(&format!(
+                "{b}: reset_method was {orig:?}; after re-enumeration the kernel offers no reset method for it",
+            ));
+        } else if rm != d.original.reset_method {
+            failed.push(format!(
+                "{b}: reset_method is {:?}, was {:?}",
+                rm, d.original.reset_method
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
