@@ -2,3 +2,6 @@
 
 pub mod doctor;
 pub mod install;
+pub mod plan;
+pub mod quirks;
+pub mod status;
