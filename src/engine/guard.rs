@@ -4,7 +4,7 @@
 //!
 //! The kernel never refuses to unbind a driver whose device is in use: an NVMe goes away
 //! under a mounted filesystem or active swap, a NIC under the host's default route, a DRM
-//! card under an open fd (KERNEL.md in docs/). So pt-hook looks first, at every place a user
+//! card under an open fd (docs/kernel.md). So pt-hook looks first, at every place a user
 //! can show up:
 //! - block devices below the function (NVMe namespaces, including the multipath heads that
 //!   sit under nvme-subsystem, disks under SATA/SAS/USB controllers, partitions): mountinfo

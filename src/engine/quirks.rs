@@ -384,7 +384,7 @@ mod tests {
         }
     }
 
-    /// Every id QUIRKS.md lists resolves to its family's profile.
+    /// Every id docs/quirks.md lists resolves to its family's profile.
     #[test]
     fn every_builtin_id_resolves() {
         let all = builtin();
