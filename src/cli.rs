@@ -393,7 +393,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             log.set_context("reset");
             let cfg = load_armed(&*host, "reset")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
-            crate::engine::reset::command(&ctx, &list, method.as_deref(), *json)
+            crate::cmd::reset::command(&ctx, &list, method.as_deref(), *json)
         }
     }
 }

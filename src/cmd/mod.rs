@@ -4,4 +4,5 @@ pub mod doctor;
 pub mod install;
 pub mod plan;
 pub mod quirks;
+pub mod reset;
 pub mod status;

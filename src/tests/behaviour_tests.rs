@@ -299,7 +299,7 @@ fn unrecoverable_device_is_exit_3() {
     t.sim
         .inject(FaultPoint::write_suffix("/rescan", Fault::Errno(libc::EIO)));
     let list = vec![bdf(NVME)];
-    let e = reset::command(&t.ctx(), &list, None, true).unwrap_err();
+    let e = crate::cmd::reset::command(&t.ctx(), &list, None, true).unwrap_err();
     assert_eq!(e.exit_code(), 3, "{e}");
     assert!(e.to_string().contains("reboot"), "{e}");
 }

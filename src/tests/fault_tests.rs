@@ -139,7 +139,7 @@ fn act(t: &T, p: Phase) -> Result<(), Error> {
         Phase::PreStart(vm) => lifecycle::pre_start(&t.ctx(), vm),
         Phase::PostStop(vm) => lifecycle::post_stop(&t.ctx(), vm, true),
         Phase::Reset(b) => {
-            crate::engine::reset::command(&t.ctx(), &[Bdf::parse(b).unwrap()], None, true)
+            crate::cmd::reset::command(&t.ctx(), &[Bdf::parse(b).unwrap()], None, true)
         }
         Phase::Cleanup(vm) => crate::engine::phase::cleanup(&t.ctx(), Some(vm)),
     }

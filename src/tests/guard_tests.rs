@@ -532,7 +532,7 @@ fn reset_refuses_a_device_in_use() {
         "40 22 259:1 / /mnt rw - xfs /dev/nvme0n1p1 rw\n",
     );
     let writes = t.sim.write_count();
-    let e = crate::engine::reset::command(
+    let e = crate::cmd::reset::command(
         &t.ctx(),
         &[crate::pci::Bdf::parse(NVME).unwrap()],
         None,
