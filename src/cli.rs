@@ -148,7 +148,7 @@ pub enum Cmd {
     #[command(
         after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
     )]
-    Libvirt(crate::engine::libvirt::LibvirtArgs),
+    Libvirt(crate::cmd::libvirt::LibvirtArgs),
     /// Link the installed binary as a Proxmox hookscript (STORAGE's snippets directory from
     /// /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line.
     /// A link, never a copy; idempotent; refuses to replace anything else at that place.
@@ -166,7 +166,7 @@ pub enum Cmd {
 /// or anything unusual about these, goes through clap.
 fn fast_path() -> Option<std::result::Result<Cli, i32>> {
     let mut args = std::env::args_os();
-    if crate::engine::libvirt::invoked_as_hook(&args.next()?) {
+    if crate::cmd::libvirt::invoked_as_hook(&args.next()?) {
         return None;
     }
     let (a, b) = (args.next(), args.next());
@@ -205,7 +205,7 @@ fn fast_path() -> Option<std::result::Result<Cli, i32>> {
 
 pub fn main() -> i32 {
     let parsed = fast_path().unwrap_or_else(|| {
-        let args = crate::engine::libvirt::rewrite_args(std::env::args_os().collect());
+        let args = crate::cmd::libvirt::rewrite_args(std::env::args_os().collect());
         Cli::try_parse_from(args).map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
@@ -298,8 +298,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Libvirt(a) => {
             let context = format!("libvirt {:?} {} {}", a.domain, a.operation, a.sub_operation);
             log.set_context(&context);
-            let (stdin, tty) = crate::engine::libvirt::stdin();
-            crate::engine::libvirt::command(
+            let (stdin, tty) = crate::cmd::libvirt::stdin();
+            crate::cmd::libvirt::command(
                 host,
                 &|h: &dyn Host| load_armed(h, &context),
                 cli.global.dry_run,
@@ -369,7 +369,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let key = match (vmid, libvirt_uuid) {
                 (Some(v), None) => VmKey::Pve(parse_vmid(v)?),
                 (None, Some(u)) => VmKey::Libvirt(crate::engine::state::Domain {
-                    uuid: crate::engine::libvirt::parse_uuid(u).ok_or_else(|| {
+                    uuid: crate::parse::libvirt::parse_uuid(u).ok_or_else(|| {
                         Error::Usage(format!(
                             "invalid UUID {:?}: expected 8-4-4-4-12 hex digits",
                             crate::log::escape_controls(u)

@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod install;
+pub mod libvirt;
 pub mod plan;
 pub mod quirks;
 pub mod reset;

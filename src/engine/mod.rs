@@ -6,7 +6,6 @@ pub mod exec;
 pub mod guard;
 pub mod handoff;
 pub mod identity;
-pub mod libvirt;
 pub mod lifecycle;
 pub mod phase;
 pub mod plan;

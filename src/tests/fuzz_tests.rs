@@ -158,7 +158,7 @@ fn targets() -> Vec<Target> {
             name: "libvirt-xml",
             seeds: libvirt_seeds(),
             parse: |t| {
-                let _ = crate::engine::libvirt::parse_domain(t, "domain.xml");
+                let _ = crate::parse::libvirt::parse_domain(t, "domain.xml");
             },
         },
     ]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::libvirt::{self, LibvirtArgs};
+use crate::cmd::libvirt::{self, LibvirtArgs};
 use crate::engine::state::{self, Domain, VmKey};
 use crate::error::Result;
 use crate::host::sim::{Fault, FaultPoint, OpKind, SimHost};
