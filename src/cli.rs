@@ -400,10 +400,10 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
 
 fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: bool) -> Ctx<'a> {
     Ctx {
+        node: host.node_name(),
         host,
         cfg,
         log,
         dry_run,
-        node: crate::engine::resolve::node_name(),
     }
 }

@@ -118,11 +118,11 @@ pub fn command(
     }
     let cfg = load_cfg(&*host)?;
     let ctx = Ctx {
+        node: host.node_name(),
         host,
         cfg: &cfg,
         log,
         dry_run,
-        node: crate::engine::resolve::node_name(),
     };
     let key = VmKey::Libvirt(Domain {
         uuid: dom.uuid.clone(),

@@ -21,7 +21,7 @@ fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static s
         }
     }
     let all = crate::sysfs::device::list_all(host);
-    let node = crate::engine::resolve::node_name();
+    let node = host.node_name();
     let mappings = crate::parse::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
         .ok()
         .and_then(|t| crate::parse::pve::mapping::parse_mappings(&t, "pci.cfg").ok())

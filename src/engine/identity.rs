@@ -579,7 +579,7 @@ fn named_now_pve(host: &dyn Host, vmid: u32) -> Vec<FunctionId> {
     let Ok(cfg) = crate::engine::resolve::load_vm_config(host, vmid) else {
         return Vec::new();
     };
-    match crate::engine::resolve::resolve(host, &cfg, &crate::engine::resolve::node_name(), &log) {
+    match crate::engine::resolve::resolve(host, &cfg, &host.node_name(), &log) {
         Ok(r) => current_resolved(host, &r),
         Err(_) => Vec::new(),
     }

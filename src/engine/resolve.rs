@@ -76,19 +76,6 @@ fn skipped_lines(f: &MappingFile, name: &str) -> String {
     }
 }
 
-pub fn node_name() -> String {
-    if let Ok(n) = std::env::var("PT_HOOK_NODE") {
-        if !n.is_empty() {
-            return n;
-        }
-    }
-    nix::sys::utsname::uname()
-        .ok()
-        .and_then(|u| u.nodename().to_str().map(|s| s.to_string()))
-        .map(|n| n.split('.').next().unwrap_or("").to_string())
-        .unwrap_or_default()
-}
-
 /// Resolves a VM's devices. Errors here are configuration errors (exit 2): nothing has been
 /// touched yet.
 pub fn resolve(

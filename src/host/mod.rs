@@ -32,6 +32,15 @@ impl CmdOutput {
 }
 
 pub trait Host: Send + Sync + 'static {
+    /// The node name PCI mappings are matched against: `PT_HOOK_NODE`, else the short host
+    /// name (`uname -n` up to the first dot).
+    fn node_name(&self) -> String {
+        node_name()
+    }
+    /// The effective uid: trusted files must be owned by root or by it.
+    fn euid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
     /// Reads a whole (small) file as text.
     fn read(&self, rel: &str) -> io::Result<String>;
     /// Reads at most `max` bytes (config space).
@@ -188,4 +197,17 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         let d = delays.next().unwrap_or(Duration::from_millis(50));
         std::thread::sleep(d.min(timeout - elapsed));
     }
+}
+
+fn node_name() -> String {
+    if let Ok(n) = std::env::var("PT_HOOK_NODE") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(|s| s.to_string()))
+        .map(|n| n.split('.').next().unwrap_or("").to_string())
+        .unwrap_or_default()
 }

@@ -142,7 +142,7 @@ fn trusted_entry(host: &dyn Host, rel: &str, is_dir: bool) -> Result<()> {
         .stat_owner_mode(rel)
         .map_err(|e| Error::host("config", "stat", host.display(rel), e))?;
     let what = if is_dir { "directory " } else { "" };
-    let me = nix::unistd::geteuid().as_raw();
+    let me = host.euid();
     if uid != 0 && uid != me {
         return Err(Error::Config(format!(
             "{what}{}: refusing: owned by uid {uid}, not root",

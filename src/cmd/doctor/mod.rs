@@ -947,7 +947,7 @@ impl<'a> Doctor<'a> {
             }
         };
         let log = crate::log::Logger::new(-3, false);
-        let node = crate::engine::resolve::node_name();
+        let node = self.host.node_name();
         let resolved = match crate::engine::resolve::resolve(self.host, &cfg, &node, &log) {
             Ok(r) => r,
             Err(e) => {
@@ -1081,7 +1081,7 @@ impl<'a> Doctor<'a> {
                 &others,
                 &crate::engine::guard::Opts {
                     me: Some(&crate::engine::state::VmKey::Pve(vmid)),
-                    node: &crate::engine::resolve::node_name(),
+                    node: &self.host.node_name(),
                 },
             );
             let mut desc = Vec::new();
