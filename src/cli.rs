@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 
-use crate::config::{self, Config};
+use crate::engine::ctx::Ctx;
+use crate::engine::lifecycle;
+use crate::engine::state::VmKey;
 use crate::error::{Error, Result};
 use crate::host::real::RealHost;
 use crate::host::{kio, Host};
-use crate::lifecycle::{self, Ctx};
 use crate::log::Logger;
+use crate::parse::config::{self, Config};
+use crate::parse::pve::parse_vmid;
 use crate::pci::Bdf;
-use crate::state::VmKey;
 
 const AFTER_HELP: &str = "\
 Hookscript mode (what Proxmox runs):
@@ -148,14 +149,14 @@ pub enum Cmd {
     #[command(
         after_help = "Install: ln -s /usr/sbin/pt-hook /etc/libvirt/hooks/qemu (or any name in /etc/libvirt/hooks/qemu.d/), then restart libvirtd.\nTry:     pt-hook --dry-run libvirt NAME prepare begin - < <(virsh dumpxml NAME)\nState:   /run/pt-hook/libvirt-<uuid>.json (keyed by the domain's <uuid>)."
     )]
-    Libvirt(crate::libvirt::LibvirtArgs),
+    Libvirt(crate::cmd::libvirt::LibvirtArgs),
     /// Link the installed binary as a Proxmox hookscript (STORAGE's snippets directory from
     /// /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line.
     /// A link, never a copy; idempotent; refuses to replace anything else at that place.
     #[command(
         after_help = "Examples:\n  pt-hook install                      # /var/lib/vz/snippets/pt-hook -> /usr/sbin/pt-hook\n  pt-hook install --storage nas --vmid 100\n  pt-hook install --libvirt            # /etc/libvirt/hooks/qemu.d/pt-hook\n  pt-hook --dry-run install            # show what it would do"
     )]
-    Install(crate::install::InstallArgs),
+    Install(crate::cmd::install::InstallArgs),
     /// Hookscript mode: pt-hook <VMID> <PHASE>.
     #[command(external_subcommand)]
     Hook(Vec<String>),
@@ -166,29 +167,12 @@ fn is_phase(s: &str) -> bool {
     matches!(s, "pre-start" | "post-start" | "pre-stop" | "post-stop")
 }
 
-pub fn parse_vmid(s: &str) -> Result<u32> {
-    if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::Usage(format!(
-            "invalid VM id {s:?}: expected a number such as 100"
-        )));
-    }
-    let n: u32 = s
-        .parse()
-        .map_err(|_| Error::Usage(format!("invalid VM id {s:?}")))?;
-    if n < 100 {
-        return Err(Error::Usage(format!(
-            "invalid VM id {s:?}: Proxmox VM ids start at 100"
-        )));
-    }
-    Ok(n)
-}
-
 /// The two invocations that must start fastest skip building the clap parser: Proxmox's
 /// `pt-hook <VMID> <PHASE>` (on the path of every VM start) and `--version`. Anything else,
 /// or anything unusual about these, goes through clap.
 fn fast_path() -> Option<std::result::Result<Cli, i32>> {
     let mut args = std::env::args_os();
-    if crate::libvirt::invoked_as_hook(&args.next()?) {
+    if crate::cmd::libvirt::invoked_as_hook(&args.next()?) {
         return None;
     }
     let (a, b) = (args.next(), args.next());
@@ -227,7 +211,7 @@ fn fast_path() -> Option<std::result::Result<Cli, i32>> {
 
 pub fn main() -> i32 {
     let parsed = fast_path().unwrap_or_else(|| {
-        let args = crate::libvirt::rewrite_args(std::env::args_os().collect());
+        let args = crate::cmd::libvirt::rewrite_args(std::env::args_os().collect());
         Cli::try_parse_from(args).map_err(|e| {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
@@ -330,7 +314,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             let start = std::time::Instant::now();
-            let r = crate::userhooks::pve_phase(&ctx, vmid, phase);
+            let r = crate::engine::phase::pve(&ctx, vmid, phase);
             if r.is_ok() {
                 log.info(&format!("done in {}", crate::log::fmt_dur(start.elapsed())));
             }
@@ -339,8 +323,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Libvirt(a) => {
             let context = format!("libvirt {:?} {} {}", a.domain, a.operation, a.sub_operation);
             log.set_context(&context);
-            let (stdin, tty) = crate::libvirt::stdin();
-            crate::libvirt::command(
+            let (stdin, tty) = crate::cmd::libvirt::stdin();
+            crate::cmd::libvirt::command(
                 host,
                 &|h: &dyn Host| load_armed(h, &context),
                 cli.global.dry_run,
@@ -350,7 +334,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 tty,
             )
         }
-        Cmd::Install(a) => crate::install::command(&*host, cli.global.dry_run, a, log),
+        Cmd::Install(a) => crate::cmd::install::command(&*host, cli.global.dry_run, a, log),
         Cmd::Plan { vmid, json } => {
             let vmid = parse_vmid(vmid)?;
             let cfg = load_cfg(&*host)?;
@@ -359,14 +343,15 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             if *json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&plan_json(&p)).unwrap_or_default()
+                    serde_json::to_string_pretty(&crate::cmd::plan::plan_json(&p))
+                        .unwrap_or_default()
                 );
             } else {
-                print_plan(&p, &ctx.node);
+                crate::cmd::plan::print_plan(&p, &ctx.node);
             }
             // The same refusal pre-start would give, and its exit status.
-            crate::identity::refuse(&p.identity)?;
-            match p.refusal(&crate::state::VmKey::Pve(vmid)) {
+            crate::engine::identity::refuse(&p.identity)?;
+            match p.refusal(&crate::engine::state::VmKey::Pve(vmid)) {
                 Some(e) => Err(e),
                 None => Ok(()),
             }
@@ -376,11 +361,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             log.set_context("cleanup");
             let cfg = load_armed(&*host, "cleanup")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
-            lifecycle::cleanup(&ctx, vmid)
+            crate::engine::phase::cleanup(&ctx, vmid)
         }
         Cmd::Status { json } => {
             let cfg = load_cfg(&*host)?;
-            status_cmd(&*host, &cfg, *json)
+            crate::cmd::status::command(&*host, &cfg, *json)
         }
         Cmd::Doctor { vmid, json } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
@@ -388,19 +373,19 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let quiet = Logger::new(-3, false);
             let pctx = make_ctx(Arc::clone(&host), &cfg, &quiet, true);
             let planner = |v: u32| lifecycle::plan_vm(&pctx, v);
-            let report = crate::doctor::run(&*host, &cfg, vmid, &planner)?;
+            let report = crate::cmd::doctor::run(&*host, &cfg, vmid, &planner)?;
             if *json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                crate::doctor::print(&report);
+                crate::cmd::doctor::print(&report);
             }
             if report.failed() {
                 return Err(Error::Failed(format!(
                     "doctor: {} check(s) failed",
-                    report.count(crate::doctor::Status::Fail)
+                    report.count(crate::cmd::doctor::Status::Fail)
                 )));
             }
             Ok(())
@@ -408,8 +393,8 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         Cmd::Accept { vmid, libvirt_uuid } => {
             let key = match (vmid, libvirt_uuid) {
                 (Some(v), None) => VmKey::Pve(parse_vmid(v)?),
-                (None, Some(u)) => VmKey::Libvirt(crate::state::Domain {
-                    uuid: crate::libvirt::parse_uuid(u).ok_or_else(|| {
+                (None, Some(u)) => VmKey::Libvirt(crate::engine::state::Domain {
+                    uuid: crate::parse::libvirt::parse_uuid(u).ok_or_else(|| {
                         Error::Usage(format!(
                             "invalid UUID {:?}: expected 8-4-4-4-12 hex digits",
                             crate::log::escape_controls(u)
@@ -419,11 +404,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
                 }),
                 _ => return Err(Error::Usage("give a VM id or --libvirt-uuid UUID".into())),
             };
-            crate::identity::accept(&*host, &key, cli.global.dry_run)
+            crate::engine::identity::accept(&*host, &key, cli.global.dry_run)
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
-            quirks_cmd(&*host, &cfg, target.as_deref(), *json)
+            crate::cmd::quirks::command(&*host, &cfg, target.as_deref(), *json)
         }
         Cmd::Reset { bdfs, method, json } => {
             let mut list = Vec::new();
@@ -433,511 +418,17 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             log.set_context("reset");
             let cfg = load_armed(&*host, "reset")?;
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
-            crate::reset::command(&ctx, &list, method.as_deref(), *json)
+            crate::cmd::reset::command(&ctx, &list, method.as_deref(), *json)
         }
     }
 }
 
 fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: bool) -> Ctx<'a> {
     Ctx {
+        node: host.node_name(),
         host,
         cfg,
         log,
         dry_run,
-        node: crate::resolve::node_name(),
     }
-}
-
-fn plan_json(p: &lifecycle::VmPlan) -> serde_json::Value {
-    let devices: Vec<_> = p
-        .devices
-        .iter()
-        .map(|d| {
-            json!({
-                "bdf": d.info.bdf,
-                "vendor": d.info.vendor_hex(),
-                "device": d.info.device_hex(),
-                "class": d.info.class_hex(),
-                "driver": d.info.driver,
-                "driver_override": d.info.driver_override,
-                "iommu_group": d.info.iommu_group,
-                "quirk": d.quirk,
-                "reset_method": d.reset_method,
-                "current_reset_method": d.info.reset_method,
-                "power": d.power.iter().map(|(f, v)| json!({"file": f, "value": v})).collect::<Vec<_>>(),
-                "keep": d.keep,
-                "origin": d.origin,
-                "warnings": d.warnings,
-            })
-        })
-        .collect();
-    let steps: Vec<_> = p
-        .steps
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("description".into(), json!(s.to_string()));
-            }
-            v
-        })
-        .collect();
-    json!({
-        "vmid": p.vmid,
-        "devices": devices,
-        "steps": steps,
-        "post_stop": p.post_stop,
-        "warnings": p.warnings,
-        "users": p.users.findings,
-        "refusals": p.refusals,
-        "fixes": p.fixes,
-        "drift": p.identity.drift,
-    })
-}
-
-fn print_plan(p: &lifecycle::VmPlan, node: &str) {
-    println!("VM {} on node {node}", p.vmid);
-    if p.devices.is_empty() {
-        println!("  no PCI devices passed through");
-        return;
-    }
-    println!("devices:");
-    for d in &p.devices {
-        println!(
-            "  {}  {}:{}  class {}  driver {:<14} group {:<4} {}{}{}",
-            d.info.bdf,
-            d.info.vendor_hex(),
-            d.info.device_hex(),
-            d.info.class_hex(),
-            d.info.driver.as_deref().unwrap_or("(none)"),
-            d.info
-                .iommu_group
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "-".into()),
-            d.origin,
-            if d.keep { "  [driver=keep]" } else { "" },
-            d.quirk
-                .as_ref()
-                .map(|q| format!("  quirk {q}"))
-                .unwrap_or_default(),
-        );
-        if let Some(rm) = &d.reset_method {
-            println!("      reset_method -> {rm:?}");
-        }
-        for w in &d.warnings {
-            println!("      warning: {w}");
-        }
-    }
-    if !p.identity.drift.is_empty() {
-        println!("address drift: pre-start refuses (exit 1):");
-        for d in &p.identity.drift {
-            println!("  {}", d.message);
-        }
-    }
-    println!("pre-start:");
-    if p.steps.is_empty() {
-        println!("  (nothing to do)");
-    }
-    for (i, s) in p.steps.iter().enumerate() {
-        println!("  {:>2}. {s}", i + 1);
-    }
-    println!("post-stop:");
-    for (i, s) in p.post_stop.iter().enumerate() {
-        println!("  {:>2}. {s}", i + 1);
-    }
-    for w in &p.warnings {
-        println!("warning: {w}");
-    }
-    let released: Vec<String> = p
-        .users
-        .lines()
-        .into_iter()
-        .filter(|l| !p.refusals.iter().any(|r| r.ends_with(l.as_str())))
-        .collect();
-    if !released.is_empty() {
-        println!("in use, released by the plan:");
-        for l in released {
-            println!("  {l}");
-        }
-    }
-    if !p.refusals.is_empty() {
-        println!("REFUSED: pre-start would change nothing and abort the start; in use:");
-        for r in &p.refusals {
-            println!("  {r}");
-        }
-        for f in &p.fixes {
-            println!("fix: {f}");
-        }
-    }
-}
-
-fn quirks_cmd(host: &dyn Host, cfg: &Config, target: Option<&str>, json: bool) -> Result<()> {
-    use crate::device::{self, DeviceInfo};
-    use crate::quirks;
-    let all = quirks::load_all(host, cfg)?;
-    let Some(t) = target else {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "quirks": all })).unwrap_or_default()
-            );
-        } else {
-            for p in &all {
-                println!(
-                    "{:<22} {}:{}  {}",
-                    p.name,
-                    p.vendor,
-                    p.devices.join(","),
-                    p.description
-                );
-            }
-        }
-        return Ok(());
-    };
-    let info: DeviceInfo = if let Some(id) = crate::pci::PciId::parse(t) {
-        DeviceInfo {
-            bdf: Bdf::parse("0000:00:00.0").map_err(|e| Error::Usage(e.to_string()))?,
-            vendor: id.vendor,
-            device: id.device,
-            subsystem_vendor: None,
-            subsystem_device: None,
-            class: 0x030000,
-            driver: None,
-            driver_override: None,
-            iommu_group: None,
-            reset_method: None,
-            has_reset: false,
-            boot_vga: None,
-            d3cold_allowed: None,
-            power_control: None,
-            link_speed: None,
-            link_width: None,
-        }
-    } else {
-        let b = Bdf::parse(t).map_err(|e| {
-            Error::Usage(format!(
-                "{e}; expected a device (0000:01:00.0) or an id (10de:2b85)"
-            ))
-        })?;
-        device::read_device(host, &b).ok_or_else(|| {
-            Error::Usage(format!(
-                "{b}: no such PCI device ({})",
-                host.display(&crate::host::paths::dev_dir(&b))
-            ))
-        })?
-    };
-    let p = quirks::find(&all, &info);
-    let planned = p.and_then(|p| p.planned_reset_method(info.reset_method.as_deref()));
-    let missing = p.and_then(|p| quirks::module_missing(host, p));
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "target": t,
-                "vendor": info.vendor_hex(),
-                "device": info.device_hex(),
-                "quirk": p,
-                "current_reset_method": info.reset_method,
-                "reset_method": planned,
-                "missing_module": missing,
-            }))
-            .unwrap_or_default()
-        );
-        return Ok(());
-    }
-    match p {
-        None => println!(
-            "{t} ({}:{}): no quirk profile; pt-hook uses the kernel's reset methods as they are",
-            info.vendor_hex(),
-            info.device_hex()
-        ),
-        Some(p) => {
-            println!(
-                "{t} ({}:{}): quirk {} ({})",
-                info.vendor_hex(),
-                info.device_hex(),
-                p.name,
-                p.source
-            );
-            println!("  {}", p.description);
-            match (&info.reset_method, &planned) {
-                (Some(cur), Some(new)) => {
-                    println!("  pre-start: reset_method {cur:?} -> {new:?} (restored at post-stop)")
-                }
-                (_, None) if !p.reset_method.is_empty() || !p.reset_method_remove.is_empty() => {
-                    println!(
-                        "  pre-start: reset_method: first {:?}, without {:?}",
-                        p.reset_method, p.reset_method_remove
-                    )
-                }
-                _ => println!("  pre-start: reset_method left alone"),
-            }
-            if let Some(v) = &p.d3cold_allowed {
-                println!("  pre-start: d3cold_allowed = {v}");
-            }
-            if let Some(v) = &p.power_control {
-                println!("  pre-start: power/control = {v}");
-            }
-            if !p.skip_rungs.is_empty() {
-                println!(
-                    "  post-stop: reset ladder skips {}",
-                    p.skip_rungs.join(", ")
-                );
-            }
-            if let Some(w) = &p.host_rebind_wait {
-                let drv = p
-                    .host_driver
-                    .clone()
-                    .unwrap_or_else(|| "its original host driver".into());
-                println!(
-                    "  post-stop: host-rebind rung: binds {drv} (its probe is the reset), waits up to {w}, checks the card, then keeps it there if that is its host driver or hands it back to vfio-pci"
-                );
-            }
-            if p.vfio_disable_idle_d3 {
-                println!("  advice: load vfio-pci with disable_idle_d3=1 (keeps the card out of D3 while idle)");
-            }
-            if p.companion {
-                println!("  companion function: moves to vfio-pci with its GPU (pt-hook adds it when the VM names only the GPU)");
-            }
-            if let Some(m) = &missing {
-                println!("  MISSING: {m}");
-            }
-            for w in &p.warnings {
-                println!("  warning: {w}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
-/// libvirt domains), then Proxmox VM configs (host addresses).
-fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
-    use crate::pve::hostpci::HostSource;
-    let mut m = std::collections::BTreeMap::new();
-    for key in crate::state::list_keys(host) {
-        if let Ok(Some(st)) = crate::state::load_key(host, &key) {
-            for b in st.bdfs() {
-                m.insert(b, (key.clone(), "state"));
-            }
-        }
-    }
-    let all = crate::device::list_all(host);
-    let node = crate::resolve::node_name();
-    let mappings = crate::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
-        .ok()
-        .and_then(|t| crate::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
-        .unwrap_or_default();
-    let dir = "etc/pve/qemu-server";
-    for f in host.list(dir).unwrap_or_default() {
-        let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(text) = crate::config::read_bounded(host, &format!("{dir}/{f}")) else {
-            continue;
-        };
-        let Ok(cfg) = crate::pve::config::parse_vm_config(&text, &f, id) else {
-            continue;
-        };
-        for hp in &cfg.hostpci {
-            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
-                HostSource::Host(addrs) => addrs.clone(),
-                // A mapping names this node's paths; alternatives all count as the VM's.
-                HostSource::Mapping(name) => mappings
-                    .iter()
-                    .filter(|pm| &pm.name == name)
-                    .flat_map(|pm| pm.entries_for(&node))
-                    .flat_map(|e| e.paths.iter().copied())
-                    .collect(),
-            };
-            for a in &addrs {
-                for b in all.iter().filter(|b| a.matches(b)) {
-                    m.entry(*b).or_insert((VmKey::Pve(id), "config"));
-                }
-            }
-        }
-    }
-    m
-}
-
-/// An owner as `status` shows it: the Proxmox VM id, or `libvirt:NAME` (control characters
-/// escaped: the name comes from a state file).
-fn owner_label(key: &VmKey) -> String {
-    match key {
-        VmKey::Pve(v) => v.to_string(),
-        VmKey::Libvirt(d) => format!("libvirt:{}", crate::log::escape_controls(&d.name)),
-    }
-}
-
-/// A PCIe link as one field: "16GT/s:x16" (speed as the kernel gives it, "16.0 GT/s PCIe").
-fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
-    let speed = speed.map(|s| {
-        let n = s.split_whitespace().next().unwrap_or("");
-        format!("{}GT/s", n.trim_end_matches(".0"))
-    });
-    match (speed, width) {
-        (Some(s), Some(w)) => format!("{s}:x{w}"),
-        (None, Some(w)) => format!("x{w}"),
-        (Some(s), None) => s,
-        _ => "-".into(),
-    }
-}
-
-/// Prints rows as columns as wide as their widest cell (two spaces between), the last one
-/// unpadded; columns in `right` are right-aligned. Cells never hold a space of their own
-/// except in the last column, so `awk '{print $N}'` finds column N.
-fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
-    let mut w = [0usize; N];
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(c);
-            } else if right.contains(&i) {
-                line.push_str(&format!("{c:>width$}  ", width = w[i]));
-            } else {
-                line.push_str(&format!("{c:<width$}  ", width = w[i]));
-            }
-        }
-        println!("{}", line.trim_end());
-    }
-}
-
-fn status_cmd(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
-    use crate::device;
-    let profiles = crate::quirks::load_all(host, cfg)?;
-    let owners = owners(host);
-    let drift = crate::identity::all_drift(host);
-    let drift_at = |b: &Bdf| -> Vec<&str> {
-        drift
-            .iter()
-            .filter(|x| x.bdf == *b)
-            .map(|x| x.message.as_str())
-            .collect()
-    };
-    let mut rows = Vec::new();
-    for b in device::list_all(host) {
-        let Some(d) = device::read_device(host, &b) else {
-            continue;
-        };
-        let members: Vec<Bdf> = d
-            .iommu_group
-            .map(|g| device::group_members(host, g))
-            .unwrap_or_default();
-        let quirk = crate::quirks::find(&profiles, &d).map(|p| p.name.clone());
-        let vm = owners.get(&b).cloned();
-        rows.push((d, members, quirk, vm));
-    }
-    let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
-    let names = crate::pciids::load(host, &want);
-    if json {
-        let devices: Vec<_> = rows
-            .iter()
-            .map(|(d, members, quirk, vm)| {
-                json!({
-                    "bdf": d.bdf,
-                    "vendor": d.vendor_hex(),
-                    "device": d.device_hex(),
-                    "class": d.class_hex(),
-                    "vendor_name": names.vendor(d.vendor),
-                    "device_name": names.device(d.vendor, d.device),
-                    "class_name": names.class(d.class),
-                    "driver": d.driver,
-                    "driver_override": d.driver_override,
-                    "iommu_group": d.iommu_group,
-                    "iommu_group_members": members,
-                    "reset_methods": d.reset_method.as_ref().map(|r| r.split_whitespace().collect::<Vec<_>>()),
-                    "boot_vga": d.boot_vga,
-                    "link_speed": d.link_speed,
-                    "link_width": d.link_width,
-                    "quirk": quirk,
-                    // A Proxmox VM id (number), null for a libvirt domain or no owner.
-                    "vm": vm.as_ref().and_then(|v| match &v.0 {
-                        VmKey::Pve(id) => Some(*id),
-                        VmKey::Libvirt(_) => None,
-                    }),
-                    // Who holds it: "100" or "libvirt:NAME"; null if no one.
-                    "owner": vm.as_ref().map(|v| owner_label(&v.0)),
-                    "libvirt_uuid": vm.as_ref().and_then(|v| match &v.0 {
-                        VmKey::Libvirt(d) => Some(d.uuid.as_str()),
-                        VmKey::Pve(_) => None,
-                    }),
-                    "vm_source": vm.as_ref().map(|v| v.1),
-                    // Address drift: a VM's remembered device was another one.
-                    "drift": drift_at(&d.bdf),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "pci_ids": names.source,
-                "devices": devices,
-            }))
-            .unwrap_or_default()
-        );
-        return Ok(());
-    }
-    let short = |b: &Bdf| {
-        let s = b.to_string();
-        s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
-    };
-    let mut table = vec![[
-        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM", "NAME",
-    ]
-    .map(String::from)];
-    for (d, members, quirk, vm) in &rows {
-        let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
-        let name = names
-            .describe(d.vendor, d.device)
-            .unwrap_or_else(|| names.class(d.class));
-        let flags = format!(
-            "{}{}",
-            if d.boot_vga == Some(true) {
-                "[boot_vga] "
-            } else {
-                ""
-            },
-            if drift_at(&d.bdf).is_empty() {
-                ""
-            } else {
-                "[DRIFT] "
-            },
-        );
-        table.push([
-            d.bdf.to_string(),
-            format!("{}:{}", d.vendor_hex(), d.device_hex()),
-            d.class_hex(),
-            d.driver.clone().unwrap_or_else(|| "-".into()),
-            d.iommu_group
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "-".into()),
-            if with.is_empty() {
-                "-".into()
-            } else {
-                with.join(",")
-            },
-            d.reset_method
-                .as_deref()
-                .map(|r| if r.is_empty() { "(none)" } else { r })
-                .unwrap_or("-")
-                .replace(' ', ","),
-            link_label(d.link_speed.as_deref(), d.link_width.as_deref()),
-            quirk.clone().unwrap_or_else(|| "-".into()),
-            vm.as_ref()
-                .map(|(v, src)| format!("{}({src})", owner_label(v)))
-                .unwrap_or_else(|| "-".into()),
-            format!("{flags}{name}"),
-        ]);
-    }
-    print_table(&table, &[4]);
-    for x in &drift {
-        println!("DRIFT: {}", x.message);
-    }
-    Ok(())
 }

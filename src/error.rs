@@ -2,8 +2,6 @@
 
 use std::io;
 
-use crate::host::errno_text;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command line or input: exit 2, nothing touched.
@@ -26,6 +24,10 @@ pub enum Error {
     /// A device is left in a state only a host reboot (or power cycle) fixes.
     #[error("{0}")]
     NeedsReboot(String),
+    /// Tests: pre-start "died" at a step boundary (no rollback, only the state file is left).
+    #[cfg(test)]
+    #[error("simulated crash")]
+    SimulatedCrash,
 }
 
 impl Error {
@@ -34,7 +36,14 @@ impl Error {
             Error::Usage(_) | Error::Config(_) => 2,
             Error::Host { .. } | Error::Failed(_) => 1,
             Error::NeedsReboot(_) => 3,
+            #[cfg(test)]
+            Error::SimulatedCrash => 1,
         }
+    }
+
+    /// A host write that did not return before its deadline (the kernel may still act on it).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Error::Host { err, .. } if err.raw_os_error() == Some(libc::ETIMEDOUT))
     }
 
     pub fn host(what: impl ToString, action: &str, file: String, err: io::Error) -> Error {
@@ -48,3 +57,15 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let name = nix::errno::Errno::from_raw(code);
+            let desc = nix::errno::Errno::desc(name);
+            format!("{desc} ({name:?})")
+        }
+        None => e.to_string(),
+    }
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every parser of untrusted text (src/fuzz_tests.rs) for a fixed time per target and
+# Fuzzes every parser of untrusted text (src/tests/fuzz_tests.rs) for a fixed time per target and
 # prints executions and panics per target. Usage: bash tests/fuzz.sh [SECONDS_PER_TARGET] [TARGET]
 # Targets: vm-config hostpci pci.cfg reservations pt-hook.toml quirks libvirt-xml. A panicking input is
 # saved in target/fuzz-crashes/. Exit 1 when any target panicked.

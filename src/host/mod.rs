@@ -7,7 +7,10 @@
 pub mod kio;
 pub mod paths;
 pub mod real;
+#[cfg(test)]
 pub mod sim;
+
+pub use crate::error::errno_text;
 
 use std::io;
 use std::sync::mpsc;
@@ -29,6 +32,15 @@ impl CmdOutput {
 }
 
 pub trait Host: Send + Sync + 'static {
+    /// The node name PCI mappings are matched against: `PT_HOOK_NODE`, else the short host
+    /// name (`uname -n` up to the first dot).
+    fn node_name(&self) -> String {
+        node_name()
+    }
+    /// The effective uid: trusted files must be owned by root or by it.
+    fn euid(&self) -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
     /// Reads a whole (small) file as text.
     fn read(&self, rel: &str) -> io::Result<String>;
     /// Reads at most `max` bytes (config space).
@@ -149,7 +161,9 @@ impl NodeQuery {
         self.paths.is_empty() && self.rdevs.is_empty() && !self.vfio_fds
     }
 
-    /// Whether an open node (as the host found it) is one asked for.
+    /// Whether an open node (as the host found it) is one asked for (the simulator's filter;
+    /// the real walk decides per fd before it stats).
+    #[cfg(test)]
     pub fn matches(&self, n: &OpenNode) -> bool {
         self.paths.contains(&n.path)
             || n.rdev.is_some_and(|r| self.rdevs.contains(&r))
@@ -220,14 +234,15 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
     retry::retry(delays, || check().ok_or(())).ok()
 }
 
-/// "Device or resource busy (os error 16)" → "Device or resource busy (EBUSY)".
-pub fn errno_text(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => {
-            let name = nix::errno::Errno::from_raw(code);
-            let desc = nix::errno::Errno::desc(name);
-            format!("{desc} ({name:?})")
+fn node_name() -> String {
+    if let Ok(n) = std::env::var("PT_HOOK_NODE") {
+        if !n.is_empty() {
+            return n;
         }
-        None => e.to_string(),
     }
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.nodename().to_str().map(|s| s.to_string()))
+        .map(|n| n.split('.').next().unwrap_or("").to_string())
+        .unwrap_or_default()
 }

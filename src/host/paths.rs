@@ -101,7 +101,7 @@ pub fn driver_file(driver: &str, file: &str) -> Option<String> {
 }
 
 pub fn module_dir(module: &str) -> Option<String> {
-    safe_name(module).then(|| format!("{SYS_MODULE}/{}", module.replace('-', "_")))
+    safe_name(module).then(|| format!("{SYS_MODULE}/{}", module_name(module)))
 }
 
 pub fn iommu_group_devices(group: u32) -> String {
@@ -112,7 +112,7 @@ pub fn state_file(vmid: u32) -> String {
     format!("{RUN_DIR}/vm-{vmid}.json")
 }
 
-/// `uuid` must come from `crate::libvirt::parse_uuid` (hex digits and dashes only).
+/// `uuid` must come from `crate::parse::libvirt::parse_uuid` (hex digits and dashes only).
 pub fn libvirt_state_file(uuid: &str) -> String {
     debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     format!("{RUN_DIR}/libvirt-{uuid}.json")
@@ -122,7 +122,7 @@ pub fn identity_file(vmid: u32) -> String {
     format!("{IDENTITY_DIR}/vm-{vmid}.json")
 }
 
-/// `uuid` must come from `crate::libvirt::parse_uuid` (hex digits and dashes only).
+/// `uuid` must come from `crate::parse::libvirt::parse_uuid` (hex digits and dashes only).
 pub fn libvirt_identity_file(uuid: &str) -> String {
     debug_assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     format!("{IDENTITY_DIR}/libvirt-{uuid}.json")
@@ -143,6 +143,12 @@ pub fn nvme_serial(bdf: &Bdf, ctrl: &str) -> Option<String> {
 
 pub fn lock_file(bdf: &Bdf) -> String {
     format!("{LOCK_DIR}/{bdf}.lock")
+}
+
+/// A kernel module's canonical name: modprobe and the kernel treat `-` and `_` alike and
+/// `/sys/module` shows `_` (`vfio-pci` is `vfio_pci`).
+pub fn module_name(name: &str) -> String {
+    name.replace('-', "_")
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Simulated kernel: an in-memory model of Linux PCI sysfs (KERNEL.md) that the behaviour
+//! Simulated kernel: an in-memory model of Linux PCI sysfs (docs/kernel.md) that the behaviour
 //! tests run pt-hook against. Everything under `sys/` lives in memory; every other path is
 //! a real file under a private temp root (VM configs, /run state, locks), plus a synthesized
 //! `proc/modules`.

@@ -1,0 +1,9 @@
+//! Front-ends: arguments → engine → output. The only layer that prints.
+
+pub mod doctor;
+pub mod install;
+pub mod libvirt;
+pub mod plan;
+pub mod quirks;
+pub mod reset;
+pub mod status;

@@ -1,0 +1,119 @@
+//! `pt-hook reset BDF…`: the escalation ladder on devices nobody uses, and its report.
+
+use std::sync::Arc;
+
+use crate::engine::ctx::Ctx;
+use crate::engine::reset::{self, Mode, Verdict};
+use crate::error::{Error, Result};
+use crate::host::{paths, Host};
+use crate::pci::Bdf;
+use crate::sysfs::device;
+
+/// `pt-hook reset BDF…`
+pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Result<()> {
+    if let Some(m) = method {
+        use crate::pci::RESET_METHODS as KNOWN;
+        if !KNOWN.contains(&m) {
+            return Err(Error::Usage(format!(
+                "unknown reset method {m:?}; the kernel knows {}",
+                KNOWN.join(", ")
+            )));
+        }
+    }
+    for b in bdfs {
+        if !device::exists(&*ctx.host, b) {
+            return Err(Error::Usage(format!(
+                "{b}: no such PCI device ({})",
+                ctx.host.display(&paths::dev_dir(b))
+            )));
+        }
+        if device::read_device(&*ctx.host, b).is_some_and(|i| i.is_bridge()) {
+            return Err(Error::Usage(format!(
+                "{b} is a PCI bridge; name the device below it"
+            )));
+        }
+    }
+    // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
+    // is not a user: resetting its devices is what this command is for.
+    let users = crate::engine::guard::scan(
+        &*ctx.host,
+        bdfs,
+        &crate::engine::guard::Opts {
+            me: None,
+            node: &ctx.node,
+        },
+    );
+    let refused: Vec<String> = users
+        .pairs()
+        .filter(|(_, u)| !matches!(u, crate::engine::guard::Use::State { .. }))
+        .map(|(b, u)| format!("{b}: {u}"))
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::Failed(format!(
+            "not resetting devices in use, nothing was changed: {}",
+            refused.join("; ")
+        )));
+    }
+    if ctx.dry_run {
+        for b in bdfs {
+            println!("dry-run: would reset {b} (function reset, then bus reset, then remove+rescan, checking after each)");
+        }
+        return Ok(());
+    }
+    // The devices asked for, plus whatever a VM's state says belongs with them.
+    let mut owned: Vec<Bdf> = bdfs.to_vec();
+    for b in bdfs {
+        for vm in crate::engine::state::list(&*ctx.host) {
+            if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, &vm) {
+                if st.owns(b) {
+                    owned.extend(st.bdfs());
+                }
+            }
+        }
+    }
+    let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
+    let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
+    let mut quirks = reset::LadderQuirks::default();
+    if method.is_none() {
+        for b in bdfs {
+            if let Some(info) = device::read_device(&*ctx.host, b) {
+                if let Some(p) = crate::engine::quirks::find(&all, &info) {
+                    quirks.add(*b, p, None);
+                }
+            }
+        }
+    }
+    let reports = reset::reset_many(ctx, bdfs, method, Mode::Manual, &owned, &quirks);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "results": reports }))
+                .unwrap_or_default()
+        );
+    } else {
+        for r in &reports {
+            println!(
+                "{}: {} ({} ms): {}",
+                reset::list(&r.functions),
+                match r.verdict {
+                    Verdict::Reset => "reset",
+                    Verdict::Refused => "NOT reset",
+                    Verdict::Unrecovered => "UNRECOVERED",
+                },
+                r.ms,
+                r.message
+            );
+        }
+    }
+    if let Some(r) = reports.iter().find(|r| r.verdict == Verdict::Unrecovered) {
+        return Err(Error::NeedsReboot(r.message.clone()));
+    }
+    if let Some(r) = reports.iter().find(|r| r.verdict == Verdict::Refused) {
+        return Err(Error::Failed(format!(
+            "{}: {}",
+            reset::list(&r.functions),
+            r.message
+        )));
+    }
+    Ok(())
+}

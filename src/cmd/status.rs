@@ -1,0 +1,241 @@
+//! `pt-hook status`: every PCI device, its driver, group, quirk and owner.
+
+use serde_json::json;
+
+use crate::engine::state::VmKey;
+use crate::error::Result;
+use crate::host::Host;
+use crate::parse::config::Config;
+use crate::pci::Bdf;
+
+/// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
+/// libvirt domains), then Proxmox VM configs (host addresses).
+fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
+    use crate::parse::pve::hostpci::HostSource;
+    let mut m = std::collections::BTreeMap::new();
+    for key in crate::engine::state::list(host) {
+        if let Ok(Some(st)) = crate::engine::state::load(host, &key) {
+            for b in st.bdfs() {
+                m.insert(b, (key.clone(), "state"));
+            }
+        }
+    }
+    let all = crate::sysfs::device::list_all(host);
+    let node = host.node_name();
+    let mappings = crate::parse::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
+        .ok()
+        .and_then(|t| crate::parse::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
+        .unwrap_or_default();
+    let dir = "etc/pve/qemu-server";
+    for f in host.list(dir).unwrap_or_default() {
+        let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = crate::parse::config::read_bounded(host, &format!("{dir}/{f}")) else {
+            continue;
+        };
+        let Ok(cfg) = crate::parse::pve::config::parse_vm_config(&text, &f, id) else {
+            continue;
+        };
+        for hp in &cfg.hostpci {
+            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
+                HostSource::Host(addrs) => addrs.clone(),
+                // A mapping names this node's paths; alternatives all count as the VM's.
+                HostSource::Mapping(name) => mappings
+                    .iter()
+                    .filter(|pm| &pm.name == name)
+                    .flat_map(|pm| pm.entries_for(&node))
+                    .flat_map(|e| e.paths.iter().copied())
+                    .collect(),
+            };
+            for a in &addrs {
+                for b in all.iter().filter(|b| a.matches(b)) {
+                    m.entry(*b).or_insert((VmKey::Pve(id), "config"));
+                }
+            }
+        }
+    }
+    m
+}
+
+/// An owner as `status` shows it: the Proxmox VM id, or `libvirt:NAME` (control characters
+/// escaped: the name comes from a state file).
+fn owner_label(key: &VmKey) -> String {
+    match key {
+        VmKey::Pve(v) => v.to_string(),
+        VmKey::Libvirt(d) => format!("libvirt:{}", crate::log::escape_controls(&d.name)),
+    }
+}
+
+/// A PCIe link as one field: "16GT/s:x16" (speed as the kernel gives it, "16.0 GT/s PCIe").
+fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
+    let speed = speed.map(|s| {
+        let n = s.split_whitespace().next().unwrap_or("");
+        format!("{}GT/s", n.trim_end_matches(".0"))
+    });
+    match (speed, width) {
+        (Some(s), Some(w)) => format!("{s}:x{w}"),
+        (None, Some(w)) => format!("x{w}"),
+        (Some(s), None) => s,
+        _ => "-".into(),
+    }
+}
+
+/// Prints rows as columns as wide as their widest cell (two spaces between), the last one
+/// unpadded; columns in `right` are right-aligned. Cells never hold a space of their own
+/// except in the last column, so `awk '{print $N}'` finds column N.
+fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else if right.contains(&i) {
+                line.push_str(&format!("{c:>width$}  ", width = w[i]));
+            } else {
+                line.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
+    use crate::sysfs::device;
+    let profiles = crate::engine::quirks::load_all(host, cfg)?;
+    let owners = owners(host);
+    let drift = crate::engine::identity::all_drift(host);
+    let drift_at = |b: &Bdf| -> Vec<&str> {
+        drift
+            .iter()
+            .filter(|x| x.bdf == *b)
+            .map(|x| x.message.as_str())
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for b in device::list_all(host) {
+        let Some(d) = device::read_device(host, &b) else {
+            continue;
+        };
+        let members: Vec<Bdf> = d
+            .iommu_group
+            .map(|g| device::group_members(host, g))
+            .unwrap_or_default();
+        let quirk = crate::engine::quirks::find(&profiles, &d).map(|p| p.name.clone());
+        let vm = owners.get(&b).cloned();
+        rows.push((d, members, quirk, vm));
+    }
+    let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
+    let names = crate::sysfs::pciids::load(host, &want);
+    if json {
+        let devices: Vec<_> = rows
+            .iter()
+            .map(|(d, members, quirk, vm)| {
+                json!({
+                    "bdf": d.bdf,
+                    "vendor": d.vendor_hex(),
+                    "device": d.device_hex(),
+                    "class": d.class_hex(),
+                    "vendor_name": names.vendor(d.vendor),
+                    "device_name": names.device(d.vendor, d.device),
+                    "class_name": names.class(d.class),
+                    "driver": d.driver,
+                    "driver_override": d.driver_override,
+                    "iommu_group": d.iommu_group,
+                    "iommu_group_members": members,
+                    "reset_methods": d.reset_method.as_ref().map(|r| r.split_whitespace().collect::<Vec<_>>()),
+                    "boot_vga": d.boot_vga,
+                    "link_speed": d.link_speed,
+                    "link_width": d.link_width,
+                    "quirk": quirk,
+                    // A Proxmox VM id (number), null for a libvirt domain or no owner.
+                    "vm": vm.as_ref().and_then(|v| match &v.0 {
+                        VmKey::Pve(id) => Some(*id),
+                        VmKey::Libvirt(_) => None,
+                    }),
+                    // Who holds it: "100" or "libvirt:NAME"; null if no one.
+                    "owner": vm.as_ref().map(|v| owner_label(&v.0)),
+                    "libvirt_uuid": vm.as_ref().and_then(|v| match &v.0 {
+                        VmKey::Libvirt(d) => Some(d.uuid.as_str()),
+                        VmKey::Pve(_) => None,
+                    }),
+                    "vm_source": vm.as_ref().map(|v| v.1),
+                    // Address drift: a VM's remembered device was another one.
+                    "drift": drift_at(&d.bdf),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "pci_ids": names.source,
+                "devices": devices,
+            }))
+            .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let short = |b: &Bdf| {
+        let s = b.to_string();
+        s.strip_prefix("0000:").map(str::to_string).unwrap_or(s)
+    };
+    let mut table = vec![[
+        "BDF", "ID", "CLASS", "DRIVER", "GROUP", "WITH", "RESET", "LINK", "QUIRK", "VM", "NAME",
+    ]
+    .map(String::from)];
+    for (d, members, quirk, vm) in &rows {
+        let with: Vec<String> = members.iter().filter(|m| **m != d.bdf).map(short).collect();
+        let name = names
+            .describe(d.vendor, d.device)
+            .unwrap_or_else(|| names.class(d.class));
+        let flags = format!(
+            "{}{}",
+            if d.boot_vga == Some(true) {
+                "[boot_vga] "
+            } else {
+                ""
+            },
+            if drift_at(&d.bdf).is_empty() {
+                ""
+            } else {
+                "[DRIFT] "
+            },
+        );
+        table.push([
+            d.bdf.to_string(),
+            format!("{}:{}", d.vendor_hex(), d.device_hex()),
+            d.class_hex(),
+            d.driver.clone().unwrap_or_else(|| "-".into()),
+            d.iommu_group
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if with.is_empty() {
+                "-".into()
+            } else {
+                with.join(",")
+            },
+            d.reset_method
+                .as_deref()
+                .map(|r| if r.is_empty() { "(none)" } else { r })
+                .unwrap_or("-")
+                .replace(' ', ","),
+            link_label(d.link_speed.as_deref(), d.link_width.as_deref()),
+            quirk.clone().unwrap_or_else(|| "-".into()),
+            vm.as_ref()
+                .map(|(v, src)| format!("{}({src})", owner_label(v)))
+                .unwrap_or_else(|| "-".into()),
+            format!("{flags}{name}"),
+        ]);
+    }
+    print_table(&table, &[4]);
+    for x in &drift {
+        println!("DRIFT: {}", x.message);
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! Steps → kernel. Every step checks whether its effect is already there first (so undo is
+//! idempotent and a crash-interrupted journal can be replayed), runs every write that can
+//! block under a deadline, and verifies its effect by polling with a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::plan::Step;
+use crate::error::{Error, Result};
+use crate::host::paths::{self, DevFile};
+use crate::host::{poll_until, write_with_deadline, Host};
+use crate::log::Logger;
+use crate::parse::config::Timeouts;
+use crate::pci::Bdf;
+use crate::sysfs::device;
+
+pub struct Exec<'a> {
+    pub host: Arc<dyn Host>,
+    pub t: &'a Timeouts,
+    pub dry_run: bool,
+    pub log: &'a Logger,
+    /// The phase deadline: no step waits beyond it.
+    pub deadline: Instant,
+}
+
+fn module_loaded(host: &dyn Host, module: &str) -> bool {
+    paths::module_dir(module).is_some_and(|d| host.exists(&d))
+}
+
+/// The PCI driver a module provides, where the names differ (`vfio_pci` → `vfio-pci`).
+pub fn driver_for_module(module: &str) -> String {
+    match module {
+        "vfio_pci" => "vfio-pci".into(),
+        m => m.to_string(),
+    }
+}
+
+/// The module that provides a PCI driver (`vfio-pci` → `vfio_pci`).
+pub fn module_for_driver(driver: &str) -> String {
+    paths::module_name(driver)
+}
+
+impl<'a> Exec<'a> {
+    pub fn new(host: Arc<dyn Host>, t: &'a Timeouts, dry_run: bool, log: &'a Logger) -> Self {
+        Exec {
+            host,
+            t,
+            dry_run,
+            log,
+            deadline: Instant::now() + t.phase,
+        }
+    }
+
+    fn h(&self) -> &dyn Host {
+        &*self.host
+    }
+
+    /// The time a step may take: its own budget, capped by what is left of the phase.
+    fn budget(&self, d: Duration) -> Duration {
+        d.min(self.deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
+    }
+
+    pub fn write(&self, what: &Bdf, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        self.write_named(&what.to_string(), rel, data, timeout)
+    }
+
+    pub fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        if self.dry_run {
+            println!(
+                "dry-run: write {:?} to {}",
+                data.trim_end(),
+                self.h().display(rel)
+            );
+            return Ok(());
+        }
+        write_with_deadline(&self.host, rel, data, self.budget(timeout)).map_err(|e| {
+            Error::host(
+                what,
+                &format!("writing {:?} to", data.trim_end()),
+                self.h().display(rel),
+                e,
+            )
+        })
+    }
+
+    /// Waits for a device's driver link to become `want` (None: unbound).
+    pub fn wait_driver(&self, bdf: &Bdf, want: Option<&str>, timeout: Duration) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let h = self.h();
+        let got = poll_until(self.budget(timeout), || {
+            let d = device::driver_of(h, bdf);
+            (d.as_deref() == want).then_some(())
+        });
+        got.ok_or_else(|| {
+            let now = device::driver_of(h, bdf);
+            Error::Failed(format!(
+                "{bdf}: driver is {} after {}, expected {} ({})",
+                now.as_deref().unwrap_or("none"),
+                humantime::format_duration(timeout),
+                want.unwrap_or("none"),
+                h.display(&paths::dev(bdf, DevFile::Driver))
+            ))
+        })
+    }
+
+    fn modprobe(&self, args: &[&str]) -> Result<()> {
+        let shown = format!("modprobe {}", args.join(" "));
+        if self.dry_run {
+            println!("dry-run: run {shown}");
+            return Ok(());
+        }
+        let out = self
+            .h()
+            .run("modprobe", args, self.budget(self.t.module))
+            .map_err(|e| Error::host("module", "running", shown.clone(), e))?;
+        if !out.success() {
+            return Err(Error::Failed(format!(
+                "{shown} failed (exit {}): {}",
+                out.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                out.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a batch (see `plan::batches`): one step inline, several in parallel. Every step
+    /// runs to its own end (each is bounded by its timeouts); the first error is returned.
+    pub fn apply_batch(&self, batch: &[Step]) -> Result<()> {
+        self.apply_each(batch).into_iter().collect()
+    }
+
+    /// Runs a batch like `apply_batch` and gives every step's own result, in batch order.
+    pub fn apply_each(&self, batch: &[Step]) -> Vec<Result<()>> {
+        if let [one] = batch {
+            return vec![self.apply(one)];
+        }
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = batch
+                .iter()
+                .map(|s| sc.spawn(move || self.apply(s)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Failed("a step panicked".into())))
+                })
+                .collect()
+        })
+    }
+
+    pub fn apply(&self, step: &Step) -> Result<()> {
+        let start = Instant::now();
+        let r = self.apply_inner(step);
+        let desc = step.to_string();
+        match &r {
+            // In a dry run nothing was written: no "ok (9 µs)" for a write that was not made
+            // (the "dry-run: would ..." lines say what it would do).
+            Ok(()) if self.dry_run => self.log.debug(&format!("{desc}: not done (dry run)")),
+            Ok(()) => self.log.step(&desc, start.elapsed(), Ok(())),
+            Err(e) => self.log.step(&desc, start.elapsed(), Err(&e.to_string())),
+        }
+        r
+    }
+
+    fn apply_inner(&self, step: &Step) -> Result<()> {
+        let h = self.h();
+        match step {
+            Step::LoadModules { modules, .. } => {
+                for m in modules {
+                    if !paths::safe_name(m) {
+                        return Err(Error::Config(format!("bad module name {m:?}")));
+                    }
+                    if module_loaded(h, m) {
+                        continue;
+                    }
+                    self.modprobe(&[m])?;
+                    if !self.dry_run {
+                        let drv = driver_for_module(m);
+                        let dir = paths::module_dir(m).unwrap_or_default();
+                        let ddir = paths::driver_dir(&drv).unwrap_or_default();
+                        poll_until(self.budget(self.t.module), || {
+                            (h.exists(&dir) || h.exists(&ddir)).then_some(())
+                        })
+                        .ok_or_else(|| {
+                            Error::Failed(format!(
+                                "module {m}: modprobe succeeded but {} did not appear",
+                                h.display(&dir)
+                            ))
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            Step::UnloadModules { modules } => {
+                for m in modules {
+                    if !paths::safe_name(m) {
+                        return Err(Error::Config(format!("bad module name {m:?}")));
+                    }
+                    if !module_loaded(h, m) {
+                        continue;
+                    }
+                    self.modprobe(&["-r", m])?;
+                }
+                Ok(())
+            }
+            Step::SetResetMethod { bdf, to, .. } => {
+                let rel = paths::dev(bdf, DevFile::ResetMethod);
+                if device::reset_method_of(h, bdf).as_deref() == Some(to.as_str()) {
+                    return Ok(());
+                }
+                let data = device::reset_method_data(to);
+                self.write(bdf, &rel, data, self.t.step)?;
+                if !self.dry_run {
+                    let now = device::reset_method_of(h, bdf).unwrap_or_default();
+                    if now != *to {
+                        return Err(Error::Failed(format!(
+                            "{bdf}: {} reads {now:?} after writing {to:?}",
+                            h.display(&rel)
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Step::SetAttr { bdf, file, to, .. } => {
+                let f = match file.as_str() {
+                    "d3cold_allowed" => DevFile::D3coldAllowed,
+                    "power/control" => DevFile::PowerControl,
+                    other => return Err(Error::Config(format!("unknown attribute {other}"))),
+                };
+                let rel = paths::dev(bdf, f);
+                let now = h.read(&rel).map(|s| s.trim().to_string()).ok();
+                if now.as_deref() == Some(to.as_str()) {
+                    return Ok(());
+                }
+                self.write(bdf, &rel, to, self.t.step)
+            }
+            Step::Unbind { bdf, driver } => {
+                if device::driver_of(h, bdf).as_deref() != Some(driver.as_str()) {
+                    return Ok(());
+                }
+                let rel = paths::driver_file(driver, "unbind")
+                    .ok_or_else(|| Error::Config(format!("bad driver name {driver:?}")))?;
+                self.write(bdf, &rel, &bdf.to_string(), self.t.step)?;
+                self.wait_driver(bdf, None, self.t.driver_bind)
+            }
+            Step::Bind { bdf, driver } => self.bind(bdf, driver),
+            Step::SetOverride { bdf, to, .. } => {
+                let rel = paths::dev(bdf, DevFile::DriverOverride);
+                if device::override_of(h, bdf) == *to {
+                    return Ok(());
+                }
+                let data = to.as_deref().unwrap_or("\n");
+                if let Some(t) = to {
+                    if !paths::safe_name(t) {
+                        return Err(Error::Config(format!("bad driver name {t:?}")));
+                    }
+                }
+                self.write(bdf, &rel, data, self.t.step)?;
+                if !self.dry_run && device::override_of(h, bdf) != *to {
+                    return Err(Error::Failed(format!(
+                        "{bdf}: {} did not take {:?}",
+                        h.display(&rel),
+                        data.trim()
+                    )));
+                }
+                Ok(())
+            }
+            Step::Probe { bdf, driver } => {
+                if device::driver_of(h, bdf).as_deref() == Some(driver.as_str()) {
+                    return Ok(());
+                }
+                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), self.t.step)?;
+                self.wait_driver(bdf, Some(driver), self.t.driver_bind)
+            }
+            Step::StopUnit { .. }
+            | Step::StartUnit { .. }
+            | Step::Vtcon { .. }
+            | Step::UnbindPlatform { .. } => crate::engine::console::apply(self, step),
+            Step::StopContainer { ctid } => self.container(*ctid, false),
+            Step::StartContainer { ctid } => self.container(*ctid, true),
+            Step::AwaitFree { bdfs } => {
+                if self.dry_run {
+                    return Ok(());
+                }
+                let left = crate::engine::guard::wait_unheld(h, bdfs, self.budget(self.t.unit));
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::Failed(format!(
+                        "still held after the units/containers holding them were stopped: {}",
+                        left.join("; ")
+                    )))
+                }
+            }
+        }
+    }
+
+    fn pct(&self, args: &[&str], timeout: Duration) -> Result<crate::host::CmdOutput> {
+        let shown = format!("pct {}", args.join(" "));
+        self.h()
+            .run("pct", args, self.budget(timeout))
+            .map_err(|e| Error::host("container", "running", shown, e))
+    }
+
+    fn container_running(&self, id: &str) -> Result<bool> {
+        let o = self.pct(&["status", id], self.t.step)?;
+        if !o.success() {
+            return Err(Error::Failed(format!(
+                "pct status {id} failed (exit {}): {}",
+                o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                o.stderr.trim()
+            )));
+        }
+        Ok(o.stdout.contains("status: running"))
+    }
+
+    /// `pct shutdown` (clean, within the container timeout), then `pct stop`; or `pct start`.
+    /// Checked with `pct status` before and after, so undo and replay are idempotent.
+    fn container(&self, ctid: u32, start: bool) -> Result<()> {
+        let id = ctid.to_string();
+        if self.dry_run {
+            println!(
+                "dry-run: run pct {} {id}",
+                if start { "start" } else { "shutdown" }
+            );
+            return Ok(());
+        }
+        let running = self.container_running(&id)?;
+        if running == start {
+            return Ok(());
+        }
+        if start {
+            let o = self.pct(&["start", &id], self.t.container)?;
+            if !o.success() {
+                return Err(Error::Failed(format!(
+                    "container {ctid}: pct start failed (exit {}): {}",
+                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                    o.stderr.trim()
+                )));
+            }
+        } else {
+            let secs = self.budget(self.t.container).as_secs().max(1).to_string();
+            let o = self.pct(
+                &["shutdown", &id, "--timeout", &secs],
+                self.t.container + Duration::from_secs(5),
+            )?;
+            if !o.success() {
+                self.log.warn(&format!(
+                    "container {ctid}: clean shutdown failed (exit {}): {}; stopping it",
+                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                    o.stderr.trim()
+                ));
+                let o = self.pct(&["stop", &id], self.t.container)?;
+                if !o.success() {
+                    return Err(Error::Failed(format!(
+                        "container {ctid}: pct stop failed (exit {}): {}",
+                        o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+                        o.stderr.trim()
+                    )));
+                }
+            }
+        }
+        if self.container_running(&id)? != start {
+            return Err(Error::Failed(format!(
+                "container {ctid}: still {} after pct {}",
+                if start { "stopped" } else { "running" },
+                if start { "start" } else { "shutdown/stop" }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives a device to `driver`: explicit bind, falling back to the normal probe.
+    fn bind(&self, bdf: &Bdf, driver: &str) -> Result<()> {
+        let h = self.h();
+        let now = device::driver_of(h, bdf);
+        if now.as_deref() == Some(driver) {
+            return Ok(());
+        }
+        if let Some(other) = now {
+            return Err(Error::Failed(format!(
+                "{bdf}: cannot give it back to {driver}: still bound to {other}"
+            )));
+        }
+        let dir = paths::driver_dir(driver)
+            .ok_or_else(|| Error::Config(format!("bad driver name {driver:?}")))?;
+        if !h.exists(&dir) {
+            // The module is not loaded (yet): a later step (console handoff undo) loads it
+            // and the kernel binds the device then; the final verification checks it.
+            self.log.info(&format!(
+                "{bdf}: driver {driver} not loaded yet; bind deferred"
+            ));
+            return Ok(());
+        }
+        let rel = format!("{dir}/bind");
+        match self.write(bdf, &rel, &bdf.to_string(), self.t.step) {
+            Ok(()) => {}
+            Err(e) => {
+                self.log.debug(&format!("{e}; trying drivers_probe"));
+                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), self.t.step)?;
+            }
+        }
+        self.wait_driver(bdf, Some(driver), self.t.driver_bind)
+    }
+}
+
+impl crate::engine::console::Io for Exec<'_> {
+    fn host(&self) -> &dyn Host {
+        &*self.host
+    }
+    fn t(&self) -> &Timeouts {
+        self.t
+    }
+    fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+    fn log(&self) -> &Logger {
+        self.log
+    }
+    fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
+        Exec::write_named(self, what, rel, data, timeout)
+    }
+}

@@ -1,0 +1,781 @@
+//! The hookscript phases: pre-start takes a VM's devices from the host, post-stop (and
+//! cleanup) gives them back from pt-hook's own state.
+
+use std::collections::BTreeSet;
+
+use crate::engine::ctx::Ctx;
+use crate::engine::exec::Exec;
+use crate::engine::guard;
+use crate::engine::plan::{self, HostFacts, PlannedDevice, Step};
+use crate::engine::resolve::{self, Resolved};
+use crate::engine::state::{self, DeviceRecord, VmKey, VmState};
+use crate::error::{Error, Result};
+use crate::host::{paths, Host, LockGuard};
+use crate::pci::Bdf;
+use crate::sysfs::device;
+
+/// What `plan` prints and pre-start executes.
+#[derive(Debug, serde::Serialize)]
+pub struct VmPlan {
+    pub vmid: u32,
+    pub devices: Vec<PlannedDevice>,
+    pub steps: Vec<Step>,
+    pub post_stop: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Address drift since the last good start: pre-start refuses while it is not empty.
+    pub identity: crate::engine::identity::PlanIdentity,
+    /// Who uses the functions (the host guard), released ones included.
+    pub users: guard::Report,
+    /// Users that make pre-start refuse: "hostpci0 0000:02:00.0: /dev/nvme0n1p1 is mounted
+    /// at /srv (ext4)". Empty: pre-start may proceed.
+    pub refusals: Vec<String>,
+    /// What to do about the refusals.
+    pub fixes: Vec<String>,
+}
+
+impl VmPlan {
+    /// The error pre-start (and `plan`) gives for the refusals.
+    pub fn refusal(&self, key: &VmKey) -> Option<Error> {
+        if self.refusals.is_empty() {
+            return None;
+        }
+        Some(Error::Failed(format!(
+            "{key} would take devices in use, so nothing was changed: {} — {}",
+            self.refusals.join("; "),
+            self.fixes.join("; ")
+        )))
+    }
+}
+
+pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
+    let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
+    let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
+    plan_resolved(ctx, &VmKey::Pve(vmid), resolved)
+}
+
+/// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
+/// `key.vmid()` selects `[vm.N]` options (0, the defaults, for a libvirt domain).
+pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
+    let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
+    plan_resolved(ctx, key, resolved)
+}
+
+/// A display-manager alias ("display-manager.service" → "gdm.service"), as the cgroup of its
+/// processes names it.
+fn unit_id(host: &dyn Host, unit: &str) -> String {
+    host.link_name(&format!("etc/systemd/system/{unit}"))
+        .ok()
+        .filter(|n| paths::safe_name(n))
+        .unwrap_or_else(|| unit.to_string())
+}
+
+/// The hostpciN a function was named by ("IOMMU group 8 (with X)" → X's origin).
+fn config_key(devices: &[PlannedDevice], origin: &str) -> Option<String> {
+    if origin.starts_with("hostpci") {
+        return origin.split_whitespace().next().map(str::to_string);
+    }
+    let anchor = origin.split("(with ").nth(1)?.trim_end_matches(')');
+    let b = Bdf::parse(anchor).ok()?;
+    let d = devices.iter().find(|d| d.info.bdf == b)?;
+    d.origin
+        .starts_with("hostpci")
+        .then(|| d.origin.split_whitespace().next().map(str::to_string))
+        .flatten()
+}
+
+struct Guarded {
+    users: guard::Report,
+    refusals: Vec<String>,
+    fixes: Vec<String>,
+    containers: Vec<u32>,
+    released: bool,
+}
+
+/// The host guard applied to a plan: which users refuse the start, which the plan itself
+/// releases (units the console handoff stops; containers with `release_containers`).
+fn guard_plan(
+    ctx: &Ctx,
+    key: &VmKey,
+    vmid: u32,
+    devices: &[PlannedDevice],
+    handoff: &[Step],
+) -> Guarded {
+    let h = ctx.h();
+    let bdfs: Vec<Bdf> = devices
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.info.bdf)
+        .collect();
+    let users = guard::scan(
+        h,
+        &bdfs,
+        &guard::Opts {
+            me: Some(key),
+            node: &ctx.node,
+        },
+    );
+    ctx.log.debug(&format!(
+        "host guard: {} function(s), {} open fd(s) on their nodes, {} user(s), {}",
+        bdfs.len(),
+        users.nodes_seen.unwrap_or(0),
+        users.pairs().count(),
+        crate::log::fmt_dur(users.took)
+    ));
+    let stopped: BTreeSet<String> = handoff
+        .iter()
+        .filter_map(|s| match s {
+            Step::StopUnit { unit } => Some(unit_id(h, unit)),
+            _ => None,
+        })
+        .collect();
+    let release_ct =
+        matches!(key, VmKey::Pve(_)) && ctx.cfg.vm(vmid).release_containers.unwrap_or(false);
+    let mut refusals = Vec::new();
+    let mut containers = BTreeSet::new();
+    let mut released = false;
+    let mut keys = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    let mut not_released_ct = BTreeSet::new();
+    let mut others = BTreeSet::new();
+    for (b, u) in users.pairs() {
+        // Another VM's pt-hook state is decided under the device locks (prepare), where two
+        // racing starts are told apart; here it would only pre-empt that answer.
+        if matches!(u, guard::Use::State { .. }) {
+            continue;
+        }
+        let scope = u.process().map(|p| &p.scope);
+        let kind = u.kind();
+        let ok = match (kind, scope) {
+            (guard::Kind::Process, Some(guard::Scope::Unit(unit))) if stopped.contains(unit) => {
+                true
+            }
+            (guard::Kind::Process, Some(guard::Scope::Container(c))) if release_ct => {
+                containers.insert(*c);
+                true
+            }
+            _ => false,
+        };
+        if ok {
+            released = true;
+            continue;
+        }
+        let origin = devices
+            .iter()
+            .find(|d| d.info.bdf == *b)
+            .map(|d| d.origin.clone())
+            .unwrap_or_default();
+        if let Some(k) = config_key(devices, &origin) {
+            keys.insert(k);
+        }
+        kinds.insert(format!("{kind:?}"));
+        match (kind, scope) {
+            (guard::Kind::Process, Some(guard::Scope::Container(c))) => {
+                not_released_ct.insert(*c);
+            }
+            (guard::Kind::Process, Some(_)) => {
+                others.insert(u.process().map(|p| p.to_string()).unwrap_or_default());
+            }
+            _ => {}
+        }
+        refusals.push(format!("{origin} {b}: {u}").trim_start().to_string());
+    }
+    let mut fixes = Vec::new();
+    if !refusals.is_empty() {
+        let cfg = match key {
+            VmKey::Pve(v) => crate::parse::pve::config::vm_config_path(*v, None)
+                .map(|p| h.display(&p))
+                .unwrap_or_default(),
+            VmKey::Libvirt(_) => String::new(),
+        };
+        match key {
+            VmKey::Pve(_) if !keys.is_empty() => fixes.push(format!(
+                "if an address is wrong, fix {} in {cfg} or use a PCI mapping",
+                keys.into_iter().collect::<Vec<_>>().join(", ")
+            )),
+            VmKey::Pve(_) => fixes.push(format!(
+                "if an address is wrong, fix the hostpci lines in {cfg} or use a PCI mapping"
+            )),
+            VmKey::Libvirt(_) => fixes.push(
+                "if an address is wrong, fix the <hostdev> source address in the domain XML".into(),
+            ),
+        }
+        if kinds.contains("Storage") {
+            fixes.push("storage the host uses is never taken: unmount it, swapoff, or stop what is stacked on it first".into());
+        }
+        if kinds.contains("Network") {
+            fixes.push(
+                "move the host's addresses, routes and bridge ports off the interface first".into(),
+            );
+        }
+        if !not_released_ct.is_empty() {
+            let cts = not_released_ct
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            fixes.push(match key {
+                VmKey::Pve(v) => format!(
+                    "stop container {cts} first, or set release_containers = true under [vm.{v}] in {} to have pt-hook stop and restart it",
+                    h.display(paths::DEFAULT_CONFIG)
+                ),
+                VmKey::Libvirt(_) => format!("stop container {cts} first"),
+            });
+        }
+        if !others.is_empty() {
+            fixes.push(format!(
+                "stop {} first",
+                others.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if kinds.contains("Vm") {
+            fixes.push("stop the other VM first (or pass it another device)".into());
+        }
+    }
+    Guarded {
+        users,
+        refusals,
+        fixes,
+        containers: containers.into_iter().collect(),
+        released,
+    }
+}
+
+fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPlan> {
+    let vmid = key.vmid();
+    let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
+    let mut warnings = Vec::new();
+    // Before anything else reads or plans a change: what the named addresses hold now.
+    let identity = crate::engine::identity::check(ctx.h(), key, &devices, &mut warnings);
+    crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
+    let facts = HostFacts {
+        vfio_loaded: ctx
+            .h()
+            .exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
+    };
+    let mut steps = Vec::new();
+    let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
+    let g = guard_plan(ctx, key, vmid, &devices, &handoff);
+    warnings.extend(g.users.notes.iter().cloned());
+    steps.extend(
+        g.containers
+            .iter()
+            .map(|c| Step::StopContainer { ctid: *c }),
+    );
+    steps.extend(handoff);
+    if g.released {
+        steps.push(Step::AwaitFree {
+            bdfs: devices
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.info.bdf)
+                .collect(),
+        });
+    }
+    steps.extend(plan::pre_start_steps(&devices, &facts));
+    let mut post_stop: Vec<String> = Vec::new();
+    let active: Vec<&PlannedDevice> = devices.iter().filter(|d| !d.keep).collect();
+    if !active.is_empty() {
+        post_stop.push(format!(
+            "reset and verify {}",
+            active
+                .iter()
+                .map(|d| d.info.bdf.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    post_stop.extend(plan::restore_steps(&steps).iter().map(|s| s.to_string()));
+    for d in &active {
+        post_stop.push(format!(
+            "{}: verify driver {}",
+            d.info.bdf,
+            d.info.driver.as_deref().unwrap_or("(none)")
+        ));
+    }
+    Ok(VmPlan {
+        vmid,
+        devices,
+        steps,
+        post_stop,
+        warnings,
+        users: g.users,
+        refusals: g.refusals,
+        fixes: g.fixes,
+        identity,
+    })
+}
+
+fn planned(r: Resolved) -> PlannedDevice {
+    PlannedDevice {
+        info: r.info,
+        origin: r.origin,
+        keep: r.keep,
+        quirk: None,
+        reset_method: None,
+        power: Vec::new(),
+        load_module: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// Per-device flocks, taken in BDF order so two hooks never deadlock.
+fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
+    if ctx.dry_run {
+        return Ok(Vec::new());
+    }
+    let mut v: Vec<Bdf> = bdfs.to_vec();
+    v.sort();
+    v.dedup();
+    let mut guards = Vec::new();
+    for b in v {
+        let rel = paths::lock_file(&b);
+        let g = ctx.h().lock(&rel, ctx.cfg.timeouts.lock).map_err(|e| {
+            Error::host(
+                b,
+                "locking (another pt-hook holds the device)",
+                ctx.h().display(&rel),
+                e,
+            )
+        })?;
+        guards.push(g);
+    }
+    Ok(guards)
+}
+
+/// pre-start without user hooks (the hookscript goes through `phase::pve`).
+#[allow(dead_code)]
+pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
+    let p = plan_vm(ctx, vmid)?;
+    prepare(ctx, &VmKey::Pve(vmid), p, &|| plan_vm(ctx, vmid))
+}
+
+/// pre-start for a VM or libvirt domain from its plan; `replan` plans again after an old
+/// state was restored.
+pub fn prepare(
+    ctx: &Ctx,
+    key: &VmKey,
+    p: VmPlan,
+    replan: &dyn Fn() -> Result<VmPlan>,
+) -> Result<()> {
+    for w in &p.warnings {
+        ctx.log.warn(w);
+    }
+    // Address drift (driver=keep functions included): refused before anything is touched.
+    crate::engine::identity::refuse(&p.identity)?;
+    // The host guard, before any change: a device the host or another VM uses is refused.
+    if let Some(e) = p.refusal(key) {
+        return Err(e);
+    }
+    let active: Vec<&PlannedDevice> = p.devices.iter().filter(|d| !d.keep).collect();
+    for d in p.devices.iter().filter(|d| d.keep) {
+        ctx.log
+            .info(&format!("{}: driver=keep, leaving it alone", d.info.bdf));
+    }
+    if active.is_empty() {
+        ctx.log.info("no PCI devices to prepare");
+        crate::engine::identity::remember(ctx, key, &p.identity);
+        return Ok(());
+    }
+    let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
+    let _locks = lock_devices(ctx, &bdfs)?;
+    for b in &bdfs {
+        if let Some(owner) = state::owner_of(ctx.h(), b, key) {
+            // cleanup leaves a running VM or domain alone: only a stopped one's leftover
+            // state is something `pt-hook cleanup` gives back.
+            let fix = match state::running(ctx.h(), &owner) {
+                Some(pid) => format!("it is running (QEMU pid {pid}): stop it first"),
+                None => format!(
+                    "it is not running: `{}` gives back what its start left behind",
+                    owner.cleanup_hint()
+                ),
+            };
+            return Err(Error::Failed(format!(
+                "{b}: in use by {owner} (state {}); {fix}",
+                ctx.h().display(&owner.state_file()),
+            )));
+        }
+    }
+    let p = if let Some(old) = state::load(ctx.h(), key)? {
+        if let Some(pid) = state::running(ctx.h(), key) {
+            return Err(Error::Failed(format!(
+                "{key} is running (QEMU pid {pid}) and already holds its devices"
+            )));
+        }
+        ctx.log.warn(&format!(
+            "found state of an earlier pre-start (pid {}, phase {}) without post-stop: restoring the host first",
+            old.pid, old.phase
+        ));
+        if ctx.dry_run {
+            println!("dry-run: would restore the earlier state first; the plan below assumes the current host state");
+            p
+        } else {
+            restore(ctx, old, false)?;
+            // The host changed: plan again from what it is now.
+            let p = replan()?;
+            crate::engine::identity::refuse(&p.identity)?;
+            if let Some(e) = p.refusal(key) {
+                return Err(e);
+            }
+            p
+        }
+    } else {
+        p
+    };
+    let active: Vec<PlannedDevice> = p.devices.iter().filter(|d| !d.keep).cloned().collect();
+    let records = active
+        .iter()
+        .map(|d| DeviceRecord {
+            original: d.info.clone(),
+            origin: d.origin.clone(),
+            quirk: d.quirk.clone(),
+        })
+        .collect();
+    let mut st = VmState::for_key(key, records);
+    let exec = ctx.exec();
+    if ctx.dry_run {
+        println!(
+            "dry-run: write state {}",
+            ctx.h().display(&key.state_file())
+        );
+        for s in &p.steps {
+            exec.apply(s)?;
+        }
+        crate::engine::identity::remember(ctx, key, &p.identity);
+        return Ok(());
+    }
+    state::save(ctx.h(), &st)?;
+    // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
+    // idempotent, so undoing a step that never ran is harmless.
+    for batch in plan::batches(&p.steps) {
+        st.journal.extend(batch.iter().cloned());
+        let r = state::save(ctx.h(), &st).and_then(|_| {
+            crash_point()?;
+            exec.apply_batch(&batch)?;
+            crash_point()
+        });
+        if let Err(e) = r {
+            #[cfg(test)]
+            if matches!(&e, Error::SimulatedCrash) {
+                // The process "died" here: no rollback, the state file is all that is left.
+                return Err(e);
+            }
+            ctx.log
+                .error(&format!("pre-start failed: {e}; rolling back"));
+            // A write that timed out is still pending in the kernel and may take effect after
+            // the rollback: keep the record so `cleanup` can undo it then.
+            let pending = matches!(&e, Error::Host { err, .. } if err.raw_os_error() == Some(libc::ETIMEDOUT));
+            let keep = pending.then(|| st.clone());
+            match restore(ctx, st, false) {
+                Ok(()) if keep.is_some() => {
+                    let mut k = keep.expect("checked");
+                    k.phase = "rollback-pending".into();
+                    state::save(ctx.h(), &k)?;
+                    return Err(Error::Failed(format!(
+                        "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `{}` once the device responds",
+                        ctx.h().display(&key.state_file()),
+                        key.cleanup_hint()
+                    )));
+                }
+                Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
+                Err(re) => {
+                    return Err(Error::Failed(format!(
+                        "{e}; rollback incomplete: {re}; run `{}`",
+                        key.cleanup_hint()
+                    )))
+                }
+            }
+            return Err(e);
+        }
+    }
+    st.phase = "prepared".into();
+    state::save(ctx.h(), &st)?;
+    crate::engine::identity::remember(ctx, key, &p.identity);
+    ctx.log.info(&format!(
+        "{} device(s) on vfio-pci: {}",
+        bdfs.len(),
+        bdfs.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    Ok(())
+}
+
+/// post-stop and cleanup: reset (post-stop), undo the journal, verify, drop the state.
+#[allow(dead_code)]
+pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
+    post_stop_key(ctx, &VmKey::Pve(vmid), with_reset)
+}
+
+pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
+    let Some(st) = state::load(ctx.h(), key)? else {
+        ctx.log
+            .info(&format!("no pt-hook state for {key}: nothing to restore"));
+        return Ok(());
+    };
+    let _locks = lock_devices(ctx, &st.bdfs())?;
+    restore(ctx, st, with_reset)
+}
+
+/// Puts the host back as the state records it. Undo steps run in reverse order and each is
+/// idempotent, so a journal cut short by a crash replays safely. Devices whose reset failed
+/// stay on vfio-pci (safe) and keep their state; the result is then exit 3.
+pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
+    let key = st.key();
+    if ctx.dry_run {
+        for s in plan::restore_steps(&st.journal) {
+            println!("dry-run: {s}");
+        }
+        return Ok(());
+    }
+    let exec = ctx.exec();
+    // A function already back on the host driver it had (a late bind that finished after
+    // an earlier post-stop gave up) is verified below and never reset: a reset under a
+    // bound host driver can wedge it (a NIC then blocks `ip link` under the RTNL lock).
+    let back: Vec<Bdf> = st
+        .devices
+        .iter()
+        .filter(|d| {
+            let b = d.original.bdf;
+            d.original.driver.as_deref().is_some_and(|o| {
+                o != plan::VFIO && device::driver_of(ctx.h(), &b).as_deref() == Some(o)
+            })
+        })
+        .map(|d| d.original.bdf)
+        .collect();
+    for b in &back {
+        ctx.log.info(&format!(
+            "{b}: already back on its host driver: verifying it, not resetting it"
+        ));
+    }
+    wait_for_holders(ctx, &exec, &mut st, &back)?;
+    st.phase = "post-stop".into();
+    st.pid = std::process::id();
+    state::save(ctx.h(), &st)?;
+    let profiles = crate::engine::quirks::load_all(ctx.h(), ctx.cfg)
+        .unwrap_or_else(|_| crate::engine::quirks::builtin());
+    let mut failed: Vec<String> = Vec::new();
+    // An earlier "unrecovered" device that is present again was reset once more just now
+    // (post_stop_reset): it stays unrecovered only if that failed too.
+    let mut unrecovered: Vec<Bdf> = if with_reset {
+        st.unrecovered
+            .iter()
+            .copied()
+            .filter(|b| !device::exists(ctx.h(), b))
+            .collect()
+    } else {
+        st.unrecovered.clone()
+    };
+    if with_reset {
+        let outcome = crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back);
+        for (b, msg) in outcome.failed {
+            ctx.log.error(&format!(
+                "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"
+            ));
+            if !unrecovered.contains(&b) {
+                unrecovered.push(b);
+            }
+        }
+    }
+    // Functions of an unrecovered slot stay together on vfio-pci.
+    let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
+    let mut undo_failed: Vec<Bdf> = Vec::new();
+    let todo: Vec<Step> = plan::restore_steps(&st.journal)
+        .into_iter()
+        .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
+        .collect();
+    // Each step of a batch on its own: one failure must not hide the others.
+    for batch in plan::batches(&todo) {
+        for (s, r) in batch.iter().zip(exec.apply_each(&batch)) {
+            if let Err(e) = r {
+                failed.push(e.to_string());
+                undo_failed.extend(s.bdf());
+            }
+        }
+    }
+    for d in &st.devices {
+        if held(&d.original.bdf) {
+            continue;
+        }
+        verify_restored(ctx, &exec, &profiles, d, &mut failed);
+    }
+    if !unrecovered.is_empty() {
+        st.unrecovered = unrecovered.clone();
+        st.journal.retain(|s| s.bdf().is_some_and(|b| held(&b)));
+        st.devices.retain(|d| held(&d.original.bdf));
+        st.phase = "unrecovered".into();
+        state::save(ctx.h(), &st)?;
+        return Err(Error::NeedsReboot(format!(
+            "{key}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
+            unrecovered.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
+            if failed.is_empty() { String::new() } else { format!("also: {}; ", failed.join("; ")) }
+        )));
+    }
+    if !failed.is_empty() {
+        // Keep only what is not back: a later cleanup must not reset (or touch) devices
+        // already returned to their host drivers and in use there.
+        let h = ctx.h();
+        let back = |d: &DeviceRecord| {
+            let b = d.original.bdf;
+            !undo_failed.contains(&b)
+                && device::exists(h, &b)
+                && device::driver_of(h, &b) == d.original.driver
+                && device::override_of(h, &b) == d.original.driver_override
+                && (d.original.reset_method.is_none()
+                    || device::reset_method_of(h, &b) == d.original.reset_method)
+        };
+        let left: Vec<Bdf> = st
+            .devices
+            .iter()
+            .filter(|d| !back(d))
+            .map(|d| d.original.bdf)
+            .collect();
+        st.devices.retain(|d| left.contains(&d.original.bdf));
+        st.journal
+            .retain(|s| s.bdf().is_none_or(|b| left.contains(&b)));
+        st.phase = "restore-failed".into();
+        state::save(ctx.h(), &st)?;
+        return Err(Error::Failed(format!(
+            "{key}: restore incomplete: {}; state kept in {} for `{}`",
+            failed.join("; "),
+            ctx.h().display(&key.state_file()),
+            key.cleanup_hint()
+        )));
+    }
+    state::remove(ctx.h(), &key)?;
+    ctx.log.info(&format!(
+        "{key}: {} device(s) back on their host drivers",
+        st.devices.len()
+    ));
+    Ok(())
+}
+
+/// Nothing is reset or unbound while something holds a device: QEMU may still be exiting,
+/// so wait (most of the phase), then keep the state and name the holder.
+fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> Result<()> {
+    let key = st.key();
+    let check: Vec<Bdf> = st
+        .bdfs()
+        .into_iter()
+        .filter(|b| !back.contains(b) && device::exists(ctx.h(), b))
+        .collect();
+    if !check.is_empty() {
+        let phase = ctx.cfg.timeouts.phase;
+        let wait = phase.saturating_sub((phase / 4).min(std::time::Duration::from_secs(30)));
+        let left = guard::wait_free(
+            ctx.h(),
+            &check,
+            &guard::Opts {
+                me: Some(&key),
+                node: &ctx.node,
+            },
+            wait.min(
+                exec.deadline
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+        );
+        if !left.is_clear() {
+            st.phase = "held".into();
+            state::save(ctx.h(), st)?;
+            return Err(Error::Failed(format!(
+                "{key}: {} after {}; nothing was reset or unbound; state kept in {}; run `{}` once it is released",
+                left.lines().join("; "),
+                humantime::format_duration(wait),
+                ctx.h().display(&key.state_file()),
+                key.cleanup_hint()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a restored device is back as it was: driver, driver_override, reset_method.
+fn verify_restored(
+    ctx: &Ctx,
+    exec: &Exec,
+    profiles: &[crate::engine::quirks::Profile],
+    d: &DeviceRecord,
+    failed: &mut Vec<String>,
+) {
+    let b = d.original.bdf;
+    let want = d.original.driver.as_deref();
+    if !device::exists(ctx.h(), &b) {
+        failed.push(format!(
+            "{b}: device is gone from {}",
+            ctx.h().display(&paths::dev_dir(&b))
+        ));
+        return;
+    }
+    // A host-rebind profile: the host driver's probe is the reset, and it takes a while.
+    let wait = d
+        .quirk
+        .as_deref()
+        .and_then(|q| crate::engine::quirks::by_name(profiles, q))
+        .and_then(|p| p.rebind_wait())
+        .unwrap_or(ctx.cfg.timeouts.driver_bind)
+        .max(ctx.cfg.timeouts.driver_bind);
+    if let Err(e) = exec.wait_driver(&b, want, wait) {
+        failed.push(e.to_string());
+    }
+    let ov = device::override_of(ctx.h(), &b);
+    if ov != d.original.driver_override {
+        failed.push(format!(
+            "{b}: driver_override is {:?}, was {:?}",
+            ov, d.original.driver_override
+        ));
+    }
+    if let Some(orig) = &d.original.reset_method {
+        let mut rm = device::reset_method_of(ctx.h(), &b);
+        if rm.as_ref() != Some(orig) {
+            // Re-enumeration (remove/rescan, a vanished device back) resets the list to
+            // the kernel's default: put the recorded one back.
+            let _ = exec.write(
+                &b,
+                &paths::dev(&b, crate::host::paths::DevFile::ResetMethod),
+                device::reset_method_data(orig),
+                ctx.cfg.timeouts.step,
+            );
+            rm = device::reset_method_of(ctx.h(), &b);
+        }
+        if rm.is_none() {
+            // No reset_method file: the kernel re-enumerated the device (remove/rescan,
+            // surprise removal) and now offers no reset method at all (a function that
+            // came back beside its sibling loses "bus"). Not pt-hook's change, and nothing
+            // pt-hook can write: say so, do not keep the state forever.
+            ctx.log.warn(&format!(
+                "{b}: reset_method was {orig:?}; after re-enumeration the kernel offers no reset method for it",
+            ));
+        } else if rm != d.original.reset_method {
+            failed.push(format!(
+                "{b}: reset_method is {:?}, was {:?}",
+                rm, d.original.reset_method
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to N to make pre-start "die" at its Nth step boundary.
+    pub static CRASH_AT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// A step boundary. In tests it can simulate the process being killed there.
+fn crash_point() -> Result<()> {
+    #[cfg(test)]
+    {
+        let hit = CRASH_AT.with(|c| match c.get() {
+            Some(0) => true,
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        if hit {
+            CRASH_AT.with(|c| c.set(None));
+            return Err(Error::SimulatedCrash);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,945 @@
+//! The reset ladder: function reset → bus/slot reset → remove + rescan → give up (exit 3).
+//! Every rung is followed by a check of every function of the slot: present, config space
+//! readable with a sane vendor id, link as wide and fast as before, driver as before.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::engine::ctx::Ctx;
+use crate::engine::plan::VFIO;
+use crate::engine::state::VmState;
+use crate::error::{Error, Result};
+use crate::host::paths::{self, DevFile};
+use crate::host::{errno_text, poll_until, write_with_deadline, Host};
+use crate::log::fmt_dur;
+use crate::pci::Bdf;
+use crate::sysfs::device::{self, DeviceInfo};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// `pt-hook reset`: the operator asked; refuse what is unsafe.
+    Manual,
+    /// A VM's post-stop: the devices belong to the stopped VM (on vfio-pci).
+    PostStop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rung {
+    pub rung: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Reset and verified.
+    Reset,
+    /// Not reset (no safe method), but healthy and untouched.
+    Refused,
+    /// Still unhealthy after every rung: needs a host reboot or power cycle.
+    Unrecovered,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotReport {
+    pub functions: Vec<Bdf>,
+    pub verdict: Verdict,
+    pub rungs: Vec<Rung>,
+    pub message: String,
+    pub ms: u64,
+}
+
+/// What a function looked like before the ladder: the reference for every check.
+#[derive(Debug, Clone)]
+struct Before {
+    info: DeviceInfo,
+}
+
+fn link_rank(speed: &Option<String>) -> f64 {
+    speed
+        .as_deref()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The host-driver rebind of a quirk profile (AMD RDNA, Ryzen iGPUs): the host driver's probe
+/// is the reset.
+#[derive(Clone, Debug)]
+pub struct HostRebind {
+    /// The host driver whose probe resets the card (amdgpu).
+    pub driver: String,
+    /// How long its probe may take.
+    pub wait: Duration,
+    /// post-stop of a device whose original driver is `driver`: leave it bound there (the
+    /// restore that follows finds it done) instead of handing it back to vfio-pci.
+    pub keep: bool,
+}
+
+/// What quirk profiles change in the ladder, per function.
+#[derive(Clone, Debug, Default)]
+pub struct LadderQuirks {
+    /// Rungs a profile says not to use.
+    pub skip: Vec<(Bdf, Vec<String>)>,
+    /// Functions whose profile adds the host-rebind rung.
+    pub rebind: Vec<(Bdf, HostRebind)>,
+}
+
+impl LadderQuirks {
+    /// Adds `p`'s ladder changes for `bdf`. `original` is the driver the function goes back to
+    /// after post-stop (None for `pt-hook reset`).
+    pub fn add(&mut self, bdf: Bdf, p: &crate::engine::quirks::Profile, original: Option<&str>) {
+        if !p.skip_rungs.is_empty() {
+            self.skip.push((bdf, p.skip_rungs.clone()));
+        }
+        if let Some(wait) = p.rebind_wait() {
+            let driver = p
+                .host_driver
+                .clone()
+                .or_else(|| original.filter(|d| *d != VFIO).map(str::to_string));
+            if let Some(driver) = driver {
+                let keep = original == Some(driver.as_str());
+                self.rebind.push((bdf, HostRebind { driver, wait, keep }));
+            }
+        }
+    }
+}
+
+struct Ladder<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    mode: Mode,
+    method: Option<&'a str>,
+    /// Every function that belongs to the same owner as the slot being reset.
+    owned: &'a [Bdf],
+    quirks: &'a LadderQuirks,
+    /// Functions the host-rebind rung left on their host driver (post-stop, `keep`).
+    kept: std::sync::Mutex<Vec<(Bdf, String)>>,
+    /// The phase deadline (`phase_timeout` from the start of the ladder): no rung starts after
+    /// it and every wait is cut to what is left of it. Undo writes keep their own timeouts.
+    deadline: Instant,
+}
+
+impl Ladder<'_, '_> {
+    fn h(&self) -> &dyn Host {
+        &*self.ctx.host
+    }
+
+    /// A wait of `d`, cut to what is left of the phase.
+    fn budget(&self, d: Duration) -> Duration {
+        d.min(self.deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
+    }
+
+    fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
+        write_with_deadline(&self.ctx.host, rel, data, t).map_err(|e| {
+            Error::host(
+                what,
+                &format!("writing {data:?} to"),
+                self.h().display(rel),
+                e,
+            )
+        })
+    }
+
+    /// The checks after every rung.
+    fn verify(&self, before: &[Before]) -> std::result::Result<(), String> {
+        let h = self.h();
+        let t = self.budget(self.ctx.cfg.timeouts.driver_bind);
+        for b in before {
+            let bdf = &b.info.bdf;
+            if !device::exists(h, bdf) {
+                return Err(format!(
+                    "{bdf} is missing from {}",
+                    h.display(paths::PCI_DEVICES)
+                ));
+            }
+            // A device coming out of reset may read 0x0001 (CRS) for a while: poll.
+            let cfg = poll_until(t, || device::config_healthy(h, bdf).ok());
+            if cfg.is_none() {
+                let why = device::config_healthy(h, bdf).unwrap_err();
+                return Err(format!("{bdf}: {why}"));
+            }
+            let now_w = device::read_device(h, bdf);
+            if let Some(now) = &now_w {
+                if let (Some(w0), Some(w1)) = (&b.info.link_width, &now.link_width) {
+                    let (a, c) = (
+                        w0.parse::<u32>().unwrap_or(0),
+                        w1.parse::<u32>().unwrap_or(0),
+                    );
+                    if c < a {
+                        return Err(format!("{bdf}: link came back at x{c}, was x{a}"));
+                    }
+                }
+                if b.info.link_speed.is_some()
+                    && link_rank(&now.link_speed) < link_rank(&b.info.link_speed)
+                {
+                    return Err(format!(
+                        "{bdf}: link speed {} after reset, was {}",
+                        now.link_speed.as_deref().unwrap_or("?"),
+                        b.info.link_speed.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            let kept = self
+                .kept
+                .lock()
+                .map(|k| k.iter().find(|(x, _)| x == bdf).map(|(_, d)| d.clone()))
+                .unwrap_or(None);
+            let want = kept.as_deref().or(b.info.driver.as_deref());
+            if poll_until(t, || {
+                (device::driver_of(h, bdf).as_deref() == want).then_some(())
+            })
+            .is_none()
+            {
+                return Err(format!(
+                    "{bdf}: driver is {}, was {}",
+                    device::driver_of(h, bdf).as_deref().unwrap_or("none"),
+                    want.unwrap_or("none")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rung 1: the function's own reset methods.
+    fn function_reset(&self, before: &[Before]) -> RungOutcome {
+        let h = self.h();
+        let t = self.budget(self.ctx.cfg.timeouts.flr);
+        let undo_t = self.ctx.cfg.timeouts.flr;
+        let mut done = Vec::new();
+        let mut skipped = Vec::new();
+        for b in before {
+            let bdf = &b.info.bdf;
+            if !b.info.has_reset {
+                skipped.push(format!("{bdf} has no reset method"));
+                continue;
+            }
+            let rm_rel = paths::dev(bdf, DevFile::ResetMethod);
+            let old = device::reset_method_of(h, bdf);
+            if let Some(m) = self.method {
+                if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, m, t) {
+                    return RungOutcome::Untouched(format!(
+                        "{bdf}: the kernel refuses reset method {m:?} ({}: {})",
+                        h.display(&rm_rel),
+                        errno_text(&e)
+                    ));
+                }
+            }
+            let r = write_with_deadline(&self.ctx.host, &paths::dev(bdf, DevFile::Reset), "1", t);
+            if self.method.is_some() {
+                if let Some(old) = &old {
+                    let data = device::reset_method_data(old);
+                    if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, undo_t) {
+                        self.ctx.log.error(&format!(
+                            "{bdf}: restoring reset_method {old:?} in {}: {}",
+                            h.display(&rm_rel),
+                            errno_text(&e)
+                        ));
+                    }
+                }
+            }
+            match r {
+                Ok(()) => done.push(format!(
+                    "{bdf} ({})",
+                    self.method.map(str::to_string).or(old).unwrap_or_default()
+                )),
+                Err(e) => {
+                    let timed_out = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                    let msg = format!(
+                        "{bdf}: writing 1 to {}: {}{}",
+                        h.display(&paths::dev(bdf, DevFile::Reset)),
+                        errno_text(&e),
+                        if e.raw_os_error() == Some(libc::ENOTTY) {
+                            " (no reset method worked)"
+                        } else if timed_out {
+                            " (the reset did not return)"
+                        } else {
+                            ""
+                        }
+                    );
+                    // A reset that never returned may have done anything.
+                    return if timed_out {
+                        RungOutcome::Hung(msg)
+                    } else if done.is_empty() {
+                        RungOutcome::Untouched(msg)
+                    } else {
+                        RungOutcome::Failed(msg)
+                    };
+                }
+            }
+        }
+        if done.is_empty() {
+            return RungOutcome::Untouched(skipped.join("; "));
+        }
+        let mut s = format!("reset {}", done.join(", "));
+        if !skipped.is_empty() {
+            s.push_str(&format!("; {}", skipped.join("; ")));
+        }
+        RungOutcome::Done(s)
+    }
+
+    /// Why a reset of everything below `bridge` is not safe, or None when it is.
+    fn bus_unsafe(&self, bridge: &Bdf, below: &[Bdf]) -> Option<String> {
+        let h = self.h();
+        for b in below {
+            let info = device::read_device(h, b)?;
+            let drv = info.driver.as_deref();
+            let console = info.is_display()
+                && (info.boot_vga == Some(true) || h.exists(&paths::dev(b, DevFile::Drm)))
+                && drv.is_some_and(|d| d != VFIO);
+            if console {
+                return Some(format!(
+                    "{b} below {bridge} drives the host console ({})",
+                    drv.unwrap_or("?")
+                ));
+            }
+            let ours = self.owned.contains(b);
+            if !ours && drv.is_some_and(|d| d != VFIO) {
+                return Some(format!(
+                    "{b} below {bridge} is in use by the host ({}) and was not asked for",
+                    drv.unwrap_or("?")
+                ));
+            }
+        }
+        None
+    }
+
+    /// Rung 2: reset everything below the parent bridge.
+    fn bus_reset(&self, before: &[Before]) -> RungOutcome {
+        let h = self.h();
+        let first = &before[0].info.bdf;
+        let Some(bridge) = device::parent_bridge(h, first) else {
+            return RungOutcome::Untouched(format!(
+                "{first} has no parent bridge (root complex device)"
+            ));
+        };
+        let below: Vec<Bdf> = device::list_all(h)
+            .into_iter()
+            .filter(|b| device::parent_bridge(h, b) == Some(bridge))
+            .collect();
+        if let Some(why) = self.bus_unsafe(&bridge, &below) {
+            return RungOutcome::Untouched(format!("bus reset refused: {why}"));
+        }
+        let t = self.budget(self.ctx.cfg.timeouts.bus_reset);
+        let sub = paths::dev(&bridge, DevFile::ResetSubordinate);
+        if h.exists(&sub) {
+            // EAGAIN: the bus lock is busy; poll until the deadline.
+            let mut last: Option<io::Error> = None;
+            let ok = poll_until(t, || {
+                match write_with_deadline(&self.ctx.host, &sub, "1", t) {
+                    Ok(()) => Some(true),
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                        last = Some(e);
+                        None
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        Some(false)
+                    }
+                }
+            });
+            return match ok {
+                Some(true) => RungOutcome::Done(format!(
+                    "reset_subordinate on {bridge} (resets {})",
+                    list(&below)
+                )),
+                _ => {
+                    let e = last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                    RungOutcome::untouched_or_hung(
+                        &e,
+                        format!("writing 1 to {}: {}", h.display(&sub), errno_text(&e)),
+                    )
+                }
+            };
+        }
+        // Older kernels: the kernel's bus reset, which works only when the function is alone
+        // on its bus.
+        if below.len() != 1 || below[0] != *first {
+            return RungOutcome::Untouched(format!(
+                "no reset_subordinate on {bridge} (kernel before 6.13) and {first} shares its bus with {}",
+                list(&below.iter().filter(|b| *b != first).copied().collect::<Vec<_>>())
+            ));
+        }
+        if !h.exists(&paths::dev(first, DevFile::Reset)) {
+            return RungOutcome::Untouched(format!("{first} has no reset file"));
+        }
+        let rm = paths::dev(first, DevFile::ResetMethod);
+        let old = device::reset_method_of(h, first).unwrap_or_default();
+        if let Err(e) = write_with_deadline(&self.ctx.host, &rm, "bus", t) {
+            return RungOutcome::Untouched(format!(
+                "{first}: bus reset not offered ({}: {})",
+                h.display(&rm),
+                errno_text(&e)
+            ));
+        }
+        let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
+        let _ = write_with_deadline(
+            &self.ctx.host,
+            &rm,
+            device::reset_method_data(&old),
+            self.ctx.cfg.timeouts.bus_reset,
+        );
+        match r {
+            Ok(()) => RungOutcome::Done(format!("bus reset of {first}")),
+            Err(e) => RungOutcome::untouched_or_hung(
+                &e,
+                format!("{first}: bus reset: {}", errno_text(&e)),
+            ),
+        }
+    }
+
+    /// Rung 3: remove the functions, rescan, wait for them, restore override/reset_method and
+    /// the driver they had.
+    fn remove_rescan(&self, before: &[Before]) -> RungOutcome {
+        let h = self.h();
+        let t = self.budget(self.ctx.cfg.timeouts.rescan);
+        let first = before[0].info.bdf;
+        let bridge = device::parent_bridge(h, &first);
+        // Highest function first, function 0 last, like a hot-unplug.
+        for b in before.iter().rev() {
+            let bdf = &b.info.bdf;
+            if device::exists(h, bdf) {
+                if let Err(e) = self.write(bdf, &paths::dev(bdf, DevFile::Remove), "1", t) {
+                    return RungOutcome::failed(&e, e.to_string());
+                }
+            }
+        }
+        if poll_until(t, || {
+            before
+                .iter()
+                .all(|b| !device::exists(h, &b.info.bdf))
+                .then_some(())
+        })
+        .is_none()
+        {
+            return RungOutcome::Failed("functions did not go away after remove".into());
+        }
+        let rescan = match bridge {
+            Some(br) if h.exists(&format!("{}/rescan", paths::dev_dir(&br))) => {
+                format!("{}/rescan", paths::dev_dir(&br))
+            }
+            _ => paths::PCI_RESCAN.to_string(),
+        };
+        if let Err(e) = self.write(&first, &rescan, "1", t) {
+            return RungOutcome::failed(&e, e.to_string());
+        }
+        if poll_until(t, || {
+            before
+                .iter()
+                .all(|b| device::exists(h, &b.info.bdf))
+                .then_some(())
+        })
+        .is_none()
+        {
+            let missing: Vec<Bdf> = before
+                .iter()
+                .map(|b| b.info.bdf)
+                .filter(|b| !device::exists(h, b))
+                .collect();
+            return RungOutcome::Failed(format!(
+                "{} did not come back after rescan",
+                list(&missing)
+            ));
+        }
+        // A rescanned device has fresh state: no override, default reset_method, and whatever
+        // driver matched. Put back what it had.
+        let step_t = self.ctx.cfg.timeouts.step;
+        for b in before {
+            let bdf = &b.info.bdf;
+            if let Some(rm) = &b.info.reset_method {
+                if device::reset_method_of(h, bdf).as_ref() != Some(rm) {
+                    let data = device::reset_method_data(rm);
+                    let _ = self.write(bdf, &paths::dev(bdf, DevFile::ResetMethod), data, step_t);
+                }
+            }
+            if device::override_of(h, bdf) != b.info.driver_override {
+                let data = b.info.driver_override.as_deref().unwrap_or("\n");
+                let _ = self.write(bdf, &paths::dev(bdf, DevFile::DriverOverride), data, step_t);
+            }
+            let now = device::driver_of(h, bdf);
+            if now != b.info.driver {
+                if let Some(cur) = &now {
+                    if let Some(rel) = paths::driver_file(cur, "unbind") {
+                        let _ = self.write(bdf, &rel, &bdf.to_string(), step_t);
+                    }
+                }
+                if let Some(want) = &b.info.driver {
+                    if let Some(rel) = paths::driver_file(want, "bind") {
+                        if self.write(bdf, &rel, &bdf.to_string(), step_t).is_err() {
+                            let _ =
+                                self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), step_t);
+                        }
+                    }
+                }
+            }
+        }
+        RungOutcome::Done(format!(
+            "removed and rescanned {}",
+            list(&before.iter().map(|b| b.info.bdf).collect::<Vec<_>>())
+        ))
+    }
+
+    /// Rung 3 for host-rebind profiles: bind the host driver (its probe resets the card), wait
+    /// for it within the profile's deadline, check the card, then keep it there (post-stop, when
+    /// that is where it goes back to) or hand it back to the driver it had. On failure the
+    /// function goes back to the driver it had (vfio-pci: safe).
+    fn host_rebind(&self, before: &[Before]) -> RungOutcome {
+        let h = self.h();
+        let exec = self.ctx.exec();
+        let mut done = Vec::new();
+        for b in before {
+            let bdf = b.info.bdf;
+            let Some((_, r)) = self.quirks.rebind.iter().find(|(x, _)| *x == bdf) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let wait = self.budget(r.wait);
+            let cur = device::driver_of(h, &bdf);
+            let ov0 = device::override_of(h, &bdf);
+            // Back to the driver it had before the rung, with its override: the hand-back
+            // after a good rebind and the safe state after a failed one.
+            let to_before = || -> Result<()> {
+                if let Some(now) = device::driver_of(h, &bdf) {
+                    if Some(&now) != cur.as_ref() {
+                        exec.apply(&crate::engine::plan::Step::Unbind { bdf, driver: now })?;
+                    }
+                }
+                exec.apply(&crate::engine::plan::Step::SetOverride {
+                    bdf,
+                    from: None,
+                    to: ov0.clone(),
+                })?;
+                match &cur {
+                    Some(c) => exec.apply(&crate::engine::plan::Step::Bind {
+                        bdf,
+                        driver: c.clone(),
+                    }),
+                    None => Ok(()),
+                }
+            };
+            // `cause`: the error that failed the rebind, when there is one (it says whether a
+            // write hung).
+            let back = |cause: Option<&Error>, why: String| -> RungOutcome {
+                let hung = cause.is_some_and(Error::timed_out);
+                match to_before() {
+                    Ok(()) => RungOutcome::failed_or_hung(hung, why),
+                    Err(e) => RungOutcome::failed_or_hung(
+                        hung || e.timed_out(),
+                        format!("{why}; putting it back failed: {e}"),
+                    ),
+                }
+            };
+            let mut steps = Vec::new();
+            if !h.exists(&paths::driver_dir(&r.driver).unwrap_or_default()) {
+                steps.push(crate::engine::plan::Step::LoadModules {
+                    modules: vec![crate::engine::exec::module_for_driver(&r.driver)],
+                    unload_on_undo: false,
+                });
+            }
+            if let Some(c) = &cur {
+                steps.push(crate::engine::plan::Step::Unbind {
+                    bdf,
+                    driver: c.clone(),
+                });
+            }
+            steps.push(crate::engine::plan::Step::SetOverride {
+                bdf,
+                from: ov0.clone(),
+                to: Some(r.driver.clone()),
+            });
+            for s in &steps {
+                if let Err(e) = exec.apply(s) {
+                    return back(Some(&e), format!("{bdf}: host rebind: {e}"));
+                }
+            }
+            // The probe runs inside the bind write: give it the profile's whole wait.
+            let bind = paths::driver_file(&r.driver, "bind").unwrap_or_default();
+            if let Err(e) = self.write(&bdf, &bind, &bdf.to_string(), wait) {
+                return back(
+                    Some(&e),
+                    format!("{bdf}: host rebind: {} refused it: {e}", r.driver),
+                );
+            }
+            let left = wait.saturating_sub(t0.elapsed());
+            if let Err(e) = exec.wait_driver(&bdf, Some(&r.driver), left) {
+                return back(Some(&e), format!("{bdf}: host rebind: {e}"));
+            }
+            let left = wait.saturating_sub(t0.elapsed());
+            if poll_until(left, || device::config_healthy(h, &bdf).ok()).is_none() {
+                let why = device::config_healthy(h, &bdf).unwrap_err();
+                return back(
+                    None,
+                    format!("{bdf}: bound to {} but still unhealthy: {why}", r.driver),
+                );
+            }
+            if r.keep && self.mode == Mode::PostStop {
+                if let Ok(mut k) = self.kept.lock() {
+                    k.push((bdf, r.driver.clone()));
+                }
+                done.push(format!(
+                    "{bdf}: {} bound in {} and kept (its host driver)",
+                    r.driver,
+                    fmt_dur(t0.elapsed())
+                ));
+                continue;
+            }
+            // Hand it back (when it came from the host driver itself, it is there already).
+            if let Err(e) = to_before() {
+                return RungOutcome::failed(&e, format!("{bdf}: handing it back: {e}"));
+            }
+            done.push(format!(
+                "{bdf}: {} bound in {}, handed back to {}",
+                r.driver,
+                fmt_dur(t0.elapsed()),
+                cur.as_deref().unwrap_or("no driver")
+            ));
+        }
+        if done.is_empty() {
+            return RungOutcome::Untouched(
+                "no function of this slot has a host-rebind profile".into(),
+            );
+        }
+        RungOutcome::Done(done.join("; "))
+    }
+
+    fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
+        let start = Instant::now();
+        let h = self.h();
+        let mut rungs = Vec::new();
+        let before: Vec<Before> = funcs
+            .iter()
+            .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
+            .collect();
+        let report = |verdict, rungs, message: String| SlotReport {
+            functions: funcs.to_vec(),
+            verdict,
+            rungs,
+            message,
+            ms: start.elapsed().as_millis() as u64,
+        };
+        if before.len() != funcs.len() {
+            let missing: Vec<Bdf> = funcs
+                .iter()
+                .copied()
+                .filter(|b| !device::exists(h, b))
+                .collect();
+            return report(
+                Verdict::Refused,
+                rungs,
+                format!("{} does not exist on this host", list(&missing)),
+            );
+        }
+        // Was it healthy before we started? A refusal then leaves it healthy.
+        let healthy_before = self.verify(&before).is_ok();
+        type RungFn<'x, 'y, 'z> = fn(&Ladder<'x, 'y>, &[Before]) -> RungOutcome;
+        let mut ladder: Vec<(&'static str, RungFn)> = vec![
+            ("function-reset", Ladder::function_reset),
+            ("bus-reset", Ladder::bus_reset),
+        ];
+        if self.quirks.rebind.iter().any(|(b, _)| funcs.contains(b)) {
+            ladder.push(("host-rebind", Ladder::host_rebind));
+        }
+        ladder.push(("remove-rescan", Ladder::remove_rescan));
+        let mut reasons: Vec<String> = Vec::new();
+        let mut hung = false;
+        for (name, f) in ladder {
+            if let Some((b, _)) = self
+                .quirks
+                .skip
+                .iter()
+                .find(|(b, rungs)| funcs.contains(b) && rungs.iter().any(|r| r == name))
+            {
+                let detail =
+                    format!("skipped: the quirk profile of {b} says this rung does not work");
+                self.ctx
+                    .log
+                    .info(&format!("{}: {name}: {detail}", list(funcs)));
+                not_run(&mut rungs, &mut reasons, name, detail);
+                continue;
+            }
+            if Instant::now() >= self.deadline {
+                let detail = format!(
+                    "not tried: the phase deadline ({}) was reached",
+                    humantime::format_duration(self.ctx.cfg.timeouts.phase)
+                );
+                self.ctx
+                    .log
+                    .warn(&format!("{}: {name}: {detail}", list(funcs)));
+                not_run(&mut rungs, &mut reasons, name, detail);
+                break;
+            }
+            // remove+rescan is a recovery for a device that is broken, not a reset of a
+            // healthy one.
+            if name == "remove-rescan" && healthy_before && self.verify(&before).is_ok() {
+                break;
+            }
+            let t0 = Instant::now();
+            let r = f(self, &before);
+            let ran = r.touched();
+            // A write that never returned: the kernel still holds the device (its reset
+            // thread owns the device lock). Whatever the checks say, it is not reset, and no
+            // further rung can run on it.
+            let stuck = matches!(r, RungOutcome::Hung(_));
+            let detail = r.into_detail();
+            let check = if ran { self.verify(&before) } else { Ok(()) };
+            let ok = ran && !stuck && check.is_ok();
+            let detail = match &check {
+                Err(c) if ran => format!("{detail}; check failed: {c}"),
+                _ => detail,
+            };
+            self.ctx.log.info(&format!(
+                "{}: {name}: {} ({})",
+                list(funcs),
+                if ok {
+                    format!("ok: {detail}")
+                } else {
+                    format!("no: {detail}")
+                },
+                fmt_dur(t0.elapsed())
+            ));
+            rungs.push(Rung {
+                rung: name,
+                ok,
+                detail: detail.clone(),
+                ms: t0.elapsed().as_millis() as u64,
+            });
+            if ok {
+                return report(Verdict::Reset, rungs, format!("{name}: {detail}"));
+            }
+            reasons.push(format!("{name}: {detail}"));
+            if stuck {
+                hung = true;
+                break;
+            }
+            if !ran && healthy_before && name == "bus-reset" {
+                // Nothing was done and nothing is wrong: refuse rather than escalate.
+                break;
+            }
+        }
+        if !hung && self.verify(&before).is_ok() {
+            let msg = format!("not reset: {}", reasons.join("; "));
+            let msg = if self.mode == Mode::PostStop {
+                format!("{msg} (healthy; vfio-pci already reset what it could on release)")
+            } else {
+                msg
+            };
+            return report(Verdict::Refused, rungs, msg);
+        }
+        report(
+            Verdict::Unrecovered,
+            rungs,
+            format!(
+                "{} did not recover; tried: {}; it needs a host reboot (or a power cycle)",
+                list(funcs),
+                reasons.join("; ")
+            ),
+        )
+    }
+}
+
+/// What one rung did: the ladder decides on the variant, the text is for people.
+#[derive(Debug)]
+pub enum RungOutcome {
+    /// It ran; the text says what it did (the checks decide whether it worked).
+    Done(String),
+    /// It did not touch the device: not offered, refused, or nothing to do.
+    Untouched(String),
+    /// It touched the device and failed.
+    Failed(String),
+    /// A write did not return before its deadline: the kernel still holds the device.
+    Hung(String),
+}
+
+impl RungOutcome {
+    /// Whether the device may have been changed (the checks run after such a rung).
+    fn touched(&self) -> bool {
+        !matches!(self, RungOutcome::Untouched(_))
+    }
+
+    fn into_detail(self) -> String {
+        match self {
+            RungOutcome::Done(s)
+            | RungOutcome::Untouched(s)
+            | RungOutcome::Failed(s)
+            | RungOutcome::Hung(s) => s,
+        }
+    }
+
+    /// A write that failed before it could act; one that did not return may have acted.
+    fn untouched_or_hung(e: &io::Error, why: String) -> RungOutcome {
+        if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+            RungOutcome::Hung(why)
+        } else {
+            RungOutcome::Untouched(why)
+        }
+    }
+
+    fn failed(e: &Error, why: String) -> RungOutcome {
+        RungOutcome::failed_or_hung(e.timed_out(), why)
+    }
+
+    fn failed_or_hung(hung: bool, why: String) -> RungOutcome {
+        if hung {
+            RungOutcome::Hung(why)
+        } else {
+            RungOutcome::Failed(why)
+        }
+    }
+}
+
+/// Records a rung that did not run (skipped by a profile, or past the deadline).
+fn not_run(rungs: &mut Vec<Rung>, reasons: &mut Vec<String>, name: &'static str, detail: String) {
+    reasons.push(format!("{name}: {detail}"));
+    rungs.push(Rung {
+        rung: name,
+        ok: false,
+        detail,
+        ms: 0,
+    });
+}
+
+pub fn list(v: &[Bdf]) -> String {
+    v.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Resets many devices: functions of one slot together, slots on different buses in
+/// parallel, slots on one bus one after another.
+pub fn reset_many(
+    ctx: &Ctx,
+    bdfs: &[Bdf],
+    method: Option<&str>,
+    mode: Mode,
+    owned: &[Bdf],
+    quirks: &LadderQuirks,
+) -> Vec<SlotReport> {
+    type Slots = BTreeMap<(u16, u8, u8), Vec<Bdf>>;
+    let mut by_bus: BTreeMap<(u16, u8), Slots> = BTreeMap::new();
+    for b in bdfs {
+        let slot = by_bus
+            .entry((b.domain, b.bus))
+            .or_default()
+            .entry(b.slot())
+            .or_default();
+        if !slot.contains(b) {
+            slot.push(*b);
+        }
+    }
+    let ladder = Ladder {
+        ctx,
+        mode,
+        method,
+        owned,
+        quirks,
+        kept: std::sync::Mutex::new(Vec::new()),
+        deadline: Instant::now() + ctx.cfg.timeouts.phase,
+    };
+    let mut out = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = by_bus
+            .values()
+            .map(|slots| {
+                let ladder = &ladder;
+                s.spawn(move || {
+                    slots
+                        .values()
+                        .map(|funcs| {
+                            let mut f = funcs.clone();
+                            f.sort();
+                            ladder.run_slot(&f)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(r) = h.join() {
+                out.extend(r);
+            }
+        }
+    });
+    out
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    pub failed: Vec<(Bdf, String)>,
+}
+
+/// post-stop: reset every device the VM had, with the VM as owner of all of them.
+/// `profiles`: the quirk profiles in force (the caller loaded them once for the phase).
+/// `skip`: functions already back on their host drivers, never reset.
+pub fn post_stop_reset(
+    ctx: &Ctx,
+    st: &VmState,
+    profiles: &[crate::engine::quirks::Profile],
+    skip: &[Bdf],
+) -> Outcome {
+    let mut o = Outcome::default();
+    let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
+    let bdfs: Vec<Bdf> = st
+        .bdfs()
+        .into_iter()
+        .filter(|b| !skip.contains(b))
+        .filter(|b| !st.unrecovered.contains(b) || device::exists(&*ctx.host, b))
+        .collect();
+    if !reset_on {
+        // Still check health: a dead device must not go back to its host driver.
+        for b in &bdfs {
+            if let Err(e) = device::config_healthy(&*ctx.host, b) {
+                o.failed.push((*b, e));
+            }
+        }
+        return o;
+    }
+    // A profile's reset_method (e.g. Blackwell: no FLR) must hold while the ladder runs, even
+    // when an earlier restore already put the original list back or a remove/rescan brought
+    // the kernel's default back: the original list is restored after the reset.
+    let mut quirks = LadderQuirks::default();
+    for d in &st.devices {
+        let Some(p) = d
+            .quirk
+            .as_deref()
+            .and_then(|q| crate::engine::quirks::by_name(profiles, q))
+        else {
+            continue;
+        };
+        let b = d.original.bdf;
+        let cur = device::reset_method_of(&*ctx.host, &b);
+        if let Some(want) = p.planned_reset_method(cur.as_deref()) {
+            if cur.as_deref() != Some(want.as_str()) {
+                let rel = paths::dev(&b, DevFile::ResetMethod);
+                let data = device::reset_method_data(&want);
+                if let Err(e) = write_with_deadline(&ctx.host, &rel, data, ctx.cfg.timeouts.step) {
+                    ctx.log.warn(&format!(
+                        "{b}: could not re-apply the {} reset_method {want:?}: {}",
+                        p.name,
+                        errno_text(&e)
+                    ));
+                }
+            }
+        }
+        quirks.add(b, p, d.original.driver.as_deref());
+    }
+    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &quirks) {
+        match r.verdict {
+            Verdict::Unrecovered => {
+                for b in &r.functions {
+                    o.failed.push((*b, r.message.clone()));
+                }
+            }
+            Verdict::Refused => ctx
+                .log
+                .warn(&format!("{}: {}", list(&r.functions), r.message)),
+            Verdict::Reset => {}
+        }
+    }
+    o
+}

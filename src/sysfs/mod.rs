@@ -1,0 +1,4 @@
+//! Device facts read through `Host`.
+
+pub mod device;
+pub mod pciids;
