@@ -6,7 +6,7 @@
 # Without --binary it builds the static binary with `cargo build --release --offline` (the
 # crates must be in cargo's cache: run `cargo fetch` once while online). The man pages and
 # completions are the committed ones in contrib/man and contrib/completions, which the test
-# suite (src/contrib_tests.rs) checks against the CLI. Prints the path of the .deb.
+# suite (src/tests/contrib_tests.rs) checks against the CLI. Prints the path of the .deb.
 # PT_HOOK_DEB_COMPRESS: dpkg-deb compressor (default xz; the tests use gzip for a debug build).
 #
 # This is the one way the package is built (there is no `cargo deb` metadata: it cannot build

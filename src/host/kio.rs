@@ -500,6 +500,12 @@ static READER: Reader = Reader::new();
 #[cfg(test)]
 static READ_ONCE_FORKS: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(test)]
+thread_local! {
+    /// Forks for reads made by this thread (tests running alongside fork too).
+    static MY_READ_FORKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 impl Reader {
     const fn new() -> Reader {
         Reader {
@@ -599,7 +605,10 @@ impl Reader {
             unsafe { server_main(null, a, b, maxfd) }
         }
         #[cfg(test)]
-        self.forks.fetch_add(1, Ordering::SeqCst);
+        {
+            self.forks.fetch_add(1, Ordering::SeqCst);
+            MY_READ_FORKS.with(|c| c.set(c.get() + 1));
+        }
         drop(req_rx);
         drop(rep_tx);
         Ok(Server {
@@ -805,7 +814,10 @@ unsafe fn server_main(
 /// still taken while the reader serves another thread.
 fn read_once(path: &Path, max: usize, timeout: Duration) -> (libc::pid_t, io::Result<Vec<u8>>) {
     #[cfg(test)]
-    READ_ONCE_FORKS.fetch_add(1, Ordering::SeqCst);
+    {
+        READ_ONCE_FORKS.fetch_add(1, Ordering::SeqCst);
+        MY_READ_FORKS.with(|c| c.set(c.get() + 1));
+    }
     match start(path, Op::Read(max)) {
         Ok(c) => {
             let pid = c.pid;
@@ -1205,7 +1217,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("config"), b"\x86\x80").unwrap();
         let h = Arc::new(RealHost::new(dir.path()));
-        let forks = || READER.forks.load(Ordering::SeqCst) + READ_ONCE_FORKS.load(Ordering::SeqCst);
+        let forks = || MY_READ_FORKS.with(|c| c.get());
         let before = forks();
         for _ in 0..200 {
             assert_eq!(
