@@ -43,6 +43,42 @@ image_dir() {
     echo "$CACHE/debian-image/$key"
 }
 
+boot_debian() { # IMG DIR: one QEMU run, console on stdout
+    local img=$1 dir=$2
+    # Same machine as the busybox bed (run.sh boot_kernel) plus two virtio disks on pcie.0:
+    # the per-run root copy and the per-run inject disk (read-only).
+    timeout -k 10 "$DTIMEOUT" qemu-system-x86_64 \
+        -accel tcg -cpu max -smp "${PT_HOOK_DEB_SMP:-2}" -m 3072 \
+        -machine q35,kernel-irqchip=split \
+        -device intel-iommu,intremap=on,caching-mode=on \
+        -nodefaults -no-user-config -nographic -vga none -no-reboot \
+        -serial stdio -monitor none \
+        -kernel "$img/vmlinuz" -initrd "$img/initrd.gz" \
+        -append "console=ttyS0 intel_iommu=on panic=-1 loglevel=1 printk.time=1 tsc=reliable systemd.show_status=0 net.ifnames=0" \
+        -drive if=none,id=root,file="$dir/root.img",format=raw \
+        -device virtio-blk-pci,drive=root,bus=pcie.0,addr=0x9 \
+        -drive if=none,id=inj,file="$dir/inject.img",format=raw,readonly=on \
+        -device virtio-blk-pci,drive=inj,bus=pcie.0,addr=0xa \
+        -audiodev none,id=snd0 \
+        -device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x4 \
+        -device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0,addr=0x5 \
+        -device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0,addr=0x6 \
+        -device pcie-root-port,id=rp4,chassis=4,slot=4,bus=pcie.0,addr=0x7 \
+        -device pcie-root-port,id=rp5,chassis=5,slot=5,bus=pcie.0,addr=0x8 \
+        -device VGA,bus=rp1,addr=0.0,multifunction=on \
+        -device ich9-intel-hda,id=hda0,bus=rp1,addr=0.1 \
+        -device hda-output,bus=hda0.0,audiodev=snd0 \
+        -drive if=none,id=nv1,file="$dir/nvme1.img",format=raw \
+        -device nvme,serial=ptnvme1,drive=nv1,bus=rp2 \
+        -drive if=none,id=nv2,file="$dir/nvme2.img",format=raw \
+        -device nvme,serial=ptnvme2,drive=nv2,bus=rp3 \
+        -netdev user,id=n0,restrict=on \
+        -device virtio-net-pci,netdev=n0,bus=rp4,romfile=,disable-legacy=on,disable-modern=off \
+        -netdev user,id=n1,restrict=on \
+        -device e1000e,netdev=n1,bus=rp5,romfile= \
+        </dev/null
+}
+
 main_debian() {
     ensure_host_tools
     ensure_debian_tools
@@ -82,43 +118,23 @@ main_debian() {
     truncate -s 64M "$DWORK/inject.img"
     mkfs.ext4 -q -F -L ptinject -d "$inj" "$DWORK/inject.img"
 
-    local dir=$DWORK rc=0 t1
+    local dir=$DWORK rc=0 t1 boot=0
     truncate -s 16M "$dir/nvme1.img" "$dir/nvme2.img"
+    # A writable copy of the cached root per run (sparse: ~0.5 GB, a few seconds). guest.sh
+    # reboots once (boot 2 checks the cleanup unit at boot); a warm reboot of this machine
+    # hangs in early boot under TCG (soft lockups in swapper), so the guest's reboot ends
+    # QEMU (-no-reboot) and this loop boots the same disk again.
+    cp --sparse=always "$img/root.img" "$dir/root.img"
+    : >"$dir/console.raw"
     t0=$(date +%s.%N)
-    dlog "booting the systemd guest (timeout ${DTIMEOUT}s)"
-    # Same machine as the busybox bed (run.sh boot_kernel) plus the two virtio disks on
-    # pcie.0: the root image (snapshot=on: writes go to a temporary overlay, the cache stays
-    # clean, a guest reboot keeps them) and the per-run disk. No -no-reboot: guest.sh reboots.
-    timeout -k 10 "$DTIMEOUT" qemu-system-x86_64 \
-        -accel tcg -cpu max -smp "${PT_HOOK_DEB_SMP:-2}" -m 3072 \
-        -machine q35,kernel-irqchip=split \
-        -device intel-iommu,intremap=on,caching-mode=on \
-        -nodefaults -no-user-config -nographic -vga none \
-        -serial stdio -monitor none \
-        -kernel "$img/vmlinuz" -initrd "$img/initrd.gz" \
-        -append "console=ttyS0 intel_iommu=on panic=-1 loglevel=1 printk.time=1 tsc=reliable systemd.show_status=0 net.ifnames=0" \
-        -drive if=none,id=root,file="$img/root.img",format=raw,snapshot=on \
-        -device virtio-blk-pci,drive=root,bus=pcie.0,addr=0x9 \
-        -drive if=none,id=inj,file="$dir/inject.img",format=raw,readonly=on \
-        -device virtio-blk-pci,drive=inj,bus=pcie.0,addr=0xa \
-        -audiodev none,id=snd0 \
-        -device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x4 \
-        -device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0,addr=0x5 \
-        -device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0,addr=0x6 \
-        -device pcie-root-port,id=rp4,chassis=4,slot=4,bus=pcie.0,addr=0x7 \
-        -device pcie-root-port,id=rp5,chassis=5,slot=5,bus=pcie.0,addr=0x8 \
-        -device VGA,bus=rp1,addr=0.0,multifunction=on \
-        -device ich9-intel-hda,id=hda0,bus=rp1,addr=0.1 \
-        -device hda-output,bus=hda0.0,audiodev=snd0 \
-        -drive if=none,id=nv1,file="$dir/nvme1.img",format=raw \
-        -device nvme,serial=ptnvme1,drive=nv1,bus=rp2 \
-        -drive if=none,id=nv2,file="$dir/nvme2.img",format=raw \
-        -device nvme,serial=ptnvme2,drive=nv2,bus=rp3 \
-        -netdev user,id=n0,restrict=on \
-        -device virtio-net-pci,netdev=n0,bus=rp4,romfile=,disable-legacy=on,disable-modern=off \
-        -netdev user,id=n1,restrict=on \
-        -device e1000e,netdev=n1,bus=rp5,romfile= \
-        </dev/null >"$dir/console.raw" 2>"$dir/qemu.err" || rc=$?
+    while [ "$boot" -lt 3 ]; do
+        boot=$((boot + 1))
+        dlog "boot $boot of the systemd guest (timeout ${DTIMEOUT}s)"
+        rc=0
+        boot_debian "$img" "$dir" >>"$dir/console.raw" 2>"$dir/qemu.err" || rc=$?
+        [ "$rc" = 0 ] || break
+        tail -n 5 "$dir/console.raw" | tr -d '\r' | grep -q '^GUEST-REBOOT' || break
+    done
     t1=$(date +%s.%N)
     tr -d '\r' <"$dir/console.raw" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' >"$dir/console.log"
     local wall
@@ -138,7 +154,8 @@ main_debian() {
         tail -n 20 "$log" | sed 's/^/  > /'
         fail=$((fail + 1))
     fi
-    echo "  systemd guest: qemu wall ${wall}s; transcript in $log"
+    echo "  systemd guest: $boot boot(s), qemu wall ${wall}s; transcript in $log"
+    rm -f "$dir/root.img"
     echo "$pass passed, $fail failed"
     [ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]
 }
