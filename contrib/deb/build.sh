@@ -114,6 +114,10 @@ if [ "$1" = remove ] || [ "$1" = purge ]; then
         systemctl daemon-reload || true
     fi
 fi
+# pt-hook's own records (address-drift memory, /var/lib/pt-hook/identity): gone with a purge.
+if [ "$1" = purge ]; then
+    rm -rf /var/lib/pt-hook
+fi
 exit 0
 POST
 chmod 0755 "$d/DEBIAN/postinst" "$d/DEBIAN/postrm"
