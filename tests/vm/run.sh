@@ -406,4 +406,5 @@ main() {
     [ "$TOTAL_FAIL" -eq 0 ]
 }
 
-main "$@"
+# tests/vm/debian/run.sh sources this file for the kernel and binary helpers.
+[ "${PT_HOOK_VM_LIB_ONLY:-0}" = 1 ] || main "$@"
