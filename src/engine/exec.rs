@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::engine::plan::Step;
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
+use crate::host::CmdOutput;
 use crate::host::{poll_until, write_with_deadline, Host};
 use crate::log::Logger;
 use crate::parse::config::Timeouts;
@@ -298,7 +299,7 @@ impl<'a> Exec<'a> {
         }
     }
 
-    fn pct(&self, args: &[&str], timeout: Duration) -> Result<crate::host::CmdOutput> {
+    fn pct(&self, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
         let shown = format!("pct {}", args.join(" "));
         self.h()
             .run("pct", args, self.budget(timeout))
@@ -309,9 +310,8 @@ impl<'a> Exec<'a> {
         let o = self.pct(&["status", id], self.t.step)?;
         if !o.success() {
             return Err(Error::Failed(format!(
-                "pct status {id} failed (exit {}): {}",
-                o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
-                o.stderr.trim()
+                "pct status {id} failed ({})",
+                failure(&o)
             )));
         }
         Ok(o.stdout.contains("status: running"))
@@ -336,9 +336,8 @@ impl<'a> Exec<'a> {
             let o = self.pct(&["start", &id], self.t.container)?;
             if !o.success() {
                 return Err(Error::Failed(format!(
-                    "container {ctid}: pct start failed (exit {}): {}",
-                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
-                    o.stderr.trim()
+                    "container {ctid}: pct start failed ({})",
+                    failure(&o)
                 )));
             }
         } else {
@@ -349,16 +348,14 @@ impl<'a> Exec<'a> {
             )?;
             if !o.success() {
                 self.log.warn(&format!(
-                    "container {ctid}: clean shutdown failed (exit {}): {}; stopping it",
-                    o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
-                    o.stderr.trim()
+                    "container {ctid}: clean shutdown failed ({}); stopping it",
+                    failure(&o)
                 ));
                 let o = self.pct(&["stop", &id], self.t.container)?;
                 if !o.success() {
                     return Err(Error::Failed(format!(
-                        "container {ctid}: pct stop failed (exit {}): {}",
-                        o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
-                        o.stderr.trim()
+                        "container {ctid}: pct stop failed ({})",
+                        failure(&o)
                     )));
                 }
             }
@@ -423,4 +420,13 @@ impl crate::engine::console::Io for Exec<'_> {
     fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
         Exec::write_named(self, what, rel, data, timeout)
     }
+}
+
+/// "exit 2: Configuration file ... does not exist" for a helper program that failed.
+fn failure(o: &CmdOutput) -> String {
+    format!(
+        "exit {}: {}",
+        o.code.map(|c| c.to_string()).unwrap_or("signal".into()),
+        o.stderr.trim()
+    )
 }
