@@ -1008,7 +1008,9 @@ impl<'a> Scanner<'a> {
             if let Some(g) = group {
                 let gpath = format!("/dev/vfio/{g}");
                 let by_dev = group_dev.is_some() && n.rdev == group_dev;
-                let by_path = group_dev.is_none() && n.path == gpath;
+                // Matched by its link text (no stat was needed), or by number (another path in a
+                // container).
+                let by_path = n.path == gpath;
                 if by_dev || by_path {
                     hits.push((gpath, n.pid));
                     group_holders.insert(n.pid);

@@ -440,6 +440,9 @@ fn post_stop_never_resets_or_unbinds_a_held_function_and_cleanup_restores_later(
     short_phase(&mut t, Duration::from_secs(2));
     lifecycle::pre_start(&t.ctx(), 100).unwrap();
     let before_resets = t.sim.writes_to("/reset").len();
+    // The group node has a number in sysfs, and the walk found the holder's fd by its path
+    // (no stat, so no number): still the holder.
+    t.sim.add_sys_file("sys/class/vfio/2/dev", "243:0\n");
     t.sim.hold(
         6000,
         "vfio-hold",
