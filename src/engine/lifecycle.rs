@@ -31,6 +31,10 @@ pub struct VmPlan {
     pub refusals: Vec<String>,
     /// What to do about the refusals.
     pub fixes: Vec<String>,
+    /// Every refusal is a process with a node open (no mount, swap, route, VM): such users
+    /// can be gone a moment later (a udev worker probing a disk that just came back).
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 impl VmPlan {
@@ -89,6 +93,7 @@ struct Guarded {
     fixes: Vec<String>,
     containers: Vec<u32>,
     released: bool,
+    transient: bool,
 }
 
 /// The host guard applied to a plan: which users refuse the start, which the plan itself
@@ -131,6 +136,7 @@ fn guard_plan(
     let release_ct =
         matches!(key, VmKey::Pve(_)) && ctx.cfg.vm(vmid).release_containers.unwrap_or(false);
     let mut refusals = Vec::new();
+    let mut transient = true;
     let mut containers = BTreeSet::new();
     let mut released = false;
     let mut keys = BTreeSet::new();
@@ -177,6 +183,7 @@ fn guard_plan(
             }
             _ => {}
         }
+        transient &= matches!(u, guard::Use::Open { .. });
         refusals.push(format!("{origin} {b}: {u}").trim_start().to_string());
     }
     let mut fixes = Vec::new();
@@ -232,6 +239,7 @@ fn guard_plan(
         }
     }
     Guarded {
+        transient: transient && !refusals.is_empty(),
         users,
         refusals,
         fixes,
@@ -301,6 +309,7 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
         users: g.users,
         refusals: g.refusals,
         fixes: g.fixes,
+        transient: g.transient,
         identity,
     })
 }
@@ -349,6 +358,42 @@ pub fn pre_start(ctx: &Ctx, vmid: u32) -> Result<()> {
     prepare(ctx, &VmKey::Pve(vmid), p, &|| plan_vm(ctx, vmid))
 }
 
+/// How long pre-start gives open fds (and only those) to close before it refuses: udev
+/// probes a disk that has just come back to its driver for a few milliseconds.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The plan if the guard lets it through, waiting up to `SETTLE` when every user is an
+/// open fd; else the refusal.
+fn settle(
+    ctx: &Ctx,
+    key: &VmKey,
+    p: VmPlan,
+    replan: &dyn Fn() -> Result<VmPlan>,
+) -> Result<VmPlan> {
+    let Some(e) = p.refusal(key) else {
+        return Ok(p);
+    };
+    if !p.transient {
+        return Err(e);
+    }
+    let mut last = e;
+    let got = crate::host::poll_until(SETTLE.min(ctx.cfg.timeouts.phase / 4), || match replan() {
+        Ok(q) => match q.refusal(key) {
+            None => Some(Ok(q)),
+            Some(e) if q.transient => {
+                last = e;
+                None
+            }
+            Some(e) => Some(Err(e)),
+        },
+        Err(e) => Some(Err(e)),
+    });
+    match got {
+        Some(r) => r,
+        None => Err(last),
+    }
+}
+
 /// pre-start for a VM or libvirt domain from its plan; `replan` plans again after an old
 /// state was restored.
 pub fn prepare(
@@ -363,9 +408,7 @@ pub fn prepare(
     // Address drift (driver=keep functions included): refused before anything is touched.
     crate::engine::identity::refuse(&p.identity)?;
     // The host guard, before any change: a device the host or another VM uses is refused.
-    if let Some(e) = p.refusal(key) {
-        return Err(e);
-    }
+    let p = settle(ctx, key, p, replan)?;
     let active: Vec<&PlannedDevice> = p.devices.iter().filter(|d| !d.keep).collect();
     for d in p.devices.iter().filter(|d| d.keep) {
         ctx.log
@@ -413,10 +456,7 @@ pub fn prepare(
             // The host changed: plan again from what it is now.
             let p = replan()?;
             crate::engine::identity::refuse(&p.identity)?;
-            if let Some(e) = p.refusal(key) {
-                return Err(e);
-            }
-            p
+            settle(ctx, key, p, replan)?
         }
     } else {
         p

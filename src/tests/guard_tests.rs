@@ -698,3 +698,41 @@ fn a_libvirt_domain_is_refused_the_same_way() {
     assert!(msg.contains("<hostdev>"), "{msg}");
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
 }
+
+#[test]
+fn a_udev_worker_probing_the_disk_is_waited_for_not_refused() {
+    // The namespace just came back to nvme; udev's worker has it open for a moment.
+    let t = T::new();
+    nvme_disk(&t.sim);
+    t.sim.hold(
+        2953,
+        "(udev-worker)",
+        "/system.slice/systemd-udevd.service",
+        "/dev/nvme0n1",
+        Some((259, 0)),
+        true,
+    );
+    let sim = std::sync::Arc::clone(&t.sim);
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        sim.exit_process(2953);
+    });
+    crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap();
+    h.join().unwrap();
+    assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
+    // A mount is not waited for: refused at once.
+    let t = T::new();
+    nvme_disk(&t.sim);
+    write(
+        &t,
+        "proc/self/mountinfo",
+        "40 22 259:1 / /srv rw - ext4 /dev/nvme0n1p1 rw\n",
+    );
+    let start = Instant::now();
+    assert!(lifecycle::pre_start(&t.ctx(), 100).is_err());
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -538,7 +538,10 @@ if section dpkg; then
     run "dpkg -r pt-hook" dpkg -r pt-hook
     check dpkg.remove rc_is 0
     check dpkg.binary-gone eq "$(ls /usr/sbin/pt-hook 2>/dev/null)" ""
-    check dpkg.unit-gone sh -c "! systemctl cat pt-hook-cleanup.service >/dev/null 2>&1"
+    # As debhelper's scripts do: a removed package's unit file is gone and the unit is masked
+    # (so a leftover enablement cannot start it); purge unmasks it.
+    check dpkg.unit-file-gone test ! -e /lib/systemd/system/pt-hook-cleanup.service
+    check dpkg.unit-masked-after-remove eq "$(systemctl show -p LoadState --value pt-hook-cleanup.service)" masked
     check dpkg.conffile-kept-after-remove test -e /etc/pt-hook/pt-hook.toml
     run "dpkg --purge pt-hook" dpkg --purge pt-hook
     check dpkg.purge rc_is 0
