@@ -145,7 +145,8 @@ if section dpkg; then
     find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
         -o -path /var/log -o -path /var/lib/vmtest -o -path /var/cache -o -path /var/lib/systemd \
         -o -path /var/lib/dpkg -o -path /var/lib/libvirt -o -path /var/tmp -o -path /var/lib/apt \
-        -o -path /etc/libvirt -o -path /root \) -prune -o -print | sort >$V/files-before
+        -o -path /etc/libvirt -o -path /root -o -path /var/backups -o -path /var/lib/logrotate \) \
+        -prune -o -print | sort >$V/files-before
     check dpkg.no-run-dir-before eq "$(ls -d /run/pt-hook 2>/dev/null)" ""
     run "dpkg -i pt-hook.deb" dpkg -i $IN/pt-hook.deb
     check dpkg.install rc_is 0
@@ -549,7 +550,8 @@ if section dpkg; then
     find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
         -o -path /var/log -o -path /var/lib/vmtest -o -path /var/cache -o -path /var/lib/systemd \
         -o -path /var/lib/dpkg -o -path /var/lib/libvirt -o -path /var/tmp -o -path /var/lib/apt \
-        -o -path /etc/libvirt -o -path /root \) -prune -o -print | sort >/tmp/files-after
+        -o -path /etc/libvirt -o -path /root -o -path /var/backups -o -path /var/lib/logrotate \) \
+        -prune -o -print | sort >/tmp/files-after
     diff $V/files-before /tmp/files-after | sed 's/^/  diff| /' | head -n 20
     check dpkg.purge-leaves-nothing eq "$(diff $V/files-before /tmp/files-after | grep -c '^[<>]')" 0
     check dpkg.no-enable-symlink eq "$(ls /etc/systemd/system/*/pt-hook* 2>/dev/null)" ""
