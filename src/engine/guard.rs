@@ -186,7 +186,7 @@ impl fmt::Display for Use {
 }
 
 /// What kind of user it is: decides what may release it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// Mounted, swap, stacked, ZFS, or a block node open: never taken, whatever the config.
     Storage,

@@ -173,7 +173,7 @@ fn guard_plan(
         if let Some(k) = config_key(devices, &origin) {
             keys.insert(k);
         }
-        kinds.insert(format!("{kind:?}"));
+        kinds.insert(kind);
         match (kind, scope) {
             (guard::Kind::Process, Some(guard::Scope::Container(c))) => {
                 not_released_ct.insert(*c);
@@ -206,10 +206,10 @@ fn guard_plan(
                 "if an address is wrong, fix the <hostdev> source address in the domain XML".into(),
             ),
         }
-        if kinds.contains("Storage") {
+        if kinds.contains(&guard::Kind::Storage) {
             fixes.push("storage the host uses is never taken: unmount it, swapoff, or stop what is stacked on it first".into());
         }
-        if kinds.contains("Network") {
+        if kinds.contains(&guard::Kind::Network) {
             fixes.push(
                 "move the host's addresses, routes and bridge ports off the interface first".into(),
             );
@@ -234,7 +234,7 @@ fn guard_plan(
                 others.into_iter().collect::<Vec<_>>().join(", ")
             ));
         }
-        if kinds.contains("Vm") {
+        if kinds.contains(&guard::Kind::Vm) {
             fixes.push("stop the other VM first (or pass it another device)".into());
         }
     }
