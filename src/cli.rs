@@ -117,11 +117,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner (Proxmox VM or libvirt domain).
+    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner (Proxmox VM or libvirt domain), and the health its resets left (HEALTH lines).
+    #[command(
+        after_help = "Health comes from the reset memory, /var/lib/pt-hook/health.json: per device the last reset\n(time, the rung that recovered it, how long), resets, failures and NEEDS-REBOOT when the last\nreset left it broken in this boot.\n\n--prometheus prints node_exporter's textfile format (what metrics_file in pt-hook.toml gets\nafter every phase): resets by rung, failures, time per phase, devices by owner."
+    )]
     Status {
         /// Machine-readable output.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// Metrics in Prometheus text format (node_exporter textfile collector).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// List the quirk profiles, or show which one applies to a device and what it does.
     Quirks {
@@ -235,7 +241,7 @@ pub fn main() -> i32 {
         cli.cmd,
         Cmd::Plan { json: true, .. }
             | Cmd::Reset { json: true, .. }
-            | Cmd::Status { json: true }
+            | Cmd::Status { json: true, .. }
             | Cmd::Quirks { json: true, .. }
             | Cmd::Doctor { json: true, .. }
     );
@@ -363,8 +369,11 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             crate::engine::phase::cleanup(&ctx, vmid)
         }
-        Cmd::Status { json } => {
+        Cmd::Status { json, prometheus } => {
             let cfg = load_cfg(&*host)?;
+            if *prometheus {
+                return crate::cmd::status::prometheus(&*host);
+            }
             crate::cmd::status::command(&*host, &cfg, *json)
         }
         Cmd::Doctor { vmid, json } => {

@@ -424,13 +424,25 @@ fn plan_shows_address_drift_and_accept_takes_the_new_device() {
         c["fix"].as_str().unwrap().contains("pt-hook accept 100"),
         "{c}"
     );
+    // Only the reset memory changed: it counts the refused pre-start as a failed phase.
+    let health = fs::read_to_string(r.join("var/lib/pt-hook/health.json")).unwrap();
+    assert!(
+        health.contains("\"phase\": \"pre-start\"") && health.contains("\"last_ok\": false"),
+        "{health}"
+    );
+    let not_health = |t: Vec<String>| -> Vec<String> {
+        t.into_iter()
+            .filter(|l| !l.starts_with("var/lib/pt-hook/health."))
+            .collect()
+    };
     assert_eq!(
-        tree(r),
-        before,
+        not_health(tree(r)),
+        not_health(before),
         "plan, a refused start, status and doctor wrote something"
     );
 
     // accept --dry-run prints old -> new and writes nothing.
+    let before = tree(r);
     let o = run_in(r, &["--dry-run", "accept", "100"], None);
     let out = text(&o);
     assert!(o.status.success(), "{out}");

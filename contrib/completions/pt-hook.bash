@@ -455,7 +455,7 @@ _pt__hook() {
             return 0
             ;;
         pt__hook__subcmd__status)
-            opts="-v -q -h --json --dry-run --root --config --verbose --quiet --help"
+            opts="-v -q -h --json --prometheus --dry-run --root --config --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

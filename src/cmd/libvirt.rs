@@ -128,7 +128,11 @@ pub fn command(
         uuid: dom.uuid.clone(),
         name: dom.name.clone(),
     });
-    match act {
+    let phase = match act {
+        Action::PreStart => crate::engine::health::Phase::PreStart,
+        Action::PostStop => crate::engine::health::Phase::PostStop,
+    };
+    crate::engine::metrics::timed(&ctx, phase, || match act {
         Action::PreStart => {
             for (b, origin) in &dom.hostdevs {
                 log.info(&format!("{origin}: {b}"));
@@ -149,7 +153,7 @@ pub fn command(
             crate::engine::phase::pre_start(&ctx, &key, p, &replan)
         }
         Action::PostStop => crate::engine::phase::post_stop(&ctx, &key),
-    }
+    })
 }
 
 /// The stdin handle and whether it is a terminal.

@@ -71,6 +71,13 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             }
         }
     }
+    crate::engine::metrics::timed(ctx, crate::engine::health::Phase::Reset, || {
+        run(ctx, bdfs, method, json, &owned)
+    })
+}
+
+/// The ladder and its report (the checks above passed).
+fn run(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool, owned: &[Bdf]) -> Result<()> {
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
     let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
     let mut quirks = reset::LadderQuirks::default();
@@ -83,12 +90,24 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             }
         }
     }
-    let reports = reset::reset_many(ctx, bdfs, method, Mode::Manual, &owned, &quirks);
+    let reports = reset::reset_many(ctx, bdfs, method, Mode::Manual, owned, &quirks);
+    // Each device's health as the memory has it now (this reset included).
+    let memory = crate::engine::health::Memory::load(&*ctx.host);
+    let health: Vec<crate::engine::health::DeviceHealth> = reports
+        .iter()
+        .flat_map(|r| r.functions.iter())
+        .filter_map(|b| {
+            let info = device::read_device(&*ctx.host, b)?;
+            memory.device_health(b, &crate::engine::health::ModelKey::of(&info))
+        })
+        .collect();
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "results": reports }))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "results": reports, "health": health })
+            )
+            .unwrap_or_default()
         );
     } else {
         for r in &reports {
@@ -103,6 +122,12 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
                 r.ms,
                 r.message
             );
+            if let Some(m) = &r.memory {
+                println!("  reset memory: {m}");
+            }
+        }
+        for h in &health {
+            println!("  health: {}: {}", h.bdf, h.summary());
         }
     }
     if let Some(r) = reports.iter().find(|r| r.verdict == Verdict::Unrecovered) {

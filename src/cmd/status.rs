@@ -2,11 +2,13 @@
 
 use serde_json::json;
 
+use crate::engine::health;
 use crate::engine::state::VmKey;
 use crate::error::Result;
 use crate::host::Host;
 use crate::parse::config::Config;
 use crate::pci::Bdf;
+use crate::sysfs::device::DeviceInfo;
 
 /// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
 /// libvirt domains), then Proxmox VM configs (host addresses).
@@ -106,9 +108,47 @@ fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
     }
 }
 
+// ---------------------------------------------------------------- health and metrics
+
+/// The reset memory for `status`; a damaged file is a warning on stderr (never fatal).
+fn load_health(host: &dyn Host) -> health::Memory {
+    let m = health::Memory::load(host);
+    if let Some(w) = &m.warning {
+        eprintln!("pt-hook: warning: {w}");
+    }
+    m
+}
+
+/// A device's health (its last resets), when the memory has it for the card there now.
+fn health_of(memory: &health::Memory, d: &DeviceInfo) -> Option<health::DeviceHealth> {
+    memory.device_health(&d.bdf, &health::ModelKey::of(d))
+}
+
+/// The `HEALTH:` lines under the table: every device with a reset memory.
+fn print_health(memory: &health::Memory, devices: &[&DeviceInfo]) {
+    for d in devices {
+        if let Some(h) = health_of(memory, d) {
+            println!("HEALTH: {} {}: {}", d.bdf, h.id, h.summary());
+        }
+    }
+}
+
+/// `pt-hook status --prometheus`: the node_exporter textfile `metrics_file` gets.
+pub fn prometheus(host: &dyn Host) -> Result<()> {
+    let m = load_health(host);
+    print!(
+        "{}",
+        crate::engine::metrics::render(host, &m.file, m.boot_id.as_deref())
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the device table
+
 pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
     use crate::sysfs::device;
     let profiles = crate::engine::quirks::load_all(host, cfg)?;
+    let memory = load_health(host);
     let owners = owners(host);
     let drift = crate::engine::identity::all_drift(host);
     let drift_at = |b: &Bdf| -> Vec<&str> {
@@ -168,6 +208,8 @@ pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                     "vm_source": vm.as_ref().map(|v| v.1),
                     // Address drift: a VM's remembered device was another one.
                     "drift": drift_at(&d.bdf),
+                    // The reset memory: last reset, rung, time, failures, needs a reboot.
+                    "health": health_of(&memory, d),
                 })
             })
             .collect();
@@ -207,6 +249,10 @@ pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
                 "[DRIFT] "
             },
         );
+        let flags = match health_of(&memory, d) {
+            Some(h) if h.needs_reboot => format!("{flags}[NEEDS-REBOOT] "),
+            _ => flags,
+        };
         table.push([
             d.bdf.to_string(),
             format!("{}:{}", d.vendor_hex(), d.device_hex()),
@@ -237,5 +283,6 @@ pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
     for x in &drift {
         println!("DRIFT: {}", x.message);
     }
+    print_health(&memory, &rows.iter().map(|r| &r.0).collect::<Vec<_>>());
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! around them. The hookscript, libvirt mode and `cleanup` enter here.
 
 use crate::engine::ctx::Ctx;
+use crate::engine::health::Phase;
 use crate::engine::lifecycle::{self, VmPlan};
+use crate::engine::metrics;
 use crate::engine::state::{self, VmKey};
 use crate::engine::userhooks;
 use crate::error::{Error, Result};
@@ -66,8 +68,16 @@ pub fn post_stop(ctx: &Ctx, key: &VmKey) -> Result<()> {
     }
 }
 
-/// A Proxmox hookscript phase: `pt-hook <VMID> <PHASE>`.
+/// A Proxmox hookscript phase: `pt-hook <VMID> <PHASE>`. Its duration goes to the reset
+/// memory and the metrics (`engine::metrics`).
 pub fn pve(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
+    match Phase::from_hook(phase) {
+        Some(p) => metrics::timed(ctx, p, || pve_steps(ctx, vmid, phase)),
+        None => pve_steps(ctx, vmid, phase),
+    }
+}
+
+fn pve_steps(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
     let key = VmKey::Pve(vmid);
     match phase {
         "pre-start" => {
@@ -93,6 +103,10 @@ pub fn pve(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
 
 /// `pt-hook cleanup [VMID]`: restore what pre-starts left behind without a post-stop.
 pub fn cleanup(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
+    metrics::timed(ctx, Phase::Cleanup, || cleanup_steps(ctx, vmid))
+}
+
+fn cleanup_steps(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
     let vms = match vmid {
         Some(v) => vec![VmKey::Pve(v)],
         None => state::list(ctx.h()),

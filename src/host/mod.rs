@@ -96,6 +96,19 @@ pub trait Host: Send + Sync + 'static {
     /// Creates a regular file atomically (write temp + rename), creating parents, mode 0600.
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()>;
     fn remove_file(&self, rel: &str) -> io::Result<()>;
+    /// `write_atomic` with the file's mode given (0644 for a file another service reads) and
+    /// a temporary name of its own per call (`NAME.tmp.PID.N`, created with O_EXCL and
+    /// O_NOFOLLOW: never through a link someone planted), fsync'd before the rename; the
+    /// directory must exist.
+    fn write_atomic_mode(&self, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let _ = (rel, data, mode);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+    /// rename(2) of one file to another name (moving a damaged file aside).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let _ = (from, to);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
     /// Owner uid and mode of a file (for refusing files others can write).
     fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)>;
     /// Runs a program (never through a shell) with a deadline. `prog` is a bare name looked up

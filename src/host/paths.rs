@@ -20,6 +20,16 @@ pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
 pub const HOOKS_DIR: &str = "etc/pt-hook/hooks.d";
 /// What each VM's PCI addresses held at its last good start (survives reboots: not /run).
 pub const IDENTITY_DIR: &str = "var/lib/pt-hook/identity";
+/// The reset memory and device health (`engine::health`; survives reboots: not /run).
+pub const HEALTH_FILE: &str = "var/lib/pt-hook/health.json";
+/// Where a damaged health file is moved before a new one is started.
+pub const HEALTH_CORRUPT: &str = "var/lib/pt-hook/health.json.corrupt";
+/// flock(2) taken by every writer of the health file (and of the metrics file).
+pub const HEALTH_LOCK: &str = "var/lib/pt-hook/health.lock";
+/// Physical slots the platform names (`<slot>/address` is "DDDD:BB:DD").
+pub const PCI_SLOTS: &str = "sys/bus/pci/slots";
+/// This boot's id: a "needs a host reboot" mark holds until it changes.
+pub const BOOT_ID: &str = "proc/sys/kernel/random/boot_id";
 
 /// Files pt-hook may touch in a PCI device directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +149,11 @@ pub fn nvme_serial(bdf: &Bdf, ctrl: &str) -> Option<String> {
         .strip_prefix("nvme")
         .is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()));
     ok.then(|| format!("{PCI_DEVICES}/{bdf}/nvme/{ctrl}/serial"))
+}
+
+/// A physical slot's `address`; None unless `slot` is a safe name.
+pub fn pci_slot_address(slot: &str) -> Option<String> {
+    safe_name(slot).then(|| format!("{PCI_SLOTS}/{slot}/address"))
 }
 
 pub fn lock_file(bdf: &Bdf) -> String {

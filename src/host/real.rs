@@ -159,6 +159,46 @@ impl Host for RealHost {
         fs::remove_file(self.path(rel))
     }
 
+    fn write_atomic_mode(&self, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let p = self.path(rel);
+        let name = p
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?
+            .to_string_lossy()
+            .into_owned();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = p.with_file_name(format!("{name}.tmp.{}.{n}", std::process::id()));
+        let r = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            // The umask must not narrow what the reader needs.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &p)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r?;
+        if let Some(dir) = p.parent() {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
     /// Owner and mode of what the path names; a symbolic link counts as owned by whoever
     /// owns the link when that is not root (a link planted by a user is not trusted, whatever
     /// it points to).

@@ -3273,6 +3273,20 @@ impl Host for SimHost {
         self.real.remove_file(rel)
     }
 
+    fn write_atomic_mode(&self, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        if is_sys(rel) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.write_atomic_mode(rel, data, mode)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if is_sys(from) || is_sys(to) {
+            return Err(err(libc::EPERM));
+        }
+        self.real.rename(from, to)
+    }
+
     fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)> {
         self.real.stat_owner_mode(rel)
     }

@@ -106,6 +106,8 @@ struct RawConfig {
     vm: BTreeMap<String, VmOptions>,
     #[serde(default)]
     quirk: Vec<toml::Value>,
+    /// node_exporter textfile (`metrics_path`).
+    metrics_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -115,6 +117,9 @@ pub struct Config {
     /// `[[quirk]]` tables, parsed by the quirk layer.
     pub quirks: Vec<toml::Value>,
     pub source: Option<String>,
+    /// Where every phase writes its metrics (node_exporter's textfile collector), relative to
+    /// the host root; None: not written.
+    pub metrics_file: Option<String>,
 }
 
 impl Config {
@@ -241,7 +246,49 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         vm,
         quirks: raw.quirk,
         source: Some(file.to_string()),
+        metrics_file: metrics_path(file, raw.metrics_file.as_deref())?,
     })
+}
+
+/// `metrics_file`: an absolute path of plain names (letters, digits, `.`, `_`, `-`, `+`, `@`)
+/// ending in `.prom` (node_exporter reads only those), not under /proc, /sys, /dev or /run/pt-hook;
+/// returned relative to the host root.
+fn metrics_path(file: &str, v: Option<&str>) -> Result<Option<String>> {
+    let Some(p) = v else { return Ok(None) };
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "{file}: metrics_file = {:?}: {why}",
+            crate::log::escape_controls(p)
+        ))
+    };
+    let rel = p
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must be an absolute path"))?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    if p.len() > 1024
+        || parts.len() < 2
+        || parts.iter().any(|c| {
+            c.is_empty()
+                || *c == "."
+                || *c == ".."
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
+        })
+    {
+        return Err(bad(
+            "must be a plain absolute path (no //, . or .. components, no spaces or special characters)",
+        ));
+    }
+    if !rel.ends_with(".prom") {
+        return Err(bad(
+            "node_exporter's textfile collector reads only *.prom files",
+        ));
+    }
+    if ["proc", "sys", "dev"].contains(&parts[0]) || rel.starts_with("run/pt-hook/") {
+        return Err(bad("not a place for a metrics file"));
+    }
+    Ok(Some(rel.to_string()))
 }
 
 /// Loads the config: `explicit` must exist; the default path is optional.
@@ -292,5 +339,35 @@ mod tests {
         assert!(e.to_string().contains("vm.abc"));
         let e = parse("[vm.100]\nunits = [\"../x\"]\n", "f").unwrap_err();
         assert!(e.to_string().contains("unit name"));
+    }
+
+    #[test]
+    fn metrics_file_is_a_plain_prom_path() {
+        let c = parse(
+            "metrics_file = \"/var/lib/prometheus/node-exporter/pt-hook.prom\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics_file.as_deref(),
+            Some("var/lib/prometheus/node-exporter/pt-hook.prom")
+        );
+        assert_eq!(parse("", "f").unwrap().metrics_file, None);
+        for bad in [
+            "pt-hook.prom",
+            "/pt-hook.prom",
+            "/var/lib/../etc/x.prom",
+            "/var//x.prom",
+            "/var/lib/x.txt",
+            "/var/lib/a b.prom",
+            "/proc/self/x.prom",
+            "/sys/x/y.prom",
+            "/run/pt-hook/x.prom",
+            "/var/lib/x\\n.prom",
+        ] {
+            let e = parse(&format!("metrics_file = \"{bad}\"\n"), "f").unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.to_string().contains("metrics_file"), "{e}");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod contrib_tests;
 mod fault_tests;
 mod fuzz_tests;
 mod guard_tests;
+mod health_tests;
 mod hook_tests;
 mod prop_tests;
 mod state_tests;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::ctx::Ctx;
+use crate::engine::health::{self, FunctionFacts, Memory, RungName};
 use crate::engine::plan::VFIO;
 use crate::engine::state::VmState;
 use crate::error::{Error, Result};
@@ -29,6 +30,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Serialize)]
 pub struct Rung {
     pub rung: &'static str,
+    /// It touched the device (false: not offered, refused, or skipped).
+    pub ran: bool,
     pub ok: bool,
     pub detail: String,
     pub ms: u64,
@@ -52,6 +55,10 @@ pub struct SlotReport {
     pub rungs: Vec<Rung>,
     pub message: String,
     pub ms: u64,
+    /// The rung the reset memory started the ladder at (null: from the top).
+    pub start: Option<&'static str>,
+    /// Why the ladder started where it did, when the reset memory chose it.
+    pub memory: Option<String>,
 }
 
 /// What a function looked like before the ladder: the reference for every check.
@@ -122,6 +129,10 @@ struct Ladder<'a, 'b> {
     /// The phase deadline (`phase_timeout` from the start of the ladder): no rung starts after
     /// it and every wait is cut to what is left of it. Undo writes keep their own timeouts.
     deadline: Instant,
+    /// The reset memory, when the ladder chooses its own first rung (no `--method`).
+    memory: Option<&'a Memory>,
+    /// Each function's model and place, read before the ladder.
+    facts: &'a BTreeMap<Bdf, FunctionFacts>,
 }
 
 impl Ladder<'_, '_> {
@@ -607,6 +618,47 @@ impl Ladder<'_, '_> {
         RungOutcome::Done(done.join("; "))
     }
 
+    /// Where the reset memory starts this slot's ladder: the index of the rung that
+    /// recovered its model last time, when this slot can run that rung. Never a rung a quirk
+    /// profile forbids, one the slot does not have (host-rebind without a profile, a bus
+    /// reset without a parent bridge), nor remove+rescan itself (only for a device the reset
+    /// rungs left broken: a model it recovered starts at the rung before it).
+    fn memory_start(&self, funcs: &[Bdf], ladder: &[&'static str]) -> Option<(usize, String)> {
+        let mem = self.memory?;
+        let models: Vec<health::ModelKey> = funcs
+            .iter()
+            .filter_map(|b| self.facts.get(b).map(|f| f.model.clone()))
+            .collect();
+        let (rung, why) = mem.start_rung(&models)?;
+        let mut i = ladder.iter().position(|n| *n == rung.name());
+        if rung == RungName::RemoveRescan {
+            i = i.and_then(|i| i.checked_sub(1));
+        }
+        let no = |what: String| {
+            self.ctx.log.info(&format!(
+                "{}: {why}, but {what}: the ladder starts at the top",
+                list(funcs)
+            ));
+            None
+        };
+        let Some(i) = i.filter(|i| *i > 0) else {
+            return no(format!("this slot has no {} rung", rung.name()));
+        };
+        let name = ladder[i];
+        if let Some((b, _)) = self
+            .quirks
+            .skip
+            .iter()
+            .find(|(b, rungs)| funcs.contains(b) && rungs.iter().any(|r| r == name))
+        {
+            return no(format!("the quirk profile of {b} forbids {name}"));
+        }
+        if name == "bus-reset" && device::parent_bridge(self.h(), &funcs[0]).is_none() {
+            return no(format!("{} has no parent bridge", funcs[0]));
+        }
+        Some((i, why))
+    }
+
     fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
         let start = Instant::now();
         let h = self.h();
@@ -615,12 +667,16 @@ impl Ladder<'_, '_> {
             .iter()
             .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
             .collect();
-        let report = |verdict, rungs, message: String| SlotReport {
+        let mut first: Option<&'static str> = None;
+        let mut memory: Option<String> = None;
+        let report = |verdict, rungs, message: String, first, memory| SlotReport {
             functions: funcs.to_vec(),
             verdict,
             rungs,
             message,
             ms: start.elapsed().as_millis() as u64,
+            start: first,
+            memory,
         };
         if before.len() != funcs.len() {
             let missing: Vec<Bdf> = funcs
@@ -632,6 +688,8 @@ impl Ladder<'_, '_> {
                 Verdict::Refused,
                 rungs,
                 format!("{} does not exist on this host", list(&missing)),
+                None,
+                None,
             );
         }
         // Was it healthy before we started? A refusal then leaves it healthy.
@@ -647,7 +705,36 @@ impl Ladder<'_, '_> {
         ladder.push(("remove-rescan", Ladder::remove_rescan));
         let mut reasons: Vec<String> = Vec::new();
         let mut hung = false;
-        for (name, f) in ladder {
+        // The reset memory may start the ladder further down (see `memory_start`); it still
+        // verifies after that rung and escalates past it. When the remembered rung cannot run
+        // here at all, the ladder runs from the top (that rung's outcome is reused, not tried
+        // again).
+        let names: Vec<&'static str> = ladder.iter().map(|(n, _)| *n).collect();
+        let mem_start = self.memory_start(funcs, &names);
+        let mut order: Vec<usize> = match &mem_start {
+            Some((i, why)) => {
+                first = Some(names[*i]);
+                let note = format!("started at {}: {why}", names[*i]);
+                self.ctx.log.info(&format!("{}: {note}", list(funcs)));
+                memory = Some(note);
+                (*i..ladder.len()).collect()
+            }
+            None => (0..ladder.len()).collect(),
+        };
+        let mut reuse: Option<usize> = None;
+        let mut k = 0;
+        while k < order.len() {
+            let i = order[k];
+            k += 1;
+            let (name, f) = ladder[i];
+            if reuse == Some(i) {
+                // The remembered rung, tried first, did not run: the ladder's own rule after
+                // it applies again.
+                if healthy_before && name == "bus-reset" {
+                    break;
+                }
+                continue;
+            }
             if let Some((b, _)) = self
                 .quirks
                 .skip
@@ -704,17 +791,35 @@ impl Ladder<'_, '_> {
             ));
             rungs.push(Rung {
                 rung: name,
+                ran,
                 ok,
                 detail: detail.clone(),
                 ms: t0.elapsed().as_millis() as u64,
             });
             if ok {
-                return report(Verdict::Reset, rungs, format!("{name}: {detail}"));
+                return report(
+                    Verdict::Reset,
+                    rungs,
+                    format!("{name}: {detail}"),
+                    first,
+                    memory,
+                );
             }
             reasons.push(format!("{name}: {detail}"));
             if stuck {
                 hung = true;
                 break;
+            }
+            if !ran && reuse.is_none() && mem_start.as_ref().is_some_and(|(m, _)| *m == i) {
+                let note = format!("it could not run here ({detail}): the ladder ran from the top");
+                self.ctx
+                    .log
+                    .info(&format!("{}: {name}: {note}", list(funcs)));
+                memory = memory.map(|m| format!("{m}; {note}"));
+                reuse = Some(i);
+                order = (0..ladder.len()).collect();
+                k = 0;
+                continue;
             }
             if !ran && healthy_before && name == "bus-reset" {
                 // Nothing was done and nothing is wrong: refuse rather than escalate.
@@ -728,7 +833,7 @@ impl Ladder<'_, '_> {
             } else {
                 msg
             };
-            return report(Verdict::Refused, rungs, msg);
+            return report(Verdict::Refused, rungs, msg, first, memory);
         }
         report(
             Verdict::Unrecovered,
@@ -738,6 +843,8 @@ impl Ladder<'_, '_> {
                 list(funcs),
                 reasons.join("; ")
             ),
+            first,
+            memory,
         )
     }
 }
@@ -797,6 +904,7 @@ fn not_run(rungs: &mut Vec<Rung>, reasons: &mut Vec<String>, name: &'static str,
     reasons.push(format!("{name}: {detail}"));
     rungs.push(Rung {
         rung: name,
+        ran: false,
         ok: false,
         detail,
         ms: 0,
@@ -832,6 +940,17 @@ pub fn reset_many(
             slot.push(*b);
         }
     }
+    // The reset memory: read once (no lock), consulted per slot, written once at the end.
+    let memory = Memory::load(ctx.h());
+    if let Some(w) = &memory.warning {
+        ctx.log.warn(w);
+    }
+    let places = health::physical_slots(ctx.h());
+    let facts: BTreeMap<Bdf, FunctionFacts> = bdfs
+        .iter()
+        .filter_map(|b| device::read_device(ctx.h(), b))
+        .map(|info| (info.bdf, FunctionFacts::read(ctx.h(), &info, &places)))
+        .collect();
     let ladder = Ladder {
         ctx,
         mode,
@@ -840,6 +959,8 @@ pub fn reset_many(
         quirks,
         kept: std::sync::Mutex::new(Vec::new()),
         deadline: Instant::now() + ctx.cfg.timeouts.phase,
+        memory: method.is_none().then_some(&memory),
+        facts: &facts,
     };
     let mut out = Vec::new();
     std::thread::scope(|s| {
@@ -865,7 +986,43 @@ pub fn reset_many(
             }
         }
     });
+    if !ctx.dry_run {
+        let records: Vec<health::ResetRecord> =
+            out.iter().map(|r| reset_record(r, &facts)).collect();
+        health::record_resets(ctx.h(), ctx.log, &records, method.is_none());
+    }
     out
+}
+
+/// A slot's report as the reset memory keeps it.
+fn reset_record(r: &SlotReport, facts: &BTreeMap<Bdf, FunctionFacts>) -> health::ResetRecord {
+    health::ResetRecord {
+        functions: r
+            .functions
+            .iter()
+            .filter_map(|b| facts.get(b).cloned())
+            .collect(),
+        outcome: match r.verdict {
+            Verdict::Reset => health::Outcome::Reset,
+            Verdict::Refused => health::Outcome::Refused,
+            Verdict::Unrecovered => health::Outcome::Unrecovered,
+        },
+        start: r.start.and_then(RungName::from_name),
+        rungs: r
+            .rungs
+            .iter()
+            .filter_map(|x| {
+                Some(health::RungTry {
+                    rung: RungName::from_name(x.rung)?,
+                    ran: x.ran,
+                    ok: x.ok,
+                    ms: x.ms,
+                })
+            })
+            .collect(),
+        ms: r.ms,
+        message: (r.verdict != Verdict::Reset).then(|| r.message.clone()),
+    }
 }
 
 #[derive(Default)]
