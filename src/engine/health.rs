@@ -606,7 +606,7 @@ impl Memory {
         Some((
             *r,
             format!(
-                "the reset memory says {k} recovered at {} last time ({ok} of {} resets there)",
+                "the reset memory says {k} recovered at {} last time (it did in {ok} of {} resets)",
                 r.name(),
                 m.resets
             ),

@@ -14,6 +14,7 @@ use crate::engine::ctx::Ctx;
 use crate::engine::health::{self, MemoryFile, Phase};
 use crate::engine::plan::VFIO;
 use crate::engine::state::{self, VmKey};
+use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, Host};
 use crate::pci::Bdf;
 use crate::sysfs::device;
@@ -116,13 +117,18 @@ pub fn owners(host: &dyn Host) -> BTreeMap<(String, String), u64> {
     }
     let mut out = BTreeMap::new();
     for b in device::list_all(host) {
-        let Some(info) = device::read_device(host, &b) else {
-            continue;
-        };
-        if info.is_bridge() {
+        // Only the class and the driver link: a whole `read_device` would also read
+        // `driver_override` (through a child process on a real host) for every function.
+        let class = host
+            .read(&paths::dev(&b, DevFile::Class))
+            .ok()
+            .and_then(|s| crate::pci::parse_sysfs_hex(&s));
+        let Some(class) = class else { continue };
+        if class >> 8 == crate::pci::CLASS_BRIDGE_PCI {
             continue;
         }
-        let k = match (held.get(&b), info.driver.as_deref()) {
+        let driver = device::driver_of(host, &b);
+        let k = match (held.get(&b), driver.as_deref()) {
             (Some(vm), _) => ("vm".to_string(), vm.clone()),
             (None, Some(VFIO)) => ("vfio-idle".to_string(), String::new()),
             (None, Some(_)) => ("host".to_string(), String::new()),
@@ -312,10 +318,7 @@ fn write_file(ctx: &Ctx, f: &MemoryFile) {
             return;
         }
     }
-    let boot = host
-        .read(crate::host::paths::BOOT_ID)
-        .ok()
-        .map(|s| s.trim().to_string());
+    let boot = host.read(paths::BOOT_ID).ok().map(|s| s.trim().to_string());
     let text = render(host, f, boot.as_deref());
     if let Err(e) = host.write_atomic_mode(rel, text.as_bytes(), 0o644) {
         ctx.log.warn(&format!(

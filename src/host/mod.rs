@@ -99,7 +99,7 @@ pub trait Host: Send + Sync + 'static {
     /// `write_atomic` with the file's mode given (0644 for a file another service reads) and
     /// a temporary name of its own per call (`NAME.tmp.PID.N`, created with O_EXCL and
     /// O_NOFOLLOW: never through a link someone planted), fsync'd before the rename; the
-    /// directory must exist.
+    /// directory must exist and is not fsync'd (a crash leaves the previous complete file).
     fn write_atomic_mode(&self, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
         let _ = (rel, data, mode);
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
