@@ -132,7 +132,7 @@ fn status_shows_device_health_and_metrics() {
         "pt_hook_phase_last_duration_seconds{phase=\"post-stop\"} 0.25\n",
         "pt_hook_phase_failures_total{phase=\"post-stop\"} 1\n",
         "# TYPE pt_hook_devices gauge\n",
-        "pt_hook_devices{owner=\"host\"} ",
+        "pt_hook_devices{owner=\"host\",vm=\"\"} ",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }

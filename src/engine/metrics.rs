@@ -141,12 +141,12 @@ pub fn owners(host: &dyn Host) -> BTreeMap<(String, String), u64> {
 
 /// The metrics text. `boot_id`: this boot (a "needs a host reboot" of another boot is 0).
 pub fn render(host: &dyn Host, f: &MemoryFile, boot_id: Option<&str>) -> String {
+    // Every sample of a family has the same label names (an unknown value is empty).
     let model_labels = |id: &str, sub: &Option<String>| {
-        let mut l = vec![("model", id.to_string())];
-        if let Some(s) = sub {
-            l.push(("subsystem", s.clone()));
-        }
-        l
+        vec![
+            ("model", id.to_string()),
+            ("subsystem", sub.clone().unwrap_or_default()),
+        ]
     };
     let mut resets = Family::new(
         "pt_hook_resets_total",
@@ -195,10 +195,11 @@ pub fn render(host: &dyn Host, f: &MemoryFile, boot_id: Option<&str>) -> String 
         "Resets of this device (slot and card) after which it did not recover.",
     );
     for s in &f.slots {
-        let mut l = vec![("bdf", s.bdf.to_string()), ("model", s.id.clone())];
-        if let Some(p) = &s.physical_slot {
-            l.push(("slot", p.clone()));
-        }
+        let l = vec![
+            ("bdf", s.bdf.to_string()),
+            ("model", s.id.clone()),
+            ("slot", s.physical_slot.clone().unwrap_or_default()),
+        ];
         let needs = s.needs_reboot
             && match (&s.boot_id, boot_id) {
                 (Some(a), Some(b)) => a == b,
@@ -241,11 +242,7 @@ pub fn render(host: &dyn Host, f: &MemoryFile, boot_id: Option<&str>) -> String 
         "PCI functions (bridges not counted) by owner: host (a host driver), vfio-idle (on vfio-pci, no VM), unbound, or vm (held by the VM in label vm).",
     );
     for ((owner, vm), n) in owners(host) {
-        let mut l = vec![("owner", owner)];
-        if !vm.is_empty() {
-            l.push(("vm", vm));
-        }
-        owners_f.add(l, n);
+        owners_f.add(vec![("owner", owner), ("vm", vm)], n);
     }
     let mut out = String::new();
     for fam in [
@@ -356,6 +353,7 @@ pub mod tests {
         let mut closed: BTreeSet<String> = BTreeSet::new();
         let mut current: Option<String> = None;
         let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut names_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let err = |m: &str| Err(format!("line {}: {m}: {line:?}", n + 1));
@@ -479,6 +477,12 @@ pub mod tests {
             if !seen.insert(format!("{name}{sorted:?}")) {
                 return err("sample twice");
             }
+            // One set of label names per family (what client libraries and registries check).
+            let names: Vec<String> = sorted.iter().map(|(k, _)| k.clone()).collect();
+            let first = names_of.entry(fam.clone()).or_insert_with(|| names.clone());
+            if *first != names {
+                return err("label names differ within the family");
+            }
             out.push((name.to_string(), labels, value));
         }
         Ok(out)
@@ -496,6 +500,7 @@ pub mod tests {
             "# HELP a h\n# TYPE a gauge\na{x=\"v\"} one\n",
             "# HELP a h\n# TYPE a gauge\na 1",
             "# TYPE a gauge\na 1\n",
+            "# HELP a h\n# TYPE a gauge\na{x=\"1\"} 1\na{y=\"1\"} 1\n",
         ] {
             assert!(parse_strict(bad).is_err(), "{bad:?}");
         }
