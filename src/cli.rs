@@ -284,8 +284,14 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         let mut cfg = load_cfg(host)?;
         kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
         // The commands that change the host keep the copy of the cluster config up to date,
-        // from a good load only: the config parsed (above) and so do its quirk profiles.
-        crate::engine::quirks::load_all(host, &cfg)?;
+        // from a good load only: the config parsed (above) and so do its quirk profiles
+        // (checked here only when there is something new to save).
+        if matches!(
+            cfg.origin.cache,
+            crate::parse::cluster::CacheAction::Save(_)
+        ) {
+            crate::engine::quirks::load_all(host, &cfg)?;
+        }
         if !cli.global.dry_run {
             if let Err(w) = crate::parse::cluster::update_cache(host, &cfg.origin.cache) {
                 cfg.origin.warnings.push(w);

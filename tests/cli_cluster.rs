@@ -249,3 +249,23 @@ fn help_names_the_cluster_config() {
         "{t}"
     );
 }
+
+/// Only a good read is kept: a cluster file whose profile is invalid fails the command that
+/// would save it (exit 2, naming file and profile) and leaves no copy behind.
+#[test]
+fn a_bad_cluster_profile_is_refused_and_not_cached() {
+    let n = nodes(&["pve1"]);
+    put(
+        &n.shared.join("pt-hook/pt-hook.toml"),
+        "[[quirk]]\nname = \"x\"\nvendor = \"144d\"\ndevices = [\"a808\"]\nreset_method = [\"warp\"]\n",
+        0o640,
+    );
+    let o = run(&n, 0, &["cleanup"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("pt-hook.toml") && t.contains("warp"), "{t}");
+    assert!(!n.roots[0]
+        .1
+        .join("var/lib/pt-hook/cluster-config.json")
+        .exists());
+}
