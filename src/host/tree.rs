@@ -666,6 +666,13 @@ mod tests {
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A pipe of ours: the walker left behind must not hold its write end (it keeps only
+        // /dev/null and its report pipe), or a hook's stdout could stay open behind it.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors, owned from here on.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let e = snapshot(
             d.path(),
             "etc/pve/pt-hook",
@@ -675,6 +682,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        drop(w);
+        let mut p = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // End of file (POLLHUP) as soon as no process holds the write end; other tests'
+        // children hold it only until their exec (close-on-exec).
+        // SAFETY: poll on one descriptor we own.
+        let n = unsafe { libc::poll(&mut p, 1, 5000) };
+        assert!(
+            n == 1 && p.revents & libc::POLLHUP != 0,
+            "write end still held: {n} {:x}",
+            p.revents
+        );
         // Release the walker still blocked in open(2).
         use std::os::unix::fs::OpenOptionsExt;
         let w = std::fs::OpenOptions::new()
