@@ -193,6 +193,24 @@ fn a_blocking_pve_falls_back_to_the_last_good_copy() {
     let cache = root.join("var/lib/pt-hook/cluster-config.json");
     let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The mount is found for a relative --root too (mountinfo paths are absolute).
+    let o = Command::new(bin())
+        .current_dir(root.parent().unwrap())
+        .args(["--root", "pve2", "doctor", "--json"])
+        .env("PT_HOOK_NODE", "pve2")
+        .output()
+        .unwrap();
+    let v = json(&o);
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "config.cluster")
+        .unwrap();
+    assert!(
+        c["message"].as_str().unwrap().contains("read from pmxcfs"),
+        "{c}"
+    );
     // `plan` and `status` read only: no copy for pve1.
     assert!(run(&n, 0, &["quirks"]).status.success());
     assert!(!n.roots[0]

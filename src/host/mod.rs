@@ -329,12 +329,17 @@ pub fn mount_at_in(mountinfo: &str, abs: &str) -> Option<Mount> {
 }
 
 /// The mount at the host path `rel` as the host's `proc/self/mountinfo` shows it (its mount
-/// point is `host.display(rel)`: `/etc/pve` on a real node, `<root>/etc/pve` under a fake
-/// root, whose own mountinfo declares its mounts). Reading mountinfo never touches the mounted
+/// point is `host.display(rel)`, made absolute: `/etc/pve` on a real node, `<root>/etc/pve`
+/// under a fake root, whose own mountinfo declares its mounts; no `..` or links resolved). Reading mountinfo never touches the mounted
 /// filesystem. Err when mountinfo cannot be read.
 pub fn mount_at(host: &dyn Host, rel: &str) -> io::Result<Option<Mount>> {
     let text = host.read("proc/self/mountinfo")?;
-    Ok(mount_at_in(&text, &host.display(rel)))
+    // mountinfo has absolute paths; a relative --root is taken from the working directory.
+    let mut at = std::path::PathBuf::from(host.display(rel));
+    if at.is_relative() {
+        at = std::env::current_dir()?.join(at);
+    }
+    Ok(mount_at_in(&text, &at.to_string_lossy()))
 }
 
 /// What `Host::open_nodes` looks for.
