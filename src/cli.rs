@@ -24,6 +24,11 @@ Hookscript mode (what Proxmox runs):
 
 libvirt: as /etc/libvirt/hooks/qemu or in qemu.d/ (pt-hook install --libvirt), with the
   domain XML on stdin; see pt-hook libvirt --help.
+Config: /etc/pve/pt-hook/pt-hook.toml and quirks.d/ (cluster-wide, in pmxcfs), overridden
+  key by key by /etc/pt-hook/pt-hook.toml and quirks.d/ (this node); [node.NAME] sections
+  in either apply to one node. If /etc/pve cannot be read in 2 s (pmxcfs hung or down),
+  the copy last read is used from /var/lib/pt-hook/cluster-config.json, with a warning.
+  pt-hook doctor says which files were used.
 User hooks: executables in /etc/pt-hook/hooks.d/<PHASE>/ (root-owned, not group/other
   writable) run as HOOK <VMID> <PHASE> with PT_HOOK_VMID, PT_HOOK_PHASE, PT_HOOK_DEVICES;
   pre-start hooks before pt-hook's device steps, post-stop hooks after.
@@ -59,7 +64,8 @@ pub struct Global {
     /// Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT].
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// pt-hook's config [default: /etc/pt-hook/pt-hook.toml, optional].
+    /// pt-hook's config instead of the cluster and local files [default:
+    /// /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<String>,
     /// More output (debug lines).
@@ -281,8 +287,22 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
     // moment the config is loaded): no bounded kernel op waits beyond it and a watchdog ends
     // the process shortly after it (see `host::kio`).
     let load_armed = |host: &dyn Host, phase: &str| -> Result<Config> {
-        let cfg = load_cfg(host)?;
+        let mut cfg = load_cfg(host)?;
         kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
+        // The commands that change the host keep the copy of the cluster config up to date,
+        // from a good load only: the config parsed (above) and so do its quirk profiles
+        // (checked here only when there is something new to save).
+        if matches!(
+            cfg.origin.cache,
+            crate::parse::cluster::CacheAction::Save(_)
+        ) {
+            crate::engine::quirks::load_all(host, &cfg)?;
+        }
+        if !cli.global.dry_run {
+            if let Err(w) = crate::parse::cluster::update_cache(host, &cfg.origin.cache) {
+                cfg.origin.warnings.push(w);
+            }
+        }
         Ok(cfg)
     };
     // The read-only commands write nothing anyway: a --dry-run there is a misunderstanding
@@ -371,6 +391,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         }
         Cmd::Status { json, prometheus } => {
             let cfg = load_cfg(&*host)?;
+            config_warnings(&cfg, log);
             if *prometheus {
                 return crate::cmd::status::prometheus(&*host);
             }
@@ -378,7 +399,12 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         }
         Cmd::Doctor { vmid, json } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;
-            let cfg = load_cfg(&*host)?;
+            // A config that does not load is one of doctor's findings, not a reason to stop.
+            let cfg = load_cfg(&*host).unwrap_or_else(|e| {
+                let mut c = Config::default();
+                c.origin.load_error = Some(e.to_string());
+                c
+            });
             let quiet = Logger::new(-3, false);
             let pctx = make_ctx(Arc::clone(&host), &cfg, &quiet, true);
             let planner = |v: u32| lifecycle::plan_vm(&pctx, v);
@@ -417,6 +443,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
         }
         Cmd::Quirks { target, json } => {
             let cfg = load_cfg(&*host)?;
+            config_warnings(&cfg, log);
             crate::cmd::quirks::command(&*host, &cfg, target.as_deref(), *json)
         }
         Cmd::Reset { bdfs, method, json } => {
@@ -432,7 +459,15 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
     }
 }
 
+/// The config's own warnings (a cluster config read from the cache, or not at all).
+pub fn config_warnings(cfg: &Config, log: &Logger) {
+    for w in &cfg.origin.warnings {
+        log.warn(w);
+    }
+}
+
 fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: bool) -> Ctx<'a> {
+    config_warnings(cfg, log);
     Ctx {
         node: host.node_name(),
         host,

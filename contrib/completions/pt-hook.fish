@@ -25,7 +25,7 @@ function __fish_pt_hook_using_subcommand
 end
 
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_needs_command" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_needs_command" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -s q -l quiet -d 'Only errors'
@@ -42,35 +42,35 @@ complete -c pt-hook -n "__fish_pt_hook_needs_command" -f -a "libvirt" -d 'libvir
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -f -a "install" -d 'Link the installed binary as a Proxmox hookscript (STORAGE\'s snippets directory from /etc/pve/storage.cfg) or, with --libvirt, as a libvirt hook; prints the `qm set` line. A link, never a copy; idempotent; refuses to replace anything else at that place'
 complete -c pt-hook -n "__fish_pt_hook_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -l json -d 'Machine-readable output'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand plan" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand cleanup" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -l libvirt-uuid -d 'A libvirt domain (by its <uuid>) instead of a Proxmox VM' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand accept" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l method -d 'Force one kernel reset method for the first rung (flr, pm, bus, device_specific...)' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l json -d 'Machine-readable output'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand reset" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l json -d 'Machine-readable output'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l prometheus -d 'Metrics in Prometheus text format (node_exporter textfile collector)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
@@ -78,21 +78,21 @@ complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -s v -l verbose 
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand status" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -l json -d 'Machine-readable output'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand quirks" -s h -l help -d 'Print help'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -l json -d 'Machine-readable output'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -s q -l quiet -d 'Only errors'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -s v -l verbose -d 'More output (debug lines)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand libvirt" -s q -l quiet -d 'Only errors'
@@ -101,7 +101,7 @@ complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l storage -d '
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l binary -d 'The installed pt-hook the link points to (absolute; root-owned, not group/other writable)' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l vmid -d 'VM id for the printed `qm set` line' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l root -d 'Prefix for every host path (/sys, /etc, /run, /proc, /usr/share) [env: PT_HOOK_ROOT]' -r -F
-complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l config -d 'pt-hook\'s config [default: /etc/pt-hook/pt-hook.toml, optional]' -r
+complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l config -d 'pt-hook\'s config instead of the cluster and local files [default: /etc/pve/pt-hook/pt-hook.toml then /etc/pt-hook/pt-hook.toml, both optional]' -r
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l libvirt -d 'Link it as a libvirt hook instead: /etc/libvirt/hooks/qemu.d/pt-hook (libvirt 6.5 or later)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -l dry-run -d 'Print every write instead of doing it (hook phases, libvirt, cleanup, reset, accept, install; plan, status, quirks and doctor never write and refuse it)'
 complete -c pt-hook -n "__fish_pt_hook_using_subcommand install" -s v -l verbose -d 'More output (debug lines)'

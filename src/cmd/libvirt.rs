@@ -117,6 +117,9 @@ pub fn command(
         )));
     }
     let cfg = load_cfg(&*host)?;
+    for w in &cfg.origin.warnings {
+        log.warn(w);
+    }
     let ctx = Ctx {
         node: host.node_name(),
         host,

@@ -1,5 +1,6 @@
 //! Quirk profiles as data: the built-in table (src/quirks.toml, embedded) plus user files in
-//! /etc/pt-hook/quirks.d/*.toml and `[[quirk]]` in pt-hook.toml, which override by name.
+//! quirks.d/*.toml and `[[quirk]]` in pt-hook.toml (cluster-wide in /etc/pve/pt-hook, then
+//! local in /etc/pt-hook), which override by name. The config load reads the files.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::plan::PlannedDevice;
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
-use crate::parse::config::{read_trusted, Config};
+use crate::parse::config::{Config, QuirkSource};
 use crate::sysfs::device::DeviceInfo;
 
 const BUILTIN: &str = include_str!("quirks.toml");
@@ -194,9 +195,12 @@ pub fn builtin() -> Vec<Profile> {
     v
 }
 
-/// All profiles: built-ins, then quirks.d files (sorted), then the main config's [[quirk]];
-/// a later profile with the same name replaces the earlier one in place.
+/// All profiles: the built-ins, then the config's quirk sources in their order (cluster
+/// quirks.d, cluster `[[quirk]]`, its `[node.NAME]`, then the same locally: see
+/// `parse::config`); a later profile with the same name replaces the earlier one in place.
 pub fn load_all(host: &dyn Host, cfg: &Config) -> Result<Vec<Profile>> {
+    // The files were read (and trusted) by the config load; the host is not needed any more.
+    let _ = host;
     let mut all = builtin();
     let mut merge = |ps: Vec<Profile>| {
         for p in ps {
@@ -206,29 +210,24 @@ pub fn load_all(host: &dyn Host, cfg: &Config) -> Result<Vec<Profile>> {
             }
         }
     };
-    for f in host.list(paths::QUIRKS_DIR).unwrap_or_default() {
-        if !f.ends_with(".toml") {
-            continue;
+    for src in &cfg.quirks {
+        match src {
+            QuirkSource::File { name, text } => merge(parse_file(text, name)?),
+            QuirkSource::Tables { name, tables } => {
+                let mut ps = Vec::new();
+                for v in tables {
+                    let p: Profile = v.clone().try_into().map_err(|e: toml::de::Error| {
+                        Error::Config(format!("{name}: [[quirk]]: {e}"))
+                    })?;
+                    p.validate(name).map_err(Error::Config)?;
+                    ps.push(Profile {
+                        source: name.clone(),
+                        ..p
+                    });
+                }
+                merge(ps);
+            }
         }
-        let rel = format!("{}/{f}", paths::QUIRKS_DIR);
-        let text = read_trusted(host, &rel)?;
-        merge(parse_file(&text, &host.display(&rel))?);
-    }
-    if !cfg.quirks.is_empty() {
-        let file = cfg.source.clone().unwrap_or_else(|| "pt-hook.toml".into());
-        let mut ps = Vec::new();
-        for v in &cfg.quirks {
-            let p: Profile = v
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| Error::Config(format!("{file}: [[quirk]]: {e}")))?;
-            p.validate(&file).map_err(Error::Config)?;
-            ps.push(Profile {
-                source: file.clone(),
-                ..p
-            });
-        }
-        merge(ps);
     }
     Ok(all)
 }

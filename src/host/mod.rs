@@ -9,6 +9,7 @@ pub mod paths;
 pub mod real;
 #[cfg(test)]
 pub mod sim;
+pub mod tree;
 
 pub use crate::error::errno_text;
 
@@ -154,6 +155,204 @@ pub trait Host: Send + Sync + 'static {
     fn ipv4_addrs(&self) -> io::Result<Vec<Ipv4Addr>> {
         Ok(Vec::new())
     }
+    /// A snapshot of `rel` on a filesystem whose every access may hang (pmxcfs): an entry for
+    /// the root (""), for each component of `rel` (owner and mode as `stat_owner_mode` gives
+    /// them), and when `rel` is a directory for what is below it down to `depth` levels, with
+    /// the contents of each regular file (at most `max_file` bytes; `truncated` beyond). A
+    /// component that cannot be reached ends the walk with its errno. The whole walk is given
+    /// up after `timeout` (ETIMEDOUT). `RealHost` runs it in a child process (`tree`); this
+    /// default walks directly (a tree that cannot block: the simulated kernel's).
+    fn snapshot(
+        &self,
+        rel: &str,
+        depth: u32,
+        max_file: usize,
+        timeout: Duration,
+    ) -> io::Result<Vec<TreeEntry>> {
+        let _ = timeout;
+        Ok(snapshot_direct(self, rel, depth, max_file))
+    }
+}
+
+/// One entry of `Host::snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative to the host root: "" (the root), "etc", "etc/pve/pt-hook/pt-hook.toml".
+    pub rel: String,
+    pub uid: u32,
+    /// st_mode, file type bits included.
+    pub mode: u32,
+    /// 0, or why the entry could not be stat'ed, opened or read.
+    pub errno: i32,
+    /// A regular file's contents (at most the asked maximum).
+    pub data: Option<Vec<u8>>,
+    /// The file is larger than the asked maximum.
+    pub truncated: bool,
+}
+
+impl TreeEntry {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// `Host::snapshot` through the plain accessors, without a deadline.
+pub(crate) fn snapshot_direct<H: Host + ?Sized>(
+    host: &H,
+    rel: &str,
+    depth: u32,
+    max_file: usize,
+) -> Vec<TreeEntry> {
+    fn one<H: Host + ?Sized>(host: &H, rel: &str, max_file: usize) -> TreeEntry {
+        let mut e = TreeEntry {
+            rel: rel.to_string(),
+            uid: 0,
+            mode: 0,
+            errno: 0,
+            data: None,
+            truncated: false,
+        };
+        match host.stat_owner_mode(rel) {
+            Ok((uid, mode)) => {
+                e.uid = uid;
+                e.mode = mode;
+                if mode & libc::S_IFMT == libc::S_IFREG {
+                    match host.read_bytes(rel, max_file + 1) {
+                        Ok(mut d) => {
+                            e.truncated = d.len() > max_file;
+                            d.truncate(max_file);
+                            e.data = Some(d);
+                        }
+                        Err(err) => e.errno = err.raw_os_error().unwrap_or(libc::EIO),
+                    }
+                }
+            }
+            Err(err) => e.errno = err.raw_os_error().unwrap_or(libc::EIO),
+        }
+        e
+    }
+    fn below<H: Host + ?Sized>(
+        host: &H,
+        dir: &str,
+        depth: u32,
+        max_file: usize,
+        out: &mut Vec<TreeEntry>,
+    ) {
+        for name in host.list(dir).unwrap_or_default() {
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let e = one(host, &rel, max_file);
+            let recurse = e.errno == 0 && e.is_dir() && depth > 1;
+            out.push(e);
+            if recurse {
+                below(host, &rel, depth - 1, max_file, out);
+            }
+        }
+    }
+    let mut out = vec![one(host, "", max_file)];
+    let mut at = String::new();
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(c);
+        let e = one(host, &at, max_file);
+        let go_on = e.errno == 0 && e.is_dir();
+        out.push(e);
+        if !go_on {
+            return out;
+        }
+    }
+    if depth > 0 {
+        below(host, &at, depth, max_file, &mut out);
+    }
+    out
+}
+
+/// One line of /proc/self/mountinfo, the fields pt-hook decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted (octal escapes undone).
+    pub point: String,
+    pub fstype: String,
+    pub source: String,
+    /// The superblock options ("rw,user_id=0,group_id=0,default_permissions,allow_other").
+    pub super_opts: String,
+}
+
+impl Mount {
+    /// Whether this is Proxmox's cluster filesystem as pmxcfs mounts it: a FUSE mount (type
+    /// `fuse`, no subtype, source `/dev/fuse`: pmxcfs calls libfuse's fuse_mount without a
+    /// fsname or subtype) whose daemon runs as root (`user_id=0`). A FUSE daemon makes up
+    /// every owner and mode it reports, so those are only as good as who runs it.
+    pub fn is_pmxcfs(&self) -> bool {
+        self.fstype == "fuse"
+            && self.source == "/dev/fuse"
+            && self.super_opts.split(',').any(|o| o == "user_id=0")
+    }
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount whose mount point is exactly `abs` in `mountinfo` (the last one: it is the one on
+/// top), or None.
+pub fn mount_at_in(mountinfo: &str, abs: &str) -> Option<Mount> {
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.len() < 5 || f.len() < sep + 4 {
+            continue;
+        }
+        let point = unescape_mount(f[4]);
+        if point != abs {
+            continue;
+        }
+        found = Some(Mount {
+            point,
+            fstype: f[sep + 1].to_string(),
+            source: unescape_mount(f[sep + 2]),
+            super_opts: f[sep + 3].to_string(),
+        });
+    }
+    found
+}
+
+/// The mount at the host path `rel` as the host's `proc/self/mountinfo` shows it (its mount
+/// point is `host.display(rel)`, made absolute: `/etc/pve` on a real node, `<root>/etc/pve`
+/// under a fake root, whose own mountinfo declares its mounts; no `..` or links resolved). Reading mountinfo never touches the mounted
+/// filesystem. Err when mountinfo cannot be read.
+pub fn mount_at(host: &dyn Host, rel: &str) -> io::Result<Option<Mount>> {
+    let text = host.read("proc/self/mountinfo")?;
+    // mountinfo has absolute paths; a relative --root is taken from the working directory.
+    let mut at = std::path::PathBuf::from(host.display(rel));
+    if at.is_relative() {
+        at = std::env::current_dir()?.join(at);
+    }
+    Ok(mount_at_in(&text, &at.to_string_lossy()))
 }
 
 /// What `Host::open_nodes` looks for.
@@ -247,7 +446,7 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
     retry::retry(delays, || check().ok_or(())).ok()
 }
 
-fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     if let Ok(n) = std::env::var("PT_HOOK_NODE") {
         if !n.is_empty() {
             return n;
@@ -258,4 +457,45 @@ fn node_name() -> String {
         .and_then(|u| u.nodename().to_str().map(|s| s.to_string()))
         .map(|n| n.split('.').next().unwrap_or("").to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line a Proxmox node has for pmxcfs (`mount` shows it as `/dev/fuse on /etc/pve
+    /// type fuse (rw,nosuid,nodev,relatime,user_id=0,group_id=0,default_permissions,
+    /// allow_other)`), among others.
+    const NODE: &str = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/pve-root rw,errors=remount-ro
+35 22 0:30 / /var/lib/lxcfs rw,nosuid,nodev,relatime shared:17 - fuse.lxcfs lxcfs rw,user_id=0,group_id=0,allow_other
+44 22 0:40 / /etc/pve rw,nosuid,nodev,relatime shared:24 - fuse /dev/fuse rw,user_id=0,group_id=0,default_permissions,allow_other
+50 22 0:45 / /mnt/my\\040share rw,relatime shared:30 - fuse.sshfs me@nas:/x rw,user_id=1000,group_id=1000
+";
+
+    #[test]
+    fn finds_pmxcfs_in_mountinfo() {
+        let m = mount_at_in(NODE, "/etc/pve").unwrap();
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("fuse", "/dev/fuse")
+        );
+        assert!(m.is_pmxcfs());
+        assert!(mount_at_in(NODE, "/etc").is_none());
+        assert!(mount_at_in(NODE, "/etc/pve/nodes").is_none());
+        assert!(!mount_at_in(NODE, "/var/lib/lxcfs").unwrap().is_pmxcfs());
+        let s = mount_at_in(NODE, "/mnt/my share").unwrap();
+        assert_eq!(s.source, "me@nas:/x");
+        assert!(!s.is_pmxcfs());
+        // A FUSE daemon of another user at /etc/pve is not pmxcfs, nor is one on top of it
+        // that hides it (the last line for a mount point is the one in effect).
+        let user = NODE.replace(
+            "rw,user_id=0,group_id=0,default_permissions",
+            "rw,user_id=1000,group_id=1000,default_permissions",
+        );
+        assert!(!mount_at_in(&user, "/etc/pve").unwrap().is_pmxcfs());
+        let over = format!("{NODE}60 44 0:50 / /etc/pve rw - tmpfs tmpfs rw\n");
+        assert_eq!(mount_at_in(&over, "/etc/pve").unwrap().fstype, "tmpfs");
+        assert!(mount_at_in("garbage\n\n1 2 3\n", "/etc/pve").is_none());
+    }
 }

@@ -18,6 +18,12 @@ pub const MAPPING_PCI: &str = "etc/pve/mapping/pci.cfg";
 pub const DEFAULT_CONFIG: &str = "etc/pt-hook/pt-hook.toml";
 pub const QUIRKS_DIR: &str = "etc/pt-hook/quirks.d";
 pub const HOOKS_DIR: &str = "etc/pt-hook/hooks.d";
+/// Where pmxcfs is mounted on a Proxmox node.
+pub const PVE_DIR: &str = "etc/pve";
+/// The cluster-wide config: pt-hook.toml and quirks.d/ in pmxcfs.
+pub const CLUSTER_DIR: &str = "etc/pve/pt-hook";
+/// The copy of the cluster-wide config last read (used when /etc/pve cannot be read).
+pub const CLUSTER_CACHE: &str = "var/lib/pt-hook/cluster-config.json";
 /// What each VM's PCI addresses held at its last good start (survives reboots: not /run).
 pub const IDENTITY_DIR: &str = "var/lib/pt-hook/identity";
 /// The reset memory and device health (`engine::health`; survives reboots: not /run).

@@ -102,6 +102,17 @@ impl Host for RealHost {
         kio::read_text(&self.path(rel), timeout)
     }
 
+    /// In a child process (`tree`): a hung pmxcfs cannot keep pt-hook waiting or alive.
+    fn snapshot(
+        &self,
+        rel: &str,
+        depth: u32,
+        max_file: usize,
+        timeout: Duration,
+    ) -> io::Result<Vec<super::TreeEntry>> {
+        super::tree::snapshot(&self.root, rel, depth, max_file, kio::cap(timeout))
+    }
+
     fn link_name(&self, rel: &str) -> io::Result<String> {
         let t = fs::read_link(self.path(rel))?;
         t.file_name()

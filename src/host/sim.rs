@@ -1814,6 +1814,8 @@ pub struct SimHost {
     cv: Condvar,
     real: RealHost,
     root: PathBuf,
+    /// The node name (`set_node_name`; default: as a real host finds it).
+    node: Mutex<Option<String>>,
 }
 
 impl Default for SimHost {
@@ -1871,7 +1873,13 @@ impl SimHost {
             cv: Condvar::new(),
             real: RealHost::new(root.clone()),
             root,
+            node: Mutex::new(None),
         }
+    }
+
+    /// This simulated host's node name (several sharing one /etc/pve: a cluster).
+    pub fn set_node_name(&self, name: &str) {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.to_string());
     }
 
     /// The QEMU q35 test bed: root ports 00:1c.0-4, std VGA + ich9 HDA (group 1), two nvme,
@@ -3289,6 +3297,24 @@ impl Host for SimHost {
 
     fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)> {
         self.real.stat_owner_mode(rel)
+    }
+
+    /// Through the simulated accessors, so read faults apply (the simulated kernel has no
+    /// hanging filesystem; `RealHost`'s bounded walk has its own tests).
+    fn snapshot(
+        &self,
+        rel: &str,
+        depth: u32,
+        max_file: usize,
+        timeout: Duration,
+    ) -> io::Result<Vec<super::TreeEntry>> {
+        let _ = timeout;
+        Ok(super::snapshot_direct(self, rel, depth, max_file))
+    }
+
+    fn node_name(&self) -> String {
+        let n = self.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        n.unwrap_or_else(super::node_name)
     }
 
     fn run(&self, prog: &str, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {

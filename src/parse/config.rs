@@ -1,5 +1,15 @@
-//! /etc/pt-hook/pt-hook.toml: deadlines and per-VM options. Optional; refused when others can
-//! write it.
+//! pt-hook.toml: deadlines and per-VM options. Optional; refused when others can write it.
+//!
+//! The config is built from layers, each overriding the one before it key by key:
+//! built-in defaults < the cluster file `/etc/pve/pt-hook/pt-hook.toml` < its `[node.THIS]`
+//! section < the local file `/etc/pt-hook/pt-hook.toml` < its `[node.THIS]` section (THIS:
+//! `Host::node_name`). Tables merge per key (`[timeouts]` per deadline, `[vm.N]` per option);
+//! any other value, a list such as `units` included, is replaced whole. Quirk profiles go by
+//! name, later ones replacing earlier ones: built-in < cluster `quirks.d/*.toml` (name order)
+//! < cluster `[[quirk]]` < cluster `[node.THIS]` `[[quirk]]` < local `quirks.d` < local
+//! `[[quirk]]` < local `[node.THIS]` `[[quirk]]`. `--config FILE` replaces both files by
+//! FILE (its `[node.THIS]` applies; the local quirks.d stays, as before). How the cluster
+//! part is read, trusted and cached: `parse::cluster`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,7 +19,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::host::Host;
 
-pub const MAX_FILE_BYTES: usize = 1 << 20;
+pub use crate::parse::trust::{check_trusted, read_bounded, read_trusted, MAX_FILE_BYTES};
 
 /// Deadlines for every step that can hang. Values are humantime strings ("5s", "250ms").
 #[derive(Debug, Clone)]
@@ -108,84 +118,78 @@ struct RawConfig {
     quirk: Vec<toml::Value>,
     /// node_exporter textfile (`metrics_path`).
     metrics_file: Option<String>,
+    /// `[node.NAME]`: the same keys, for one node only (never nested).
+    #[serde(default)]
+    node: BTreeMap<String, RawConfig>,
+}
+
+/// Where quirk profiles come from, lowest precedence first (parsed by the quirk layer).
+#[derive(Debug, Clone)]
+pub enum QuirkSource {
+    /// A quirks.d file: its name (for messages) and text.
+    File { name: String, text: String },
+    /// The `[[quirk]]` tables of a pt-hook.toml or of its `[node.NAME]` section.
+    Tables {
+        name: String,
+        tables: Vec<toml::Value>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub timeouts: Timeouts,
     pub vm: BTreeMap<u32, VmOptions>,
-    /// `[[quirk]]` tables, parsed by the quirk layer.
-    pub quirks: Vec<toml::Value>,
+    /// Quirk profiles from files, in precedence order.
+    pub quirks: Vec<QuirkSource>,
     pub source: Option<String>,
     /// Where every phase writes its metrics (node_exporter's textfile collector), relative to
     /// the host root; None: not written.
     pub metrics_file: Option<String>,
+    /// Which files it was built from, and how the cluster part went.
+    pub origin: Origin,
+}
+
+/// Which kind of file a config layer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// /etc/pve/pt-hook/, read now.
+    Cluster,
+    /// The copy of /etc/pve/pt-hook/ last read, from /var/lib/pt-hook.
+    Cached,
+    /// /etc/pt-hook/.
+    Local,
+    /// `--config FILE`.
+    Explicit,
+}
+
+/// One file a config was built from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsedFile {
+    pub path: String,
+    pub kind: FileKind,
+}
+
+/// Where a config came from: every file used (lowest precedence first), the node whose
+/// `[node.NAME]` sections applied, what happened to the cluster part, and the warnings to
+/// show (a cluster config that could not be read).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub files: Vec<UsedFile>,
+    pub node: String,
+    pub cluster: crate::parse::cluster::ClusterState,
+    pub warnings: Vec<String>,
+    /// What the cluster cache needs after this load (`cluster::update_cache`).
+    pub cache: crate::parse::cluster::CacheAction,
+    /// Set only by doctor, which goes on with the defaults when the config cannot be loaded
+    /// and reports why.
+    pub load_error: Option<String>,
 }
 
 impl Config {
     pub fn vm(&self, vmid: u32) -> VmOptions {
         self.vm.get(&vmid).cloned().unwrap_or_default()
     }
-}
-
-/// Refuses a file that someone other than root (or the current user) owns, or that group or
-/// others can write: pt-hook runs as root and acts on what it reads.
-pub fn check_trusted(host: &dyn Host, rel: &str) -> Result<()> {
-    trusted_entry(host, rel, false)?;
-    // Every directory above it too: whoever can write one of them can swap the file. A
-    // sticky directory (/tmp) is fine: others cannot rename or delete root's entries in it.
-    let mut dir = std::path::Path::new(rel).parent();
-    while let Some(d) = dir {
-        trusted_entry(host, d.to_str().unwrap_or(""), true)?;
-        dir = d.parent();
-    }
-    Ok(())
-}
-
-fn trusted_entry(host: &dyn Host, rel: &str, is_dir: bool) -> Result<()> {
-    let (uid, mode) = host
-        .stat_owner_mode(rel)
-        .map_err(|e| Error::host("config", "stat", host.display(rel), e))?;
-    let what = if is_dir { "directory " } else { "" };
-    let me = host.euid();
-    if uid != 0 && uid != me {
-        return Err(Error::Config(format!(
-            "{what}{}: refusing: owned by uid {uid}, not root",
-            host.display(rel)
-        )));
-    }
-    let sticky_dir = is_dir && mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky_dir {
-        return Err(Error::Config(format!(
-            "{what}{}: refusing: writable by {} (mode {:o}); run chmod go-w on it",
-            host.display(rel),
-            if mode & 0o002 != 0 { "others" } else { "group" },
-            mode & 0o7777
-        )));
-    }
-    Ok(())
-}
-
-/// Reads a trusted text file of bounded size.
-pub fn read_trusted(host: &dyn Host, rel: &str) -> Result<String> {
-    check_trusted(host, rel)?;
-    read_bounded(host, rel)
-}
-
-/// Reads a text file of at most `MAX_FILE_BYTES`, refusing larger ones.
-pub fn read_bounded(host: &dyn Host, rel: &str) -> Result<String> {
-    let bytes = host
-        .read_bytes(rel, MAX_FILE_BYTES + 1)
-        .map_err(|e| Error::host("config", "reading", host.display(rel), e))?;
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(Error::Config(format!(
-            "{}: refusing: larger than {} bytes",
-            host.display(rel),
-            MAX_FILE_BYTES
-        )));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| Error::Config(format!("{}: not valid UTF-8", host.display(rel))))
 }
 
 fn dur(file: &str, key: &str, v: &Option<String>, default: Duration) -> Result<Duration> {
@@ -202,14 +206,158 @@ pub fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
         .unwrap_or(0)
 }
 
+/// Parses one file on its own (no `[node.NAME]` section applied; every one checked).
+#[cfg(test)]
 pub fn parse(text: &str, file: &str) -> Result<Config> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+    layered(
+        vec![Part::Toml {
+            name: file.to_string(),
+            text: text.to_string(),
+            kind: FileKind::Explicit,
+        }],
+        "",
+    )
+}
+
+/// A Proxmox node name as `[node.NAME]` may give it: a host name's first label.
+fn node_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+/// Checks one file completely (syntax with line numbers, keys, values, every node section).
+fn check_file(text: &str, file: &str) -> Result<()> {
+    let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
         Error::Config(format!(
             "{file}:{}: {}",
             line_of(text, e.span()),
             e.message()
         ))
     })?;
+    for (name, n) in std::mem::take(&mut raw.node) {
+        if !node_name_ok(&name) {
+            return Err(Error::Config(format!(
+                "{file}: [node.{name}]: not a node name (letters, digits and -, as `hostname -s` prints it)"
+            )));
+        }
+        if !n.node.is_empty() {
+            return Err(Error::Config(format!(
+                "{file}: [node.{name}]: node sections cannot hold node sections"
+            )));
+        }
+        build(n, &format!("{file} [node.{name}]"))?;
+    }
+    build(raw, file).map(|_| ())
+}
+
+/// One input of `layered`, lowest precedence first.
+enum Part {
+    /// A pt-hook.toml.
+    Toml {
+        name: String,
+        text: String,
+        kind: FileKind,
+    },
+    /// A quirks.d file.
+    Quirks {
+        name: String,
+        text: String,
+        kind: FileKind,
+    },
+}
+
+/// `from` over `into`: tables merge per key, anything else replaces.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn take_quirks(t: &mut toml::Table) -> Vec<toml::Value> {
+    match t.remove("quirk") {
+        Some(toml::Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// The config of `parts` in order, with the `[node.NODE]` sections of `node` applied ("":
+/// none).
+fn layered(parts: Vec<Part>, node: &str) -> Result<Config> {
+    let mut acc = toml::Table::new();
+    let mut quirks = Vec::new();
+    let mut files = Vec::new();
+    let mut last = None;
+    for part in parts {
+        match part {
+            Part::Quirks { name, text, kind } => {
+                files.push(UsedFile {
+                    path: name.clone(),
+                    kind,
+                });
+                quirks.push(QuirkSource::File { name, text });
+            }
+            Part::Toml { name, text, kind } => {
+                check_file(&text, &name)?;
+                let mut t: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| Error::Config(format!("{name}: {e}")))?;
+                let this = match t.remove("node") {
+                    Some(toml::Value::Table(mut nodes)) if !node.is_empty() => {
+                        match nodes.remove(node) {
+                            Some(toml::Value::Table(n)) => Some(n),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let q = take_quirks(&mut t);
+                if !q.is_empty() {
+                    quirks.push(QuirkSource::Tables {
+                        name: name.clone(),
+                        tables: q,
+                    });
+                }
+                merge(&mut acc, t);
+                if let Some(mut n) = this {
+                    let q = take_quirks(&mut n);
+                    if !q.is_empty() {
+                        quirks.push(QuirkSource::Tables {
+                            name: format!("{name} [node.{node}]"),
+                            tables: q,
+                        });
+                    }
+                    merge(&mut acc, n);
+                }
+                files.push(UsedFile {
+                    path: name.clone(),
+                    kind,
+                });
+                last = Some(name);
+            }
+        }
+    }
+    let what = last.clone().unwrap_or_else(|| "built-in defaults".into());
+    let raw: RawConfig = toml::Value::Table(acc)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Config(format!("{what}: {}", e.message())))?;
+    let mut cfg = build(raw, &what)?;
+    cfg.quirks = quirks;
+    cfg.source = last;
+    cfg.origin.files = files;
+    cfg.origin.node = node.to_string();
+    Ok(cfg)
+}
+
+/// The checked values of one parsed table.
+fn build(raw: RawConfig, file: &str) -> Result<Config> {
     let d = Timeouts::default();
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -241,12 +389,13 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         }
         vm.insert(id, v);
     }
+    let _ = raw.quirk;
     Ok(Config {
         timeouts,
         vm,
-        quirks: raw.quirk,
         source: Some(file.to_string()),
         metrics_file: metrics_path(file, raw.metrics_file.as_deref())?,
+        ..Config::default()
     })
 }
 
@@ -291,23 +440,83 @@ fn metrics_path(file: &str, v: Option<&str>) -> Result<Option<String>> {
     Ok(Some(rel.to_string()))
 }
 
-/// Loads the config: `explicit` must exist; the default path is optional.
-pub fn load(host: &dyn Host, explicit: Option<&str>) -> Result<Config> {
-    let (rel, required) = match explicit {
-        Some(p) => (p.trim_start_matches('/').to_string(), true),
-        None => (crate::host::paths::DEFAULT_CONFIG.to_string(), false),
-    };
-    if !host.exists(&rel) {
-        if required {
-            return Err(Error::Config(format!(
-                "{}: config file not found",
-                host.display(&rel)
-            )));
+
+/// The trusted quirks.d files of `dir`, in name order.
+fn quirk_files(host: &dyn Host, dir: &str, kind: FileKind) -> Result<Vec<Part>> {
+    let mut v = Vec::new();
+    for f in host.list(dir).unwrap_or_default() {
+        if !f.ends_with(".toml") {
+            continue;
         }
-        return Ok(Config::default());
+        let rel = format!("{dir}/{f}");
+        v.push(Part::Quirks {
+            name: host.display(&rel),
+            text: read_trusted(host, &rel)?,
+            kind,
+        });
     }
-    let text = read_trusted(host, &rel)?;
-    parse(&text, &host.display(&rel))
+    Ok(v)
+}
+
+/// Loads the config: the cluster layer (`parse::cluster`, unless `explicit`), then the local
+/// one; `explicit` must exist, the default files are optional.
+pub fn load(host: &dyn Host, explicit: Option<&str>) -> Result<Config> {
+    let node = host.node_name();
+    let mut parts = Vec::new();
+    let mut cluster = None;
+    if explicit.is_none() {
+        let c = crate::parse::cluster::read(host)?;
+        let kind = match c.state {
+            crate::parse::cluster::ClusterState::Cached { .. } => FileKind::Cached,
+            _ => FileKind::Cluster,
+        };
+        for (name, text) in &c.quirks {
+            parts.push(Part::Quirks {
+                name: name.clone(),
+                text: text.clone(),
+                kind,
+            });
+        }
+        if let Some((name, text)) = &c.config {
+            parts.push(Part::Toml {
+                name: name.clone(),
+                text: text.clone(),
+                kind,
+            });
+        }
+        cluster = Some(c);
+    }
+    parts.extend(quirk_files(
+        host,
+        crate::host::paths::QUIRKS_DIR,
+        FileKind::Local,
+    )?);
+    let (rel, kind) = match explicit {
+        Some(p) => (p.trim_start_matches('/').to_string(), FileKind::Explicit),
+        None => (
+            crate::host::paths::DEFAULT_CONFIG.to_string(),
+            FileKind::Local,
+        ),
+    };
+    if host.exists(&rel) {
+        parts.push(Part::Toml {
+            name: host.display(&rel),
+            text: read_trusted(host, &rel)?,
+            kind,
+        });
+    } else if kind == FileKind::Explicit {
+        return Err(Error::Config(format!(
+            "{}: config file not found",
+            host.display(&rel)
+        )));
+    }
+    let mut cfg = layered(parts, &node)?;
+    if let Some(c) = cluster {
+        cfg.origin.cluster = c.state;
+        cfg.origin.warnings = c.warnings;
+        cfg.origin.cache = c.cache;
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]

@@ -170,12 +170,20 @@ const ENVIRONMENT: &[(&str, &str)] = &[
 
 const FILES: &[(&str, &str)] = &[
     (
+        "/etc/pve/pt-hook/pt-hook.toml, /etc/pve/pt-hook/quirks.d/*.toml",
+        "Cluster-wide configuration and quirk profiles in pmxcfs, optional; the local files override them key by key.",
+    ),
+    (
         "/etc/pt-hook/pt-hook.toml",
-        "Configuration, optional; see pt-hook.toml(5).",
+        "Configuration of this node, optional; see pt-hook.toml(5).",
     ),
     (
         "/etc/pt-hook/quirks.d/*.toml",
         "More quirk profiles ([[quirk]] tables).",
+    ),
+    (
+        "/var/lib/pt-hook/cluster-config.json",
+        "The cluster-wide configuration as last read, used when /etc/pve cannot be read.",
     ),
     (
         "/etc/pt-hook/hooks.d/PHASE/",
@@ -237,7 +245,7 @@ fn man_page(cmd: clap::Command, title: &str, extra: &str) -> Vec<u8> {
 fn config_man_page() -> Vec<u8> {
     let text = std::fs::read_to_string(repo().join("contrib/pt-hook.toml")).unwrap();
     let mut out = format!(
-        ".TH pt\\-hook.toml 5 \"\" \"pt-hook {}\" pt\\-hook\n.SH NAME\npt\\-hook.toml \\- configuration of pt\\-hook, the PCI passthrough hookscript\n.SH SYNOPSIS\n/etc/pt\\-hook/pt\\-hook.toml, /etc/pt\\-hook/quirks.d/*.toml\n.SH DESCRIPTION\n",
+        ".TH pt\\-hook.toml 5 \"\" \"pt-hook {}\" pt\\-hook\n.SH NAME\npt\\-hook.toml \\- configuration of pt\\-hook, the PCI passthrough hookscript\n.SH SYNOPSIS\n/etc/pve/pt\\-hook/pt\\-hook.toml, /etc/pve/pt\\-hook/quirks.d/*.toml, /etc/pt\\-hook/pt\\-hook.toml, /etc/pt\\-hook/quirks.d/*.toml\n.SH DESCRIPTION\n",
         env!("CARGO_PKG_VERSION")
     );
     let mut pending: Vec<String> = Vec::new();

@@ -1,6 +1,7 @@
 //! Cross-module tests against the simulated kernel, and their support code.
 
 mod behaviour_tests;
+mod cluster_tests;
 mod contrib_tests;
 mod fault_tests;
 mod fuzz_tests;

@@ -142,6 +142,8 @@ rc_is() { [ "$RC" = "$1" ] || { WHY="exit $RC, output: $(echo "$OUT" | head -c 3
 rc_nonzero() { [ "$RC" != 0 ] || { WHY="exit 0, output: $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
 out_has() { echo "$OUT" | grep -qi -- "$1" || { WHY="output lacks '$1': $(echo "$OUT" | head -c 300 | tr '\n' ' ')"; return 1; }; }
 ok_and_has() { rc_is 0 && out_has "$1"; }
+not_mounted_pve() { ! grep -q " /etc/pve " /proc/self/mountinfo || { WHY="/etc/pve still mounted"; return 1; }; }
+not_out_has() { ! echo "$OUT" | grep -qi -- "$1" || { WHY="output has '$1'"; return 1; }; }
 
 # ------------------------------------------------ holders (facts, guard)
 HOLD=/usr/sbin/vfio-hold
@@ -914,6 +916,64 @@ EOF
         echo "FAIL quirks.round-trip-setup (could not put $NVME1 on vfio-pci: $(drv $NVME1))"
     fi
     rm -rf /etc/pt-hook/quirks.d
+    restore_bed
+fi
+
+# ============================================================== cluster
+# The cluster-wide config on a real kernel: /etc/pve/pt-hook as a plain directory first (a
+# [node.pve1] section applies; a hook phase caches the good read), then /etc/pve as a mount
+# that is not pmxcfs (a tmpfs): a pt-hook/ there is refused, and when its read blocks (a FIFO
+# where pt-hook.toml was: the open waits for a writer, as a read waits for a hung pmxcfs)
+# the bounded walk gives up after 2 s and the hook goes on with the cached copy.
+if section cluster; then
+    mkdir -p /etc/pve/pt-hook
+    cat >/etc/pve/pt-hook/pt-hook.toml <<'EOF'
+[[node.pve1.quirk]]
+name = "cluster-nvme"
+description = "test bed: a profile from the cluster file, for this node only"
+vendor = "1b36"
+devices = ["0010"]
+[[node.pve9.quirk]]
+name = "other-node-nvme"
+vendor = "1b36"
+devices = ["0010"]
+EOF
+    chmod 640 /etc/pve/pt-hook/pt-hook.toml
+    hook quirks $NVME1
+    check cluster.node-section-applies ok_and_has cluster-nvme
+    check cluster.other-node-ignored not_out_has other-node-nvme
+    hook 100 pre-start
+    check cluster.pre-start-exit-0 rc_is 0
+    check cluster.cache-written exists /var/lib/pt-hook/cluster-config.json
+    hook 100 post-stop
+    check cluster.post-stop-exit-0 rc_is 0
+    # /etc/pve as another filesystem (not pmxcfs), the VM configs copied along.
+    rm -rf /tmp/pve-copy && cp -a /etc/pve /tmp/pve-copy
+    mount -t tmpfs -o mode=0755 tmpfs /etc/pve
+    cp -a /tmp/pve-copy/. /etc/pve/
+    hook 100 pre-start
+    check cluster.other-mount-refused-exit-2 rc_is 2
+    check cluster.other-mount-refused-says-why out_has "not pmxcfs"
+    rm /etc/pve/pt-hook/pt-hook.toml
+    mkfifo /etc/pve/pt-hook/pt-hook.toml
+    hook quirks $NVME1
+    check cluster.blocked-read-uses-cache ok_and_has cluster-nvme
+    check cluster.blocked-read-warns out_has "did not finish within 2s"
+    info "cluster: quirks with /etc/pve blocked took $HOOK_SECS s"
+    hook 100 pre-start
+    check cluster.blocked-pre-start-exit-0 rc_is 0
+    check cluster.blocked-pre-start-vfio drv_now_is $NVME1 vfio-pci
+    check cluster.blocked-pre-start-warns out_has "using the copy read at"
+    hook 100 post-stop
+    check cluster.blocked-post-stop-exit-0 rc_is 0
+    check cluster.blocked-all-original all_original
+    # Release the walkers still waiting in open(2) on the FIFO, then put /etc/pve back.
+    exec 3<>/etc/pve/pt-hook/pt-hook.toml
+    exec 3>&-
+    _i=0
+    while ! umount /etc/pve 2>/dev/null && [ $_i -lt 50 ]; do sleep 0.1; _i=$((_i + 1)); done
+    check cluster.pve-unmounted not_mounted_pve
+    rm -rf /etc/pve/pt-hook /tmp/pve-copy /var/lib/pt-hook/cluster-config.json
     restore_bed
 fi
 

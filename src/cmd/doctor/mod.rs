@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::engine::quirks::{self, Profile};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
-use crate::parse::config::{read_bounded, Config};
+use crate::parse::config::{read_bounded, Config, FileKind};
 use crate::parse::pve::config::{parse_vm_config, VmConfig};
 use crate::parse::pve::hostpci::HostSource;
 use crate::pci::{Bdf, PciId};
@@ -58,7 +58,20 @@ pub struct Check {
 pub struct Report {
     /// The VMs that were checked (besides the host).
     pub vms: Vec<u32>,
+    /// Where the config came from (`config.*` checks say the same in words).
+    pub config: ConfigReport,
     pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    /// Every file used, lowest precedence first, with its kind (cluster, cached, local,
+    /// explicit).
+    pub files: Vec<crate::parse::config::UsedFile>,
+    /// The node whose `[node.NAME]` sections applied.
+    pub node: String,
+    /// none, live, cached or unavailable.
+    pub cluster: &'static str,
 }
 
 impl Report {
@@ -231,7 +244,115 @@ struct Doctor<'a> {
     planner: &'a dyn Fn(u32) -> Result<crate::engine::lifecycle::VmPlan>,
 }
 
+fn config_check(id: &'static str, status: Status, message: String, fix: Option<String>) -> Check {
+    Check {
+        id,
+        status,
+        message,
+        fix,
+        device: None,
+        vm: None,
+    }
+}
+
 impl<'a> Doctor<'a> {
+    /// Which files the config came from (the same load as every other command's) and what
+    /// went wrong with the cluster part.
+    fn check_config(&mut self, cfg: &Config) {
+        use crate::parse::cluster::{fmt_time, ClusterState};
+        let o = &cfg.origin;
+        if let Some(e) = &o.load_error {
+            self.add(
+                "config.files",
+                Status::Fail,
+                e.clone(),
+                Some("fix the file named; until then every pt-hook command but doctor refuses to run (exit 2), so VMs with passthrough do not start".into()),
+            );
+            return;
+        }
+        let files: Vec<String> = o
+            .files
+            .iter()
+            .map(|f| {
+                let kind = match f.kind {
+                    FileKind::Cluster => "cluster",
+                    FileKind::Cached => "cluster, cached copy",
+                    FileKind::Local => "local",
+                    FileKind::Explicit => "--config",
+                };
+                format!("{} ({kind})", f.path)
+            })
+            .collect();
+        let msg = if files.is_empty() {
+            "no config files: built-in defaults".to_string()
+        } else {
+            format!(
+                "config from {}{}",
+                files.join(", "),
+                if o.node.is_empty() {
+                    String::new()
+                } else {
+                    format!("; [node.{}] sections apply to this node", o.node)
+                }
+            )
+        };
+        self.add("config.files", Status::Pass, msg, None);
+        let hint = "check `systemctl status pve-cluster` and `pvecm status`; pt-hook goes on with the copy (or the local config) meanwhile".to_string();
+        match &o.cluster {
+            ClusterState::None => self.add(
+                "config.cluster",
+                Status::Pass,
+                format!(
+                    "no cluster-wide config ({} does not exist)",
+                    self.host.display(paths::CLUSTER_DIR)
+                ),
+                None,
+            ),
+            ClusterState::Live { pmxcfs: true } => self.add(
+                "config.cluster",
+                Status::Pass,
+                format!(
+                    "cluster-wide config read from pmxcfs ({})",
+                    self.host.display(paths::CLUSTER_DIR)
+                ),
+                None,
+            ),
+            ClusterState::Live { pmxcfs: false } => self.add(
+                "config.cluster",
+                Status::Pass,
+                format!(
+                    "{} read as plain files: {} is not a pmxcfs mount",
+                    self.host.display(paths::CLUSTER_DIR),
+                    self.host.display(paths::PVE_DIR)
+                ),
+                None,
+            ),
+            ClusterState::Cached { why, saved } => self.add(
+                "config.cluster",
+                Status::Warn,
+                format!(
+                    "cluster-wide config: {why}; using the copy read at {}",
+                    fmt_time(*saved)
+                ),
+                Some(hint),
+            ),
+            ClusterState::Unavailable { why } => self.add(
+                "config.cluster",
+                Status::Warn,
+                format!(
+                    "cluster-wide config: {why}; no cached copy, only the local config is used"
+                ),
+                Some(hint),
+            ),
+        }
+        // Warnings of the load besides the cluster state's own (a damaged cache).
+        for w in &o.warnings {
+            if !w.starts_with("cluster config: ") {
+                self.add("config.cache", Status::Warn, w.clone(), None);
+            }
+        }
+    }
+
     fn add(&mut self, id: &'static str, status: Status, message: String, fix: Option<String>) {
         self.checks.push(Check {
             id,
@@ -334,9 +455,22 @@ pub fn run(
             )));
         }
     }
+    let mut checks = Vec::new();
+    let profiles = match quirks::load_all(host, cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            checks.push(config_check(
+                "config.quirks",
+                Status::Fail,
+                e.to_string(),
+                Some("fix the file and line named; until then pre-start refuses to start VMs with passthrough (exit 2)".into()),
+            ));
+            quirks::builtin()
+        }
+    };
     let mut d = Doctor {
         host,
-        checks: Vec::new(),
+        checks,
         cmdline: read_trim(host, "proc/cmdline")
             .unwrap_or_default()
             .split_whitespace()
@@ -345,7 +479,7 @@ pub fn run(
         boot: Loader::detect(host),
         names: pciids::load(host, &want),
         devices,
-        profiles: quirks::load_all(host, cfg)?,
+        profiles,
         modprobe: config_lines(host, &[], "etc/modprobe.d"),
         modules_load: config_lines(host, &["etc/modules"], "etc/modules-load.d"),
         vms,
@@ -353,6 +487,7 @@ pub fn run(
         iommu_units: host.list("sys/class/iommu").unwrap_or_default(),
         planner,
     };
+    d.check_config(cfg);
     d.check_iommu();
     d.check_interrupt_remapping();
     d.check_boot();
@@ -376,6 +511,11 @@ pub fn run(
     }
     Ok(Report {
         vms: checked,
+        config: ConfigReport {
+            files: cfg.origin.files.clone(),
+            node: cfg.origin.node.clone(),
+            cluster: cfg.origin.cluster.name(),
+        },
         checks: d.checks,
     })
 }
