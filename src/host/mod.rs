@@ -114,6 +114,14 @@ pub trait Host: Send + Sync + 'static {
         let _ = (rel, args, env, timeout);
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
+    /// Runs pt-hook itself again (`pt-hook --root ROOT ARGS`) as a child with stdin on
+    /// /dev/null and its output captured, waits at most `timeout`, then kills it and gives
+    /// ETIMEDOUT (without waiting for it to die). ENOSYS where that is not possible (the
+    /// simulated kernel): the caller does the work itself.
+    fn run_self(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
+        let _ = (args, timeout);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
     /// Creates a symlink `rel` → `target` (the target is stored as given); EEXIST when
     /// anything is at `rel`.
     fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {

@@ -224,6 +224,53 @@ impl Host for RealHost {
         }
     }
 
+    fn run_self(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut out = child.stdout.take();
+        let mut err = child.stderr.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The pipes are read on a thread that is never joined on timeout: a child stuck in
+        // the kernel keeps them open, and this process must not wait for that.
+        std::thread::Builder::new()
+            .name("self-output".into())
+            .spawn(move || {
+                let mut o = String::new();
+                let mut e = String::new();
+                if let Some(s) = out.as_mut() {
+                    let _ = s.take(64 << 10).read_to_string(&mut o);
+                }
+                if let Some(s) = err.as_mut() {
+                    let _ = s.take(64 << 10).read_to_string(&mut e);
+                }
+                let _ = tx.send((o, e));
+            })?;
+        match poll_until(timeout, || child.try_wait().ok().flatten()) {
+            Some(st) => {
+                let (stdout, stderr) = rx
+                    .recv_timeout(Duration::from_millis(100))
+                    .unwrap_or_default();
+                Ok(CmdOutput {
+                    code: st.code(),
+                    stdout,
+                    stderr,
+                })
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.try_wait();
+                Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+            }
+        }
+    }
+
     fn run_file(
         &self,
         rel: &str,

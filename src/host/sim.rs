@@ -3266,6 +3266,14 @@ impl Host for SimHost {
     }
 
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        // Faults only where a test asks for them on the cluster file system.
+        if rel.starts_with("etc/pve/") {
+            match self.take_fault(OpClass::Write, rel) {
+                Some(Fault::Errno(e)) => return Err(err(e)),
+                Some(Fault::Hang) => return Err(self.hang_op(None)),
+                _ => {}
+            }
+        }
         self.real.write_atomic(rel, data)
     }
 
