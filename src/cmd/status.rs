@@ -59,7 +59,7 @@ pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .map(|x| x.message.as_str())
             .collect()
     };
-    let rows: Vec<_> = crate::engine::devices::rows(host, &profiles)
+    let rows: Vec<_> = crate::engine::devices::rows(host, &host.node_name(), &profiles)
         .into_iter()
         .map(|r| (r.dev, r.members, r.quirk, r.owner))
         .collect();

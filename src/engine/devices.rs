@@ -42,6 +42,7 @@ pub fn owner_label(key: &VmKey) -> String {
 #[allow(clippy::type_complexity)]
 fn owners_and_mappings(
     host: &dyn Host,
+    node: &str,
     all: &[Bdf],
 ) -> (
     BTreeMap<Bdf, (VmKey, OwnerSource)>,
@@ -55,14 +56,13 @@ fn owners_and_mappings(
             }
         }
     }
-    let node = host.node_name();
     let mappings = crate::parse::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
         .ok()
         .and_then(|t| crate::parse::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
         .unwrap_or_default();
     let mut named: BTreeMap<Bdf, Vec<String>> = BTreeMap::new();
     for pm in &mappings {
-        for e in pm.entries_for(&node) {
+        for e in pm.entries_for(node) {
             for a in &e.paths {
                 for b in all.iter().filter(|b| a.matches(b)) {
                     let v = named.entry(*b).or_default();
@@ -90,7 +90,7 @@ fn owners_and_mappings(
                 HostSource::Mapping(name) => mappings
                     .iter()
                     .filter(|pm| &pm.name == name)
-                    .flat_map(|pm| pm.entries_for(&node))
+                    .flat_map(|pm| pm.entries_for(node))
                     .flat_map(|e| e.paths.iter().copied())
                     .collect(),
             };
@@ -104,10 +104,11 @@ fn owners_and_mappings(
     (m, named)
 }
 
-/// Every PCI function on the host, in address order, with its facts.
-pub fn rows(host: &dyn Host, profiles: &[Profile]) -> Vec<DeviceRow> {
+/// Every PCI function on the host, in address order, with its facts; `node` is the name PCI
+/// mappings are matched against.
+pub fn rows(host: &dyn Host, node: &str, profiles: &[Profile]) -> Vec<DeviceRow> {
     let all = device::list_all(host);
-    let (mut owners, mut named) = owners_and_mappings(host, &all);
+    let (mut owners, mut named) = owners_and_mappings(host, node, &all);
     let mut out = Vec::new();
     for b in &all {
         let Some(d) = device::read_device(host, b) else {

@@ -143,6 +143,42 @@ pub fn device_health(host: &dyn Host, bdf: &Bdf) -> Option<Health> {
     None
 }
 
+/// Where the names of the ids seen so far are kept (tmpfs: gone at reboot).
+const NAMES_CACHE: &str = "run/pt-hook/names.json";
+/// At most this many ids in the cache (a node has a few dozen models at most).
+const NAMES_CACHE_MAX: usize = 4096;
+
+/// pci.ids names ("NVIDIA Corporation AD104 [GeForce RTX 4070]", None when pci.ids does not
+/// know it) of `want`. pci.ids is over a megabyte, and parsing it would be most of what a
+/// publish costs, so the names are kept in [`NAMES_CACHE`] and pci.ids is read only when an
+/// id is not there yet.
+fn cached_names(
+    host: &dyn Host,
+    want: &BTreeSet<(u16, u16)>,
+) -> BTreeMap<(u16, u16), Option<String>> {
+    let key = |(v, d): (u16, u16)| format!("{v:04x}:{d:04x}");
+    let mut cache: BTreeMap<String, Option<String>> = host
+        .read_bytes(NAMES_CACHE, 256 << 10)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if want.iter().any(|id| !cache.contains_key(&key(*id))) {
+        let names = crate::sysfs::pciids::load(host, want);
+        if cache.len() + want.len() > NAMES_CACHE_MAX {
+            cache.clear();
+        }
+        for id in want {
+            cache.insert(key(*id), names.describe(id.0, id.1));
+        }
+        if let Ok(b) = serde_json::to_vec(&cache) {
+            let _ = host.write_atomic(NAMES_CACHE, &b);
+        }
+    }
+    want.iter()
+        .map(|id| (*id, cache.get(&key(*id)).cloned().flatten()))
+        .collect()
+}
+
 /// Whether a device belongs in the inventory: someone names it (a VM, a mapping), it sits on
 /// vfio-pci, or it is a GPU; never a bridge.
 fn wanted(r: &DeviceRow) -> bool {
@@ -171,7 +207,7 @@ fn keep_rank(d: &InvDevice) -> u8 {
 
 /// The node's inventory now.
 pub fn build(host: &dyn Host, node: &str, phase: &str) -> Inventory {
-    let rows: Vec<DeviceRow> = devices::rows(host, &[])
+    let rows: Vec<DeviceRow> = devices::rows(host, node, &[])
         .into_iter()
         .filter(wanted)
         .collect();
@@ -179,8 +215,9 @@ pub fn build(host: &dyn Host, node: &str, phase: &str) -> Inventory {
         .into_iter()
         .map(|d| d.bdf)
         .collect();
-    let want = rows.iter().map(|r| (r.dev.vendor, r.dev.device)).collect();
-    let names = crate::sysfs::pciids::load(host, &want);
+    let want: BTreeSet<(u16, u16)> = rows.iter().map(|r| (r.dev.vendor, r.dev.device)).collect();
+    let names = cached_names(host, &want);
+    let classes = crate::sysfs::pciids::Names::default();
     let devices = rows
         .into_iter()
         .map(|r| {
@@ -212,8 +249,10 @@ pub fn build(host: &dyn Host, node: &str, phase: &str) -> Inventory {
                     .map(|(v, s)| format!("{v:04x}:{s:04x}")),
                 class: d.class_hex(),
                 name: names
-                    .describe(d.vendor, d.device)
-                    .or_else(|| Some(names.class(d.class))),
+                    .get(&(d.vendor, d.device))
+                    .cloned()
+                    .flatten()
+                    .or_else(|| Some(classes.class(d.class))),
                 driver: d.driver.clone(),
                 iommu_group: d.iommu_group,
                 owner,
@@ -319,7 +358,7 @@ pub fn publish(host: &dyn Host, node: &str, phase: &str) -> Result<Published, St
             "the inventory does not fit in {MAX_INVENTORY_BYTES} bytes: not published"
         ));
     };
-    host.write_atomic(&rel, &bytes).map_err(|e| {
+    host.replace_file(&rel, &bytes).map_err(|e| {
         if read_only_errno(&e) {
             format!(
                 "{} is read-only ({}; no quorum?): the device inventory was not updated, the last one stays",
@@ -357,6 +396,9 @@ pub fn publish(host: &dyn Host, node: &str, phase: &str) -> Result<Published, St
 /// After a phase: publish this node's inventory through a bounded child (see the module
 /// doc). Never fails; a problem is one warning.
 pub fn publish_after(ctx: &Ctx, phase: &str) {
+    if !ctx.cfg.cluster.publish {
+        return;
+    }
     // Without /etc/pve (a libvirt host, plain Debian) there is nothing to publish to. Listing
     // /etc reads only the local file system, never pmxcfs.
     let has_pve = ctx
@@ -591,5 +633,329 @@ impl Want {
                 words.split_whitespace().all(|w| name.contains(w))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::sim::{Fault, FaultPoint};
+    use crate::tests::test_support::T;
+
+    fn node_dir(t: &T) -> std::path::PathBuf {
+        let d = t.sim.root_dir().join("etc/pve/nodes/pve1");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn published(t: &T) -> Inventory {
+        let p = t.sim.root_dir().join("etc/pve/nodes/pve1/pt-hook.json");
+        serde_json::from_slice(&std::fs::read(p).expect("inventory written")).unwrap()
+    }
+
+    fn dev<'a>(inv: &'a Inventory, bdf: &str) -> Option<&'a InvDevice> {
+        inv.devices.iter().find(|d| d.bdf.to_string() == bdf)
+    }
+
+    #[test]
+    fn phases_publish_who_holds_what() {
+        let t = T::new();
+        node_dir(&t);
+        let ctx = t.ctx();
+        crate::engine::phase::pve(&ctx, 100, "pre-start").unwrap();
+        let inv = published(&t);
+        assert_eq!(inv.phase, "pre-start");
+        assert_eq!(inv.node, "pve1");
+        let nvme = dev(&inv, "0000:02:00.0").expect("named by VM 100");
+        assert_eq!(nvme.owner.as_deref(), Some("100"));
+        assert_eq!(nvme.owner_source.as_deref(), Some("state"));
+        assert!(nvme.held() && !nvme.free());
+        assert_eq!(nvme.driver.as_deref(), Some("vfio-pci"));
+        assert_eq!(nvme.id, "1b36:0010");
+        // The std VGA is a GPU: published though only VM 102's config names it.
+        let vga = dev(&inv, "0000:01:00.0").unwrap();
+        assert_eq!(vga.owner_source.as_deref(), Some("config"));
+        assert!(vga.boot_vga && !vga.held());
+        // Bridges never; the e1000e only because VM 103 names it.
+        assert!(dev(&inv, "0000:00:1c.0").is_none());
+        assert!(dev(&inv, "0000:05:00.0").is_some());
+        crate::engine::phase::pve(&ctx, 100, "post-stop").unwrap();
+        let inv = published(&t);
+        assert_eq!(inv.phase, "post-stop");
+        let nvme = dev(&inv, "0000:02:00.0").unwrap();
+        assert_eq!(nvme.owner_source.as_deref(), Some("config"));
+        assert!(nvme.free(), "{nvme:?}");
+        assert_eq!(nvme.driver.as_deref(), Some("nvme"));
+        // cleanup (the boot unit) publishes too.
+        std::fs::remove_file(t.sim.root_dir().join("etc/pve/nodes/pve1/pt-hook.json")).unwrap();
+        crate::engine::phase::cleanup(&ctx, None).unwrap();
+        assert_eq!(published(&t).phase, "cleanup");
+    }
+
+    #[test]
+    fn publishing_can_be_turned_off() {
+        let mut t = T::new();
+        let dir = node_dir(&t);
+        t.cfg.cluster.publish = false;
+        crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap();
+        crate::engine::phase::pve(&t.ctx(), 100, "post-stop").unwrap();
+        assert!(!dir.join("pt-hook.json").exists());
+        let cfg = crate::parse::config::parse("[cluster]\npublish = false\n", "t.toml").unwrap();
+        assert!(!cfg.cluster.publish);
+        assert!(crate::parse::config::parse("", "t.toml").unwrap().cluster.publish);
+        assert!(crate::parse::config::parse("[cluster]\npublsh = 1\n", "t.toml").is_err());
+    }
+
+    #[test]
+    fn names_come_from_the_cache_once_known() {
+        let t = T::new();
+        node_dir(&t);
+        let ids = t.sim.root_dir().join("usr/share/misc/pci.ids");
+        std::fs::create_dir_all(ids.parent().unwrap()).unwrap();
+        std::fs::write(&ids, "1b36  Red Hat, Inc.\n\t0010  QEMU NVM Express Controller\n").unwrap();
+        let name = |t: &T| {
+            dev(&build(t.sim.as_ref(), "pve1", "x"), "0000:02:00.0")
+                .unwrap()
+                .name
+                .clone()
+        };
+        assert_eq!(name(&t).as_deref(), Some("Red Hat, Inc. QEMU NVM Express Controller"));
+        // pci.ids is not read again for a known id.
+        std::fs::write(&ids, "1b36  Someone else\n\t0010  Other\n").unwrap();
+        assert_eq!(name(&t).as_deref(), Some("Red Hat, Inc. QEMU NVM Express Controller"));
+        // Without a name: the class.
+        std::fs::remove_file(t.sim.root_dir().join(NAMES_CACHE)).unwrap();
+        std::fs::remove_file(&ids).unwrap();
+        assert_eq!(name(&t).as_deref(), Some("Non-Volatile memory controller"));
+    }
+
+    #[test]
+    fn a_failed_start_is_published_too() {
+        let t = T::new();
+        node_dir(&t);
+        t.sim.inject(FaultPoint::write(
+            "sys/bus/pci/devices/0000:02:00.0/driver_override",
+            Fault::Errno(libc::EIO),
+        ));
+        assert!(crate::engine::phase::pve(&t.ctx(), 100, "pre-start").is_err());
+        let inv = published(&t);
+        let nvme = dev(&inv, "0000:02:00.0").unwrap();
+        assert!(!nvme.held(), "rolled back: {nvme:?}");
+    }
+
+    #[test]
+    fn read_only_pve_keeps_the_phase_and_the_last_file() {
+        let t = T::new();
+        let dir = node_dir(&t);
+        std::fs::write(dir.join("pt-hook.json"), "old\n").unwrap();
+        // pmxcfs without quorum answers EACCES.
+        t.sim.inject(FaultPoint::write(
+            "etc/pve/nodes/pve1/pt-hook.json",
+            Fault::Errno(libc::EACCES),
+        ));
+        crate::engine::phase::pve(&t.ctx(), 100, "pre-start").unwrap();
+        assert!(t.has_state(100));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pt-hook.json")).unwrap(),
+            "old\n"
+        );
+        let e = publish(t.sim.as_ref(), "pve1", "publish").unwrap_err();
+        assert!(e.contains("read-only") && e.contains("no quorum"), "{e}");
+        crate::engine::phase::pve(&t.ctx(), 100, "post-stop").unwrap();
+        assert!(!t.has_state(100));
+    }
+
+    #[test]
+    fn no_node_dir_no_file_and_no_error() {
+        let t = T::new();
+        std::fs::create_dir_all(t.sim.root_dir().join("etc/pve/nodes/pve2")).unwrap();
+        assert_eq!(
+            publish(t.sim.as_ref(), "pve1", "publish"),
+            Ok(Published::NoNodeDir)
+        );
+        assert!(!t.sim.root_dir().join("etc/pve/nodes/pve1").exists());
+        assert!(publish(t.sim.as_ref(), "../etc", "publish").is_err());
+        assert!(inventory_rel("a/b").is_none());
+    }
+
+    #[test]
+    fn leftover_temporary_files_of_dead_publishers_are_removed() {
+        let t = T::new();
+        let dir = node_dir(&t);
+        std::fs::write(dir.join("pt-hook.tmp.999999"), "half").unwrap();
+        std::fs::create_dir_all(t.sim.root_dir().join("proc/4242")).unwrap();
+        std::fs::write(dir.join("pt-hook.tmp.4242"), "in flight").unwrap();
+        publish(t.sim.as_ref(), "pve1", "publish").unwrap();
+        assert!(!dir.join("pt-hook.tmp.999999").exists());
+        assert!(dir.join("pt-hook.tmp.4242").exists(), "its publisher lives");
+    }
+
+    fn gpu(bdf: &str) -> InvDevice {
+        InvDevice {
+            bdf: Bdf::parse(bdf).unwrap(),
+            id: "10de:2786".into(),
+            subsystem: Some("1043:8870".into()),
+            class: "030000".into(),
+            name: Some("NVIDIA Corporation AD104 [GeForce RTX 4070]".into()),
+            driver: Some("nvidia".into()),
+            iommu_group: Some(12),
+            owner: None,
+            vm: None,
+            owner_source: None,
+            running: false,
+            mappings: vec![],
+            drift: false,
+            boot_vga: false,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn oversize_inventory_is_bounded() {
+        // 400 GPUs nobody names, one held by VM 100, one only in a stopped VM's config, one
+        // mapped, one on vfio-pci.
+        let mut devices: Vec<InvDevice> = (0..400u32)
+            .map(|i| gpu(&format!("0000:{:02x}:00.{}", 1 + i / 8, i % 8)))
+            .collect();
+        devices[399].owner = Some("100".into());
+        devices[399].owner_source = Some("state".into());
+        devices[399].running = true;
+        devices[398].owner = Some("101".into());
+        devices[398].owner_source = Some("config".into());
+        devices[397].mappings = vec!["big".into()];
+        devices[396].driver = Some("vfio-pci".into());
+        let inv = Inventory {
+            version: INVENTORY_VERSION,
+            node: "pve1".into(),
+            reported: 1,
+            phase: "publish".into(),
+            pt_hook: "0".into(),
+            devices,
+            dropped: 0,
+        };
+        assert!(serde_json::to_vec(&inv).unwrap().len() > MAX_INVENTORY_BYTES);
+        let (bytes, dropped) = encode_bounded(&inv, MAX_INVENTORY_BYTES).unwrap();
+        assert!(bytes.len() <= MAX_INVENTORY_BYTES, "{}", bytes.len());
+        assert!(dropped > 0);
+        let out: Inventory = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(out.dropped, dropped);
+        assert_eq!(out.devices.len() + dropped, 400);
+        // Tight: one device more would not fit.
+        let one = serde_json::to_vec(&gpu("0000:01:00.0")).unwrap().len() + 1;
+        assert!(
+            bytes.len() + one > MAX_INVENTORY_BYTES,
+            "{} + {one}",
+            bytes.len()
+        );
+        // The unnamed GPUs go first; held, assigned, mapped and vfio-pci ones stay.
+        for b in [
+            "0000:32:00.7",
+            "0000:32:00.6",
+            "0000:32:00.5",
+            "0000:32:00.4",
+        ] {
+            assert!(dev(&out, b).is_some(), "{b} kept");
+        }
+        assert!(out.devices.windows(2).all(|w| w[0].bdf < w[1].bdf));
+        // Under the bound nothing is dropped; nothing fits: None.
+        assert_eq!(
+            encode_bounded(&out, MAX_INVENTORY_BYTES).map(|x| x.1),
+            Some(0)
+        );
+        assert!(encode_bounded(&inv, 10).is_none());
+    }
+
+    #[test]
+    fn publish_writes_mapping_names_of_this_node() {
+        let t = T::new();
+        let dir = node_dir(&t);
+        std::fs::create_dir_all(t.sim.root_dir().join("etc/pve/mapping")).unwrap();
+        std::fs::write(
+            t.sim.root_dir().join("etc/pve/mapping/pci.cfg"),
+            "disk\n\tmap node=pve1,path=0000:03:00.0,id=1b36:0010\n\tmap node=pve2,path=0000:02:00.0,id=1b36:0010\n",
+        )
+        .unwrap();
+        let Published::Wrote { bytes, .. } = publish(t.sim.as_ref(), "pve1", "publish").unwrap()
+        else {
+            panic!("not written")
+        };
+        let inv = published(&t);
+        assert_eq!(
+            std::fs::read(dir.join("pt-hook.json")).unwrap().len(),
+            bytes
+        );
+        assert_eq!(dev(&inv, "0000:03:00.0").unwrap().mappings, ["disk"]);
+        assert!(dev(&inv, "0000:02:00.0").unwrap().mappings.is_empty());
+    }
+
+    #[test]
+    fn peer_files_are_checked() {
+        let t = T::new();
+        let base = t.sim.root_dir().join("etc/pve/nodes");
+        let put = |node: &str, text: &str| {
+            std::fs::create_dir_all(base.join(node)).unwrap();
+            std::fs::write(base.join(node).join(INVENTORY_FILE), text).unwrap();
+        };
+        let h = t.sim.as_ref();
+        put("a", "{");
+        assert!(read_inventory(h, "a").unwrap_err().contains("corrupt"));
+        put("b", "{\"version\":2,\"node\":\"b\"}");
+        assert!(read_inventory(h, "b").unwrap_err().contains("version 2"));
+        put("c", "{\"version\":1,\"node\":\"d\",\"reported\":1,\"phase\":\"x\",\"pt_hook\":\"1\",\"devices\":[]}");
+        assert!(read_inventory(h, "c")
+            .unwrap_err()
+            .contains("written for node"));
+        put("e", &" ".repeat(MAX_READ_BYTES + 1));
+        assert!(read_inventory(h, "e").unwrap_err().contains("larger than"));
+        put("f", "{\"version\":1,\"node\":\"f\",\"reported\":1,\"phase\":\"x\",\"pt_hook\":\"1\",\"devices\":[{\"bdf\":\"../../x\",\"id\":\"1:2\",\"class\":\"0\"}]}");
+        assert!(read_inventory(h, "f").unwrap_err().contains("corrupt"));
+        assert_eq!(read_inventory(h, "g"), Ok(None));
+    }
+
+    #[test]
+    fn what_free_matches() {
+        let d = InvDevice {
+            bdf: Bdf::parse("0000:01:00.0").unwrap(),
+            id: "10de:2684".into(),
+            subsystem: None,
+            class: "030000".into(),
+            name: Some("NVIDIA Corporation AD102 [GeForce RTX 4090]".into()),
+            driver: Some("vfio-pci".into()),
+            iommu_group: None,
+            owner: None,
+            vm: None,
+            owner_source: None,
+            running: false,
+            mappings: vec!["rtx4090".into()],
+            drift: false,
+            boot_vga: false,
+            health: None,
+        };
+        for (w, m) in [
+            ("10DE:2684", true),
+            ("10de:2786", false),
+            ("mapping=rtx4090", true),
+            ("mapping=other", false),
+            ("RTX 4090", true),
+            ("4090 geforce", true),
+            ("4080", false),
+        ] {
+            assert_eq!(Want::parse(w).unwrap().matches(&d), m, "{w}");
+        }
+        assert!(Want::parse("mapping=../x").is_err());
+        assert!(Want::parse(" ").is_err());
+        assert!(d.free());
+        let mut held = d.clone();
+        held.owner_source = Some("config".into());
+        held.running = true;
+        assert!(!held.free());
+        let mut sick = d;
+        sick.health = Some(Health {
+            needs_reboot: true,
+            failures: 3,
+            last_rung: None,
+            last_reset: None,
+        });
+        assert!(!sick.free());
     }
 }

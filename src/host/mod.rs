@@ -95,6 +95,13 @@ pub trait Host: Send + Sync + 'static {
     fn exists(&self, rel: &str) -> bool;
     /// Creates a regular file atomically (write temp + rename), creating parents, mode 0600.
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()>;
+    /// Replaces a file in an existing directory atomically (a temporary file
+    /// `NAME.tmp.PID` beside it, renamed over it), without fsync and without creating the
+    /// directory: for pmxcfs, which stores every write synchronously and where the directory
+    /// must already exist. Default: `write_atomic`.
+    fn replace_file(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        self.write_atomic(rel, data)
+    }
     fn remove_file(&self, rel: &str) -> io::Result<()>;
     /// Owner uid and mode of a file (for refusing files others can write).
     fn stat_owner_mode(&self, rel: &str) -> io::Result<(u32, u32)>;

@@ -3266,15 +3266,16 @@ impl Host for SimHost {
     }
 
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()> {
-        // Faults only where a test asks for them on the cluster file system.
-        if rel.starts_with("etc/pve/") {
-            match self.take_fault(OpClass::Write, rel) {
-                Some(Fault::Errno(e)) => return Err(err(e)),
-                Some(Fault::Hang) => return Err(self.hang_op(None)),
-                _ => {}
-            }
-        }
         self.real.write_atomic(rel, data)
+    }
+
+    fn replace_file(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        match self.take_fault(OpClass::Write, rel) {
+            Some(Fault::Errno(e)) => return Err(err(e)),
+            Some(Fault::Hang) => return Err(self.hang_op(None)),
+            _ => {}
+        }
+        self.real.replace_file(rel, data)
     }
 
     fn remove_file(&self, rel: &str) -> io::Result<()> {

@@ -106,6 +106,27 @@ struct RawConfig {
     vm: BTreeMap<String, VmOptions>,
     #[serde(default)]
     quirk: Vec<toml::Value>,
+    #[serde(default)]
+    cluster: ClusterOptions,
+}
+
+/// `[cluster]`: the fleet view (`engine::fleet`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterOptions {
+    /// Publish the device inventory after the phases (default true).
+    #[serde(default = "yes")]
+    pub publish: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { publish: true }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -115,6 +136,7 @@ pub struct Config {
     /// `[[quirk]]` tables, parsed by the quirk layer.
     pub quirks: Vec<toml::Value>,
     pub source: Option<String>,
+    pub cluster: ClusterOptions,
 }
 
 impl Config {
@@ -241,6 +263,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config> {
         vm,
         quirks: raw.quirk,
         source: Some(file.to_string()),
+        cluster: raw.cluster,
     })
 }
 

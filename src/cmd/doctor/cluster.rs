@@ -327,3 +327,82 @@ impl Doctor<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::sim::SimHost;
+
+    fn put(s: &SimHost, rel: &str, text: &str) {
+        let p = s.root_dir().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    const MEMBERS: &str = "{\"nodename\":\"pve1\",\"version\":1,\"cluster\":{\"name\":\"c\",\"version\":1,\"nodes\":3,\"quorate\":1},\"nodelist\":{\"pve1\":{\"id\":1,\"online\":1},\"pve2\":{\"id\":2,\"online\":1},\"pve3\":{\"id\":3,\"online\":0}}}";
+
+    #[test]
+    fn where_a_vm_can_run() {
+        let s = SimHost::new();
+        // Standalone, not HA: not checked at all.
+        assert!(placement(&s, 100, "pve1").is_none());
+        // HA on a standalone node: this node only.
+        put(&s, "etc/pve/ha/resources.cfg", "vm: 100\n\tgroup loose\n\nvm: 101\n\tgroup tight\n\nvm: 102\n\nvm: 103\n\tstate ignored\n\nct: 104\n");
+        assert_eq!(placement(&s, 102, "pve1").unwrap().nodes, ["pve1"]);
+        put(&s, "etc/pve/.members", MEMBERS);
+        put(
+            &s,
+            "etc/pve/ha/groups.cfg",
+            "group: loose\n\tnodes pve2\n\ngroup: tight\n\tnodes pve1,pve2\n\trestricted 1\n",
+        );
+        let p = placement(&s, 100, "pve1").unwrap();
+        assert!(p.ha && p.why.contains("not restricted"), "{}", p.why);
+        assert_eq!(p.nodes, ["pve2", "pve1", "pve3"]);
+        assert_eq!(placement(&s, 101, "pve1").unwrap().nodes, ["pve1", "pve2"]);
+        // No group: any node. Ignored: like no HA (a cluster of three: may migrate).
+        assert_eq!(
+            placement(&s, 102, "pve1").unwrap().nodes,
+            ["pve1", "pve2", "pve3"]
+        );
+        let p = placement(&s, 103, "pve1").unwrap();
+        assert!(!p.ha && p.why.contains("not an HA resource"), "{}", p.why);
+        // A container with that id is not the VM.
+        assert!(!placement(&s, 104, "pve1").unwrap().ha);
+        // PVE 9 rules win over groups; a disabled rule does not count.
+        put(&s, "etc/pve/ha/rules.cfg", "node-affinity: r1\n\tresources vm:101\n\tnodes pve3\n\tstrict 1\n\nnode-affinity: r2\n\tresources vm:100\n\tnodes pve3\n\nnode-affinity: off\n\tresources vm:102\n\tnodes pve2\n\tstrict 1\n\tdisable\n");
+        let p = placement(&s, 101, "pve1").unwrap();
+        assert_eq!(p.nodes, ["pve3"]);
+        assert!(p.why.contains("strict node-affinity rule r1"), "{}", p.why);
+        assert_eq!(
+            placement(&s, 100, "pve1").unwrap().nodes,
+            ["pve3", "pve1", "pve2"]
+        );
+        assert_eq!(
+            placement(&s, 102, "pve1").unwrap().nodes,
+            ["pve1", "pve2", "pve3"]
+        );
+    }
+
+    #[test]
+    fn corosync_when_members_has_no_nodelist() {
+        let s = SimHost::new();
+        put(
+            &s,
+            "etc/pve/.members",
+            "{\"nodename\":\"pve1\",\"version\":0}",
+        );
+        put(
+            &s,
+            "etc/pve/corosync.conf",
+            "nodelist {\n  node {\n    name: pve1\n  }\n  node {\n    name: pve2\n  }\n}\n",
+        );
+        assert_eq!(placement(&s, 100, "pve1").unwrap().nodes, ["pve1", "pve2"]);
+    }
+
+    #[test]
+    fn options_kept_in_the_fix() {
+        assert_eq!(other_options("01:00,pcie=1,x-vga=1"), "pcie=1,x-vga=1");
+        assert_eq!(other_options("host=01:00.0;02:00.0,rombar=0"), "rombar=0");
+        assert_eq!(other_options("0000:01:00.0"), "");
+    }
+}
