@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): what publishing the device inventory adds to a hook phase. One
-# fake Proxmox node (8 two-function GPUs on vfio-pci, 20 VM configs, a PCI mapping), one
+# fake Proxmox node (8 two-function GPUs on vfio-pci, 32 other functions, 20 VM configs, a
+# PCI mapping, a pci.ids of the real one's size), one
 # release binary; every round runs pre-start and post-stop of VM 100 twice, with publishing
 # (/etc/pve/nodes/pve1 exists) and without ([cluster] publish = false), alternating so both
 # see the same machine load. Prints the average wall time of each phase (fork+exec included)
@@ -35,6 +36,12 @@ for i in 1 2 3 4 5 6 7 8; do
     fh_dev "0000:$b:00.0" 10de 2786 030000 vfio-pci "$i" - override=vfio-pci
     fh_dev "0000:$b:00.1" 10de 22bc 040300 vfio-pci "$i" - override=vfio-pci
 done
+# What else a node has and the inventory leaves out: 8 root ports, 24 chipset functions.
+for i in $(seq 0 7); do fh_bridge "0000:00:1c.$i" "$((20 + i))"; done
+classes=(0c0330 010601 0c0500 040300 020000 078000 0c8000 060100)
+for i in $(seq 0 23); do
+    fh_dev "0000:00:$(printf %02x $((0x10 + i / 8))).$((i % 8))" 8086 "7a$(printf %02x "$i")" "${classes[$((i % 8))]}" - "$((40 + i))" -
+done
 printf 'machine: q35\nhostpci0: 01:00,pcie=1\n' >"$WORK/host/etc/pve/qemu-server/100.conf"
 for v in $(seq 101 119); do
     printf 'machine: q35\nmemory: 4096\nhostpci0: mapping=rtx4070,pcie=1\n' >"$WORK/host/etc/pve/qemu-server/$v.conf"
@@ -50,20 +57,17 @@ chmod 0644 "$WORK/host/etc/pt-hook/off.toml"
 OFF=/etc/pt-hook/off.toml
 export PT_HOOK_NODE=pve1
 
-# ns of one run
-t() {
-    local a b
-    a=$(date +%s%N)
-    "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-    b=$(date +%s%N)
-    echo $((b - a))
-}
-declare -A sum=([pre_on]=0 [pre_off]=0 [post_on]=0 [post_off]=0 [pub]=0)
-add() { # add KEY COMMAND...: run it once, add its ns to sum[KEY]
-    local k=$1 v
+# One run: adds its wall time and its CPU time (user + system, its children included: the
+# publish child is waited for) in milliseconds to wall[KEY] and cpu[KEY]. CPU time is what
+# to compare on a busy machine; wall time includes waiting for a core.
+declare -A wall=() cpu=()
+add() { # add KEY COMMAND...
+    local k=$1 out r u s
     shift
-    v=$(t "$@") || exit 1
-    sum[$k]=$((sum[$k] + v))
+    out=$( { TIMEFORMAT='%3R %3U %3S'; time "$@" >/dev/null 2>&1; } 2>&1 ) || { echo "failed: $*" >&2; exit 1; }
+    read -r r u s <<<"$out"
+    wall[$k]=$(( ${wall[$k]:-0} + 10#${r/./} ))
+    cpu[$k]=$(( ${cpu[$k]:-0} + 10#${u/./} + 10#${s/./} ))
 }
 for ((r = 0; r < ROUNDS; r++)); do
     add pre_on "$B" --root "$WORK/host" 100 pre-start
@@ -72,12 +76,15 @@ for ((r = 0; r < ROUNDS; r++)); do
     add post_off "$B" --root "$WORK/host" --config "$OFF" 100 post-stop
     add pub "$B" --root "$WORK/host" publish
 done
-ms() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN {printf "%.2f", s / n / 1e6}'; }
-diff_ms() { awk -v a="$1" -v b="$2" -v n="$ROUNDS" 'BEGIN {printf "%+.2f", (a - b) / n / 1e6}'; }
+ms() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN {printf "%.2f", s / n}'; }
+diff_ms() { awk -v a="$1" -v b="$2" -v n="$ROUNDS" 'BEGIN {printf "%+.2f", (a - b) / n}'; }
 inv="$WORK/host/etc/pve/nodes/pve1/pt-hook.json"
 ndev=$(grep -o '"bdf"' "$inv" | wc -l)
-echo "fake node: 16 functions on vfio-pci, 20 VM configs, pci.ids $(stat -c %s "$WORK/host/usr/share/misc/pci.ids") bytes; inventory $ndev devices, $(stat -c %s "$inv") bytes"
-echo "average of $ROUNDS rounds (fork+exec included), load $(cut -d' ' -f1 /proc/loadavg):"
-echo "  pre-start:  with publishing $(ms "${sum[pre_on]}") ms, without $(ms "${sum[pre_off]}") ms, publishing adds $(diff_ms "${sum[pre_on]}" "${sum[pre_off]}") ms"
-echo "  post-stop:  with publishing $(ms "${sum[post_on]}") ms, without $(ms "${sum[post_off]}") ms, publishing adds $(diff_ms "${sum[post_on]}" "${sum[post_off]}") ms"
-echo "  pt-hook publish alone: $(ms "${sum[pub]}") ms"
+echo "fake node: 16 functions on vfio-pci, 32 others, 20 VM configs, pci.ids $(stat -c %s "$WORK/host/usr/share/misc/pci.ids") bytes; inventory $ndev devices, $(stat -c %s "$inv") bytes"
+echo "average of $ROUNDS rounds (fork+exec included), load $(cut -d' ' -f1 /proc/loadavg) at the end:"
+for p in pre post; do
+    name=$([ $p = pre ] && echo pre-start || echo post-stop)
+    echo "  $name: wall with publishing $(ms "${wall[${p}_on]}") ms, without $(ms "${wall[${p}_off]}") ms, adds $(diff_ms "${wall[${p}_on]}" "${wall[${p}_off]}") ms;" \
+        "CPU with $(ms "${cpu[${p}_on]}") ms, without $(ms "${cpu[${p}_off]}") ms, adds $(diff_ms "${cpu[${p}_on]}" "${cpu[${p}_off]}") ms"
+done
+echo "  pt-hook publish alone: wall $(ms "${wall[pub]}") ms, CPU $(ms "${cpu[pub]}") ms"

@@ -341,7 +341,9 @@ fn publishing_never_holds_a_phase() {
     let r = pt_hook(&p1, "pve1", &["100", "post-stop"]);
     assert_eq!(r.code, 0, "{}", r.text());
     assert!(
-        r.stderr.contains("gave up after") && r.stderr.contains("the phase goes on"),
+        r.stderr.contains("gave up after")
+            && r.stderr
+                .contains("the publisher was killed, the phase goes on"),
         "{}",
         r.text()
     );
@@ -377,6 +379,7 @@ fn publishing_never_holds_a_phase() {
         r.text()
     );
     assert!(r.stderr.contains("the last one stays"), "{}", r.text());
+    assert!(!r.stderr.contains("publish: error"), "{}", r.text());
     assert_eq!(fs::read(c.inventory("pve1")).unwrap(), before);
     assert_eq!(
         r2.code,

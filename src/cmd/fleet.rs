@@ -16,7 +16,7 @@ use crate::host::Host;
 pub fn publish(host: &dyn Host, phase: &str, dry_run: bool) -> Result<()> {
     let node = host.node_name();
     if dry_run {
-        let inv = fleet::build(host, &node, phase);
+        let inv = fleet::build_readonly(host, &node, phase);
         let rel = fleet::inventory_rel(&node).unwrap_or_default();
         match fleet::encode_bounded(&inv, fleet::MAX_INVENTORY_BYTES) {
             Some((bytes, dropped)) => println!(

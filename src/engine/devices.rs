@@ -104,13 +104,52 @@ fn owners_and_mappings(
     (m, named)
 }
 
+/// What a caller of [`rows_where`] sees of a device before it is read in full.
+pub struct Glance<'a> {
+    pub class: u32,
+    pub driver: Option<&'a str>,
+    pub owned: bool,
+    pub mapped: bool,
+}
+
+impl Glance<'_> {
+    pub fn is_bridge(&self) -> bool {
+        self.class >> 8 == 0x0604
+    }
+    pub fn is_display(&self) -> bool {
+        self.class >> 16 == 0x03
+    }
+}
+
 /// Every PCI function on the host, in address order, with its facts; `node` is the name PCI
 /// mappings are matched against.
 pub fn rows(host: &dyn Host, node: &str, profiles: &[Profile]) -> Vec<DeviceRow> {
+    rows_where(host, node, profiles, &|_| true)
+}
+
+/// Like [`rows`], for the functions `keep` wants: it sees the class, driver and whether a VM
+/// or mapping names the function, and the rest is read only for those it keeps (a host has
+/// dozens of functions the fleet inventory leaves out).
+pub fn rows_where(
+    host: &dyn Host,
+    node: &str,
+    profiles: &[Profile],
+    keep: &dyn Fn(&Glance) -> bool,
+) -> Vec<DeviceRow> {
     let all = device::list_all(host);
     let (mut owners, mut named) = owners_and_mappings(host, node, &all);
     let mut out = Vec::new();
     for b in &all {
+        let driver = device::driver_of(host, b);
+        let glance = Glance {
+            class: device::class_of(host, b).unwrap_or(0),
+            driver: driver.as_deref(),
+            owned: owners.contains_key(b),
+            mapped: named.contains_key(b),
+        };
+        if !keep(&glance) {
+            continue;
+        }
         let Some(d) = device::read_device(host, b) else {
             continue;
         };

@@ -32,8 +32,8 @@ pub const INVENTORY_FILE: &str = "pt-hook.json";
 /// The largest inventory written. pmxcfs refuses files above `MEMDB_MAX_FILE_SIZE` (128 KiB
 /// in older pve-cluster releases, 512 KiB and 1 MiB in later ones: EFBIG) and keeps the
 /// whole cluster file system in a small database (30 MiB in the older releases) shared by
-/// every node's configs, so the inventory stays far below: at about 250 bytes per device this
-/// is some 250 devices. Over it, the least interesting devices are left out (see
+/// every node's configs, so the inventory stays far below: at about 300 bytes per device this
+/// is some 200 devices. Over it, the least interesting devices are left out (see
 /// [`encode_bounded`]) and `dropped` says how many.
 pub const MAX_INVENTORY_BYTES: usize = 64 << 10;
 /// A peer's file larger than this is not read (a newer pt-hook may write a little more).
@@ -155,6 +155,7 @@ const NAMES_CACHE_MAX: usize = 4096;
 fn cached_names(
     host: &dyn Host,
     want: &BTreeSet<(u16, u16)>,
+    write: bool,
 ) -> BTreeMap<(u16, u16), Option<String>> {
     let key = |(v, d): (u16, u16)| format!("{v:04x}:{d:04x}");
     let mut cache: BTreeMap<String, Option<String>> = host
@@ -170,7 +171,7 @@ fn cached_names(
         for id in want {
             cache.insert(key(*id), names.describe(id.0, id.1));
         }
-        if let Ok(b) = serde_json::to_vec(&cache) {
+        if let (true, Ok(b)) = (write, serde_json::to_vec(&cache)) {
             let _ = host.write_atomic(NAMES_CACHE, &b);
         }
     }
@@ -181,12 +182,8 @@ fn cached_names(
 
 /// Whether a device belongs in the inventory: someone names it (a VM, a mapping), it sits on
 /// vfio-pci, or it is a GPU; never a bridge.
-fn wanted(r: &DeviceRow) -> bool {
-    !r.dev.is_bridge()
-        && (r.owner.is_some()
-            || !r.mappings.is_empty()
-            || r.dev.driver.as_deref() == Some("vfio-pci")
-            || r.dev.is_display())
+fn wanted(g: &devices::Glance) -> bool {
+    !g.is_bridge() && (g.owned || g.mapped || g.driver == Some("vfio-pci") || g.is_display())
 }
 
 /// Which devices stay when the inventory is too large (lower first).
@@ -205,18 +202,24 @@ fn keep_rank(d: &InvDevice) -> u8 {
     }
 }
 
-/// The node's inventory now.
+/// The node's inventory now, for publishing (new names go into the names cache).
 pub fn build(host: &dyn Host, node: &str, phase: &str) -> Inventory {
-    let rows: Vec<DeviceRow> = devices::rows(host, node, &[])
-        .into_iter()
-        .filter(wanted)
-        .collect();
+    build_with(host, node, phase, true)
+}
+
+/// The node's inventory now, writing nothing (the read-only commands, `--dry-run`).
+pub fn build_readonly(host: &dyn Host, node: &str, phase: &str) -> Inventory {
+    build_with(host, node, phase, false)
+}
+
+fn build_with(host: &dyn Host, node: &str, phase: &str, write_cache: bool) -> Inventory {
+    let rows: Vec<DeviceRow> = devices::rows_where(host, node, &[], &wanted);
     let drift: BTreeSet<Bdf> = crate::engine::identity::all_drift(host)
         .into_iter()
         .map(|d| d.bdf)
         .collect();
     let want: BTreeSet<(u16, u16)> = rows.iter().map(|r| (r.dev.vendor, r.dev.device)).collect();
-    let names = cached_names(host, &want);
+    let names = cached_names(host, &want, write_cache);
     let classes = crate::sysfs::pciids::Names::default();
     let devices = rows
         .into_iter()
@@ -427,9 +430,11 @@ pub fn publish_after(ctx: &Ctx, phase: &str) {
         )),
         Ok(o) => {
             let why = o.stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            let why = why.trim();
+            let why = why.strip_prefix("pt-hook: publish: error: ").unwrap_or(why);
             ctx.log.warn(&format!(
                 "publishing the device inventory failed: {}",
-                crate::log::escape_controls(why.trim())
+                crate::log::escape_controls(why)
             ));
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
@@ -442,10 +447,13 @@ pub fn publish_after(ctx: &Ctx, phase: &str) {
                 )),
             }
         }
-        Err(e) => ctx.log.warn(&format!(
-            "publishing the device inventory to /etc/pve/nodes/{}/{INVENTORY_FILE} gave up after {}: {} (pmxcfs hung?); the phase goes on",
+        Err(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) => ctx.log.warn(&format!(
+            "publishing the device inventory to /etc/pve/nodes/{}/{INVENTORY_FILE} gave up after {} (pmxcfs hung?): the publisher was killed, the phase goes on",
             crate::log::escape_controls(&ctx.node),
             crate::log::fmt_dur(start.elapsed()),
+        )),
+        Err(e) => ctx.log.warn(&format!(
+            "publishing the device inventory: starting pt-hook publish: {}; the phase goes on",
             crate::host::errno_text(&e)
         )),
     }
@@ -570,7 +578,7 @@ pub fn cluster_view(host: &dyn Host, local: &str) -> ClusterView {
     for (name, online) in names {
         let is_local = name == local;
         let (inventory, error) = if is_local {
-            (Some(build(host, &name, "live")), None)
+            (Some(build_readonly(host, &name, "live")), None)
         } else {
             match read_inventory(host, &name) {
                 Ok(Some(i)) => (Some(i), None),
@@ -702,7 +710,12 @@ mod tests {
         assert!(!dir.join("pt-hook.json").exists());
         let cfg = crate::parse::config::parse("[cluster]\npublish = false\n", "t.toml").unwrap();
         assert!(!cfg.cluster.publish);
-        assert!(crate::parse::config::parse("", "t.toml").unwrap().cluster.publish);
+        assert!(
+            crate::parse::config::parse("", "t.toml")
+                .unwrap()
+                .cluster
+                .publish
+        );
         assert!(crate::parse::config::parse("[cluster]\npublsh = 1\n", "t.toml").is_err());
     }
 
@@ -712,18 +725,33 @@ mod tests {
         node_dir(&t);
         let ids = t.sim.root_dir().join("usr/share/misc/pci.ids");
         std::fs::create_dir_all(ids.parent().unwrap()).unwrap();
-        std::fs::write(&ids, "1b36  Red Hat, Inc.\n\t0010  QEMU NVM Express Controller\n").unwrap();
+        std::fs::write(
+            &ids,
+            "1b36  Red Hat, Inc.\n\t0010  QEMU NVM Express Controller\n",
+        )
+        .unwrap();
         let name = |t: &T| {
             dev(&build(t.sim.as_ref(), "pve1", "x"), "0000:02:00.0")
                 .unwrap()
                 .name
                 .clone()
         };
-        assert_eq!(name(&t).as_deref(), Some("Red Hat, Inc. QEMU NVM Express Controller"));
+        assert_eq!(
+            name(&t).as_deref(),
+            Some("Red Hat, Inc. QEMU NVM Express Controller")
+        );
         // pci.ids is not read again for a known id.
         std::fs::write(&ids, "1b36  Someone else\n\t0010  Other\n").unwrap();
-        assert_eq!(name(&t).as_deref(), Some("Red Hat, Inc. QEMU NVM Express Controller"));
+        assert_eq!(
+            name(&t).as_deref(),
+            Some("Red Hat, Inc. QEMU NVM Express Controller")
+        );
+        // The read-only build writes no cache.
+        std::fs::remove_file(t.sim.root_dir().join(NAMES_CACHE)).unwrap();
+        let _ = build_readonly(t.sim.as_ref(), "pve1", "live");
+        assert!(!t.sim.root_dir().join(NAMES_CACHE).exists());
         // Without a name: the class.
+        let _ = build(t.sim.as_ref(), "pve1", "x");
         std::fs::remove_file(t.sim.root_dir().join(NAMES_CACHE)).unwrap();
         std::fs::remove_file(&ids).unwrap();
         assert_eq!(name(&t).as_deref(), Some("Non-Volatile memory controller"));
