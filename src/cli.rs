@@ -123,9 +123,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner (Proxmox VM or libvirt domain), and the health its resets left (HEALTH lines).
+    /// Every PCI device: ids, class, driver, IOMMU group, reset methods, link, quirk, owner (Proxmox VM or libvirt domain), and the health its resets left (HEALTH lines); with --cluster, every node's published devices.
     #[command(
-        after_help = "Health comes from the reset memory, /var/lib/pt-hook/health.json: per device the last reset\n(time, the rung that recovered it, how long), resets, failures and NEEDS-REBOOT when the last\nreset left it broken in this boot.\n\n--prometheus prints node_exporter's textfile format (what metrics_file in pt-hook.toml gets\nafter every phase): resets by rung, failures, time per phase, devices by owner."
+        after_help = "Health comes from the reset memory, /var/lib/pt-hook/health.json: per device the last reset\n(time, the rung that recovered it, how long), resets, failures and NEEDS-REBOOT when the last\nreset left it broken in this boot.\n\n--prometheus prints node_exporter's textfile format (what metrics_file in pt-hook.toml gets\nafter every phase): resets by rung, failures, time per phase, devices by owner.\n\nCluster view (Proxmox VE): every node publishes its passthrough devices to\n/etc/pve/nodes/<node>/pt-hook.json after pre-start, post-stop and cleanup (and on\n`pt-hook publish`). --cluster reads them all: which VM holds which device on which node,\nand what is free. A node offline in /etc/pve/.members is STALE: its devices are shown as\nof its last report and never count as free.\n\nExamples:\n  pt-hook status --cluster\n  pt-hook status --cluster --free 10de:2684         # a free device of this model\n  pt-hook status --cluster --free mapping=rtx4090   # a free device of this mapping\n  pt-hook status --cluster --free 'rtx 4090'        # words of the pci.ids name"
     )]
     Status {
         /// Machine-readable output.
@@ -134,6 +134,20 @@ pub enum Cmd {
         /// Metrics in Prometheus text format (node_exporter textfile collector).
         #[arg(long)]
         prometheus: bool,
+        /// Every node of the Proxmox cluster, from their published inventories.
+        #[arg(long, conflicts_with = "prometheus")]
+        cluster: bool,
+        /// With --cluster: where a free device is: vvvv:dddd, mapping=NAME, or words of the
+        /// device name. Exit 1 when none is free on an online node.
+        #[arg(long, value_name = "WHAT", requires = "cluster")]
+        free: Option<String>,
+    },
+    /// Write this node's passthrough device inventory to /etc/pve/nodes/<node>/pt-hook.json
+    /// for `status --cluster` (the hook phases and cleanup do it on their own).
+    Publish {
+        /// What triggered it (recorded in the file).
+        #[arg(long, default_value = "publish", value_parser = ["pre-start", "post-stop", "cleanup", "publish"])]
+        phase: String,
     },
     /// List the quirk profiles, or show which one applies to a device and what it does.
     Quirks {
@@ -260,7 +274,11 @@ pub fn main() -> i32 {
     };
     if !matches!(
         cli.cmd,
-        Cmd::Hook(_) | Cmd::Cleanup { .. } | Cmd::Reset { .. } | Cmd::Accept { .. }
+        Cmd::Hook(_)
+            | Cmd::Cleanup { .. }
+            | Cmd::Reset { .. }
+            | Cmd::Accept { .. }
+            | Cmd::Publish { .. }
     ) {
         // Read-only reports die quietly on a closed pipe (`pt-hook status | head`); commands
         // that change the host keep SIGPIPE ignored and finish what they started.
@@ -389,13 +407,31 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             crate::engine::phase::cleanup(&ctx, vmid)
         }
-        Cmd::Status { json, prometheus } => {
+        Cmd::Status {
+            json,
+            cluster: true,
+            free,
+            ..
+        } => crate::cmd::fleet::status(&*host, *json, free.as_deref()),
+        Cmd::Status {
+            json, prometheus, ..
+        } => {
             let cfg = load_cfg(&*host)?;
             config_warnings(&cfg, log);
             if *prometheus {
                 return crate::cmd::status::prometheus(&*host);
             }
             crate::cmd::status::command(&*host, &cfg, *json)
+        }
+        Cmd::Publish { phase } => {
+            // Bounded like a phase: the phases wait for this child at most that long anyway.
+            log.set_context("publish");
+            kio::arm_phase_deadline(
+                "publish",
+                crate::engine::fleet::PUBLISH_TIMEOUT,
+                crate::engine::fleet::PUBLISH_TIMEOUT,
+            );
+            crate::cmd::fleet::publish(&*host, phase, cli.global.dry_run)
         }
         Cmd::Doctor { vmid, json } => {
             let vmid = vmid.as_deref().map(parse_vmid).transpose()?;

@@ -37,6 +37,9 @@ _pt__hook() {
             pt__hook,plan)
                 cmd="pt__hook__subcmd__plan"
                 ;;
+            pt__hook,publish)
+                cmd="pt__hook__subcmd__publish"
+                ;;
             pt__hook,quirks)
                 cmd="pt__hook__subcmd__quirks"
                 ;;
@@ -67,6 +70,9 @@ _pt__hook() {
             pt__hook__subcmd__help,plan)
                 cmd="pt__hook__subcmd__help__subcmd__plan"
                 ;;
+            pt__hook__subcmd__help,publish)
+                cmd="pt__hook__subcmd__help__subcmd__publish"
+                ;;
             pt__hook__subcmd__help,quirks)
                 cmd="pt__hook__subcmd__help__subcmd__quirks"
                 ;;
@@ -83,7 +89,7 @@ _pt__hook() {
 
     case "${cmd}" in
         pt__hook)
-            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup accept reset status quirks doctor libvirt install help"
+            opts="-v -q -h -V --dry-run --root --config --verbose --quiet --help --version plan cleanup accept reset status publish quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -175,7 +181,7 @@ _pt__hook() {
             return 0
             ;;
         pt__hook__subcmd__help)
-            opts="plan cleanup accept reset status quirks doctor libvirt install help"
+            opts="plan cleanup accept reset status publish quirks doctor libvirt install help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,6 +279,20 @@ _pt__hook() {
             return 0
             ;;
         pt__hook__subcmd__help__subcmd__plan)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pt__hook__subcmd__help__subcmd__publish)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -406,6 +426,32 @@ _pt__hook() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pt__hook__subcmd__publish)
+            opts="-v -q -h --phase --dry-run --root --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --phase)
+                    COMPREPLY=($(compgen -W "pre-start post-stop cleanup publish" -- "${cur}"))
+                    return 0
+                    ;;
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pt__hook__subcmd__quirks)
             opts="-v -q -h --json --dry-run --root --config --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -455,12 +501,16 @@ _pt__hook() {
             return 0
             ;;
         pt__hook__subcmd__status)
-            opts="-v -q -h --json --prometheus --dry-run --root --config --verbose --quiet --help"
+            opts="-v -q -h --json --prometheus --cluster --free --dry-run --root --config --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --free)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --root)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -151,11 +151,16 @@ pub fn command(
                         .join(", ")
                 );
             }
-            let p = lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs)?;
             let replan = || lifecycle::plan_bdfs(&ctx, &key, &dom.hostdevs);
-            crate::engine::phase::pre_start(&ctx, &key, p, &replan)
+            let r = replan().and_then(|p| crate::engine::phase::pre_start(&ctx, &key, p, &replan));
+            crate::engine::fleet::publish_after(&ctx, "pre-start");
+            r
         }
-        Action::PostStop => crate::engine::phase::post_stop(&ctx, &key),
+        Action::PostStop => {
+            let r = crate::engine::phase::post_stop(&ctx, &key);
+            crate::engine::fleet::publish_after(&ctx, "post-stop");
+            r
+        }
     })
 }
 

@@ -10,64 +10,7 @@ use crate::parse::config::Config;
 use crate::pci::Bdf;
 use crate::sysfs::device::DeviceInfo;
 
-/// Which VM or libvirt domain each device belongs to: running state first (Proxmox VMs and
-/// libvirt domains), then Proxmox VM configs (host addresses).
-fn owners(host: &dyn Host) -> std::collections::BTreeMap<Bdf, (VmKey, &'static str)> {
-    use crate::parse::pve::hostpci::HostSource;
-    let mut m = std::collections::BTreeMap::new();
-    for key in crate::engine::state::list(host) {
-        if let Ok(Some(st)) = crate::engine::state::load(host, &key) {
-            for b in st.bdfs() {
-                m.insert(b, (key.clone(), "state"));
-            }
-        }
-    }
-    let all = crate::sysfs::device::list_all(host);
-    let node = host.node_name();
-    let mappings = crate::parse::config::read_bounded(host, crate::host::paths::MAPPING_PCI)
-        .ok()
-        .and_then(|t| crate::parse::pve::mapping::parse_mappings(&t, "pci.cfg").ok())
-        .unwrap_or_default();
-    let dir = "etc/pve/qemu-server";
-    for f in host.list(dir).unwrap_or_default() {
-        let Some(id) = f.strip_suffix(".conf").and_then(|v| v.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(text) = crate::parse::config::read_bounded(host, &format!("{dir}/{f}")) else {
-            continue;
-        };
-        let Ok(cfg) = crate::parse::pve::config::parse_vm_config(&text, &f, id) else {
-            continue;
-        };
-        for hp in &cfg.hostpci {
-            let addrs: Vec<crate::pci::PciAddr> = match &hp.source {
-                HostSource::Host(addrs) => addrs.clone(),
-                // A mapping names this node's paths; alternatives all count as the VM's.
-                HostSource::Mapping(name) => mappings
-                    .iter()
-                    .filter(|pm| &pm.name == name)
-                    .flat_map(|pm| pm.entries_for(&node))
-                    .flat_map(|e| e.paths.iter().copied())
-                    .collect(),
-            };
-            for a in &addrs {
-                for b in all.iter().filter(|b| a.matches(b)) {
-                    m.entry(*b).or_insert((VmKey::Pve(id), "config"));
-                }
-            }
-        }
-    }
-    m
-}
-
-/// An owner as `status` shows it: the Proxmox VM id, or `libvirt:NAME` (control characters
-/// escaped: the name comes from a state file).
-fn owner_label(key: &VmKey) -> String {
-    match key {
-        VmKey::Pve(v) => v.to_string(),
-        VmKey::Libvirt(d) => format!("libvirt:{}", crate::log::escape_controls(&d.name)),
-    }
-}
+use crate::engine::devices::owner_label;
 
 /// A PCIe link as one field: "16GT/s:x16" (speed as the kernel gives it, "16.0 GT/s PCIe").
 fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
@@ -86,7 +29,7 @@ fn link_label(speed: Option<&str>, width: Option<&str>) -> String {
 /// Prints rows as columns as wide as their widest cell (two spaces between), the last one
 /// unpadded; columns in `right` are right-aligned. Cells never hold a space of their own
 /// except in the last column, so `awk '{print $N}'` finds column N.
-fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
+pub(super) fn print_table<const N: usize>(rows: &[[String; N]], right: &[usize]) {
     let mut w = [0usize; N];
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -146,10 +89,8 @@ pub fn prometheus(host: &dyn Host) -> Result<()> {
 // ---------------------------------------------------------------- the device table
 
 pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
-    use crate::sysfs::device;
     let profiles = crate::engine::quirks::load_all(host, cfg)?;
     let memory = load_health(host);
-    let owners = owners(host);
     let drift = crate::engine::identity::all_drift(host);
     let drift_at = |b: &Bdf| -> Vec<&str> {
         drift
@@ -158,19 +99,10 @@ pub fn command(host: &dyn Host, cfg: &Config, json: bool) -> Result<()> {
             .map(|x| x.message.as_str())
             .collect()
     };
-    let mut rows = Vec::new();
-    for b in device::list_all(host) {
-        let Some(d) = device::read_device(host, &b) else {
-            continue;
-        };
-        let members: Vec<Bdf> = d
-            .iommu_group
-            .map(|g| device::group_members(host, g))
-            .unwrap_or_default();
-        let quirk = crate::engine::quirks::find(&profiles, &d).map(|p| p.name.clone());
-        let vm = owners.get(&b).cloned();
-        rows.push((d, members, quirk, vm));
-    }
+    let rows: Vec<_> = crate::engine::devices::rows(host, &host.node_name(), &profiles)
+        .into_iter()
+        .map(|r| (r.dev, r.members, r.quirk, r.owner))
+        .collect();
     let want = rows.iter().map(|r| (r.0.vendor, r.0.device)).collect();
     let names = crate::sysfs::pciids::load(host, &want);
     if json {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::engine::ctx::Ctx;
 use crate::engine::health::{self, MemoryFile, Phase};
 use crate::engine::plan::VFIO;
-use crate::engine::state::{self, VmKey};
+use crate::engine::state;
 use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, Host};
 use crate::pci::Bdf;
@@ -106,10 +106,8 @@ pub fn owners(host: &dyn Host) -> BTreeMap<(String, String), u64> {
     let mut held: BTreeMap<Bdf, String> = BTreeMap::new();
     for key in state::list(host) {
         if let Ok(Some(st)) = state::load(host, &key) {
-            let label = match &key {
-                VmKey::Pve(v) => v.to_string(),
-                VmKey::Libvirt(d) => format!("libvirt:{}", d.name),
-            };
+            // The label status and the fleet view show ("100", "libvirt:NAME").
+            let label = crate::engine::devices::owner_label(&key);
             for b in st.bdfs() {
                 held.insert(b, label.clone());
             }

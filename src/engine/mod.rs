@@ -2,7 +2,9 @@
 
 pub mod console;
 pub mod ctx;
+pub mod devices;
 pub mod exec;
+pub mod fleet;
 pub mod guard;
 pub mod handoff;
 pub mod health;

@@ -81,10 +81,17 @@ fn pve_steps(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
     let key = VmKey::Pve(vmid);
     match phase {
         "pre-start" => {
-            let p = lifecycle::plan_vm(ctx, vmid)?;
-            pre_start(ctx, &key, p, &|| lifecycle::plan_vm(ctx, vmid))
+            let r = lifecycle::plan_vm(ctx, vmid)
+                .and_then(|p| pre_start(ctx, &key, p, &|| lifecycle::plan_vm(ctx, vmid)));
+            // Whatever the outcome (a failed start rolled back): the fleet view follows.
+            crate::engine::fleet::publish_after(ctx, phase);
+            r
         }
-        "post-stop" => post_stop(ctx, &key),
+        "post-stop" => {
+            let r = post_stop(ctx, &key);
+            crate::engine::fleet::publish_after(ctx, phase);
+            r
+        }
         "post-start" | "pre-stop" => {
             let devices = userhooks::held_devices(ctx, &key);
             let (n, r) = userhooks::run_hooks(ctx, &key, phase, &devices, false);
@@ -133,5 +140,7 @@ fn cleanup_steps(ctx: &Ctx, vmid: Option<u32>) -> Result<()> {
             }
         }
     }
+    // Also at boot (the cleanup unit): the node's inventory is fresh before guests start.
+    crate::engine::fleet::publish_after(ctx, "cleanup");
     worst.map_or(Ok(()), Err)
 }

@@ -96,6 +96,13 @@ pub trait Host: Send + Sync + 'static {
     fn exists(&self, rel: &str) -> bool;
     /// Creates a regular file atomically (write temp + rename), creating parents, mode 0600.
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()>;
+    /// Replaces a file in an existing directory atomically (a temporary file
+    /// `NAME.tmp.PID` beside it, renamed over it), without fsync and without creating the
+    /// directory: for pmxcfs, which stores every write synchronously and where the directory
+    /// must already exist. Default: `write_atomic`.
+    fn replace_file(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        self.write_atomic(rel, data)
+    }
     fn remove_file(&self, rel: &str) -> io::Result<()>;
     /// `write_atomic` with the file's mode given (0644 for a file another service reads) and
     /// a temporary name of its own per call (`NAME.tmp.PID.N`, created with O_EXCL and
@@ -126,6 +133,14 @@ pub trait Host: Send + Sync + 'static {
         timeout: Duration,
     ) -> io::Result<CmdOutput> {
         let _ = (rel, args, env, timeout);
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+    /// Runs pt-hook itself again (`pt-hook --root ROOT ARGS`) as a child with stdin on
+    /// /dev/null and its output captured, waits at most `timeout`, then kills it and gives
+    /// ETIMEDOUT (without waiting for it to die). ENOSYS where that is not possible (the
+    /// simulated kernel): the caller does the work itself.
+    fn run_self(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
+        let _ = (args, timeout);
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
     /// Creates a symlink `rel` → `target` (the target is stored as given); EEXIST when

@@ -166,6 +166,24 @@ impl Host for RealHost {
         Ok(())
     }
 
+    fn replace_file(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        let p = self.path(rel);
+        let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data))
+            .and_then(|()| fs::rename(&tmp, &p));
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+
     fn remove_file(&self, rel: &str) -> io::Result<()> {
         fs::remove_file(self.path(rel))
     }
@@ -266,6 +284,88 @@ impl Host for RealHost {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
+                Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+            }
+        }
+    }
+
+    fn run_self(&self, args: &[&str], timeout: Duration) -> io::Result<CmdOutput> {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + timeout;
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            return Err(io::Error::other("no pipes to the child"));
+        };
+        // Both pipes until end of file (the child exited, or closed them), at most until the
+        // deadline: poll(2) wakes at once when the child is done.
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let (mut o_open, mut e_open) = (true, true);
+        let mut buf = [0u8; 4096];
+        while o_open || e_open {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                let _ = child.kill();
+                let _ = child.try_wait();
+                return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: if o_open { out.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if e_open { err.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: poll on two descriptors we own (or -1, ignored).
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if r < 0 {
+                let x = io::Error::last_os_error();
+                if x.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                let _ = child.kill();
+                return Err(x);
+            }
+            for (i, f) in fds.iter().enumerate() {
+                if f.fd < 0 || f.revents == 0 {
+                    continue;
+                }
+                let (src, dst, open): (&mut dyn Read, &mut Vec<u8>, &mut bool) = if i == 0 {
+                    (&mut out, &mut o, &mut o_open)
+                } else {
+                    (&mut err, &mut e, &mut e_open)
+                };
+                match src.read(&mut buf) {
+                    Ok(0) | Err(_) => *open = false,
+                    Ok(n) if dst.len() < (64 << 10) => dst.extend_from_slice(&buf[..n]),
+                    Ok(_) => {}
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match poll_until(left, || child.try_wait().ok().flatten()) {
+            Some(st) => Ok(CmdOutput {
+                code: st.code(),
+                stdout: String::from_utf8_lossy(&o).into_owned(),
+                stderr: String::from_utf8_lossy(&e).into_owned(),
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.try_wait();
                 Err(io::Error::from_raw_os_error(libc::ETIMEDOUT))
             }
         }

@@ -3277,6 +3277,15 @@ impl Host for SimHost {
         self.real.write_atomic(rel, data)
     }
 
+    fn replace_file(&self, rel: &str, data: &[u8]) -> io::Result<()> {
+        match self.take_fault(OpClass::Write, rel) {
+            Some(Fault::Errno(e)) => return Err(err(e)),
+            Some(Fault::Hang) => return Err(self.hang_op(None)),
+            _ => {}
+        }
+        self.real.replace_file(rel, data)
+    }
+
     fn remove_file(&self, rel: &str) -> io::Result<()> {
         self.real.remove_file(rel)
     }

@@ -118,6 +118,8 @@ struct RawConfig {
     quirk: Vec<toml::Value>,
     /// node_exporter textfile (`metrics_path`).
     metrics_file: Option<String>,
+    #[serde(default)]
+    cluster: ClusterOptions,
     /// `[node.NAME]`: the same keys, for one node only (never nested).
     #[serde(default)]
     node: BTreeMap<String, RawConfig>,
@@ -135,6 +137,25 @@ pub enum QuirkSource {
     },
 }
 
+/// `[cluster]`: the fleet view (`engine::fleet`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterOptions {
+    /// Publish the device inventory after the phases (default true).
+    #[serde(default = "yes")]
+    pub publish: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { publish: true }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub timeouts: Timeouts,
@@ -147,6 +168,8 @@ pub struct Config {
     pub metrics_file: Option<String>,
     /// Which files it was built from, and how the cluster part went.
     pub origin: Origin,
+    /// `[cluster]` options.
+    pub cluster: ClusterOptions,
 }
 
 /// Which kind of file a config layer came from.
@@ -395,6 +418,7 @@ fn build(raw: RawConfig, file: &str) -> Result<Config> {
         vm,
         source: Some(file.to_string()),
         metrics_file: metrics_path(file, raw.metrics_file.as_deref())?,
+        cluster: raw.cluster,
         ..Config::default()
     })
 }
@@ -439,7 +463,6 @@ fn metrics_path(file: &str, v: Option<&str>) -> Result<Option<String>> {
     }
     Ok(Some(rel.to_string()))
 }
-
 
 /// The trusted quirks.d files of `dir`, in name order.
 fn quirk_files(host: &dyn Host, dir: &str, kind: FileKind) -> Result<Vec<Part>> {

@@ -55,6 +55,11 @@ fn read_hex(host: &dyn Host, bdf: &Bdf, f: DevFile) -> Option<u32> {
     read_trim(host, &paths::dev(bdf, f)).and_then(|s| parse_sysfs_hex(&s))
 }
 
+/// The class code alone (one read), for choosing devices before reading them in full.
+pub fn class_of(host: &dyn Host, bdf: &Bdf) -> Option<u32> {
+    read_hex(host, bdf, DevFile::Class)
+}
+
 pub fn exists(host: &dyn Host, bdf: &Bdf) -> bool {
     host.exists(&paths::dev_dir(bdf))
 }

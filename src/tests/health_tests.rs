@@ -671,3 +671,29 @@ fn dry_run_remembers_nothing() {
     crate::engine::phase::pve(&t.ctx_dry(true), 100, "pre-start").unwrap();
     assert!(!t.sim.root_dir().join(FILE).exists());
 }
+
+/// The fleet inventory carries the reset memory's health of a device (one truth: the same
+/// view `status` prints), and none for a device never reset.
+#[test]
+fn the_published_inventory_carries_the_health_of_the_last_reset() {
+    let t = T::new();
+    t.sim
+        .set_reset_behaviour(NVME, "flr", ResetBehaviour::Wedge);
+    let r = reset1(&t, NVME);
+    assert_eq!(r.verdict, Verdict::Reset, "{r:?}");
+    let inv = crate::engine::fleet::build_readonly(&*t.sim, "pve1", "publish");
+    let dev = |b: &str| {
+        inv.devices
+            .iter()
+            .find(|d| d.bdf == bdf(b))
+            .unwrap_or_else(|| panic!("{b} not in the inventory: {inv:?}"))
+    };
+    let h = dev(NVME).health.as_ref().expect("health of the reset NVMe");
+    assert_eq!(h.last_rung.as_deref(), Some("bus-reset"));
+    assert_eq!(h.failures, 0);
+    assert!(!h.needs_reboot);
+    let m = memory(&t);
+    let full = m.device_health(&bdf(NVME), &model_of(&t, NVME)).unwrap();
+    assert_eq!(h.last_reset, Some(full.last_reset));
+    assert!(dev(NVME2).health.is_none(), "{:?}", dev(NVME2));
+}

@@ -1527,6 +1527,65 @@ if section guard; then
     rmmod vfio_pci 2>/dev/null
 fi
 
+# ================================================================ fleet
+# The device inventory a node publishes to /etc/pve/nodes/<node>/pt-hook.json after its
+# phases (here /etc/pve is a plain directory of the initramfs, the node is pve1), from real
+# sysfs: who holds what after a pre-start, and after the post-stop.
+INV=/etc/pve/nodes/pve1/pt-hook.json
+inv_dev() { # BDF -> that device's object from the one-line inventory (health is its last field)
+    tr '{' '\n' <"$INV" 2>/dev/null | grep "\"bdf\":\"$1\""
+}
+inv_dev_has() { # BDF PATTERN...
+    _j=$(inv_dev "$1")
+    _b=$1
+    shift
+    for _p in "$@"; do
+        case "$_j" in
+            *"$_p"*) ;;
+            *) WHY="$_b lacks $_p: $(echo "$_j" | head -c 300)"; return 1 ;;
+        esac
+    done
+}
+inv_has() { grep -q -- "$1" "$INV" 2>/dev/null || { WHY="$INV lacks $1: $(head -c 200 "$INV" 2>/dev/null)"; return 1; }; }
+if section fleet; then
+    mkdir -p /etc/pve/nodes/pve1
+    rm -f "$INV"
+    hook -v 100 pre-start
+    check fleet.pre-start-exit-0 rc_is 0
+    info "pre-start: $(echo "$OUT" | grep -o 'inventory: .*' | head -n 1)"
+    check fleet.published-after-pre-start exists "$INV"
+    check fleet.pre-start-phase inv_has '"phase":"pre-start","pt_hook"'
+    check fleet.pre-start-node inv_has '"node":"pve1"'
+    check fleet.nvme1-held-by-100 inv_dev_has $NVME1 '"driver":"vfio-pci"' '"owner":"100"' '"owner_source":"state","running":true'
+    check fleet.vga-listed-boot-vga inv_dev_has $VGA '"driver":"bochs-drm"' '"boot_vga":true' '"owner":"102"'
+    check fleet.nvme1-id inv_dev_has $NVME1 "\"iommu_group\":$(group $NVME1),"
+    hook -v 100 post-stop
+    check fleet.post-stop-exit-0 rc_is 0
+    info "post-stop: $(echo "$OUT" | grep -o 'inventory: .*' | head -n 1)"
+    check fleet.post-stop-phase inv_has '"phase":"post-stop","pt_hook"'
+    check fleet.nvme1-back-and-free inv_dev_has $NVME1 "\"driver\":\"$(orig_drv $NVME1)\"" '"owner_source":"config","running":false'
+    check fleet.no-temporary-left absent /etc/pve/nodes/pve1/pt-hook.tmp.*
+    hook status --cluster --json
+    check fleet.cluster-exit-0 rc_is 0
+    check fleet.cluster-local out_has '"local": true'
+    # Quorum lost: /etc/pve read-only (here a read-only tmpfs over the node's directory, so
+    # the writes get EROFS). The phases still succeed, with one warning each.
+    cp "$INV" /tmp/inv.before
+    mount -t tmpfs -o ro tmpfs /etc/pve/nodes/pve1
+    hook 100 pre-start
+    check fleet.ro-pre-start-exit-0 rc_is 0
+    check fleet.ro-pre-start-warns out_has 'read-only'
+    check fleet.ro-nvme1-on-vfio drv_is $NVME1 vfio-pci
+    hook 100 post-stop
+    check fleet.ro-post-stop-exit-0 rc_is 0
+    check fleet.ro-post-stop-warns out_has 'read-only'
+    umount /etc/pve/nodes/pve1
+    check fleet.ro-old-inventory-kept cmp -s /tmp/inv.before "$INV"
+    check fleet.restored all_original
+    rm -rf /etc/pve/nodes /tmp/inv.before
+    restore_bed
+fi
+
 # =============================================================== syslog
 if section syslog; then
     n=$(grep -c 'pt-hook' /var/log/messages 2>/dev/null)

@@ -20,6 +20,7 @@ use crate::pci::{Bdf, PciId};
 use crate::sysfs::device::{self, DeviceInfo};
 use crate::sysfs::pciids::{self, Names};
 
+mod cluster;
 mod host;
 mod vm;
 
@@ -911,7 +912,10 @@ mod tests {
             "not pt-hook"
         );
         assert_eq!(status(&r, "vm.romfile", Some(100)), Status::Fail);
-        assert_eq!(status(&r, "vm.ha", Some(100)), Status::Warn);
+        assert_eq!(
+            status(&r, "vm.cluster.raw-address", Some(100)),
+            Status::Warn
+        );
         let c = &find(&r, "vm.nvidia-workarounds", Some(100))[0];
         assert!(c.message.contains("kvm=off") && c.message.contains("hidden=1"));
         write(&s, "usr/share/kvm/vega.rom", "rom");

@@ -1,6 +1,6 @@
 //! doctor's VM checks, one function per concern: devices, IOMMU groups, devices in use,
-//! console handoff, machine and PCIe, GPU functions and firmware, romfiles, memory and CPU, HA
-//! and leftover workarounds, hookscript, quirks, address drift.
+//! console handoff, machine and PCIe, GPU functions and firmware, romfiles, memory and CPU,
+//! leftover workarounds, hookscript, quirks, address drift (HA and migration: `cluster.rs`).
 
 use super::*;
 
@@ -40,6 +40,9 @@ impl Doctor<'_> {
                             .into(),
                     ),
                 );
+                // A mapping without an entry for this node fails above; the other nodes
+                // are still worth checking.
+                self.vm_cluster(vmid, &cfg);
                 return;
             }
         };
@@ -534,25 +537,9 @@ impl Doctor<'_> {
         }
     }
 
-    /// HA membership and leftover Code 43 workarounds.
+    /// Leftover Code 43 workarounds (HA and migration: `cluster.rs`).
     pub(super) fn vm_ha_and_workarounds(&mut self, vmid: u32, cfg: &VmConfig) {
-        if let Ok(text) = read_bounded(self.host, "etc/pve/ha/resources.cfg") {
-            let ours = text.lines().any(|l| {
-                l.split_once(':')
-                    .is_some_and(|(k, v)| k.trim() == "vm" && v.trim() == vmid.to_string())
-            });
-            if ours {
-                self.add_vm(
-                    vmid,
-                    None,
-                    "vm.ha",
-                    Status::Warn,
-                    "the VM is an HA resource, but a VM with passed-through devices cannot migrate: HA can only restart it on this node".into(),
-                    Some(format!("ha-manager remove vm:{vmid}, or use resource mappings on every node of the HA group")),
-                );
-            }
-        }
-
+        self.vm_cluster(vmid, cfg);
         let args = format!(
             "{} {}",
             cfg.get("args").unwrap_or(""),

@@ -9,8 +9,10 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod ha;
 pub mod hostpci;
 pub mod mapping;
+pub mod members;
 
 #[cfg(test)]
 mod fixtures_test;
