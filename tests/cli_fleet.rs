@@ -404,6 +404,31 @@ fn publishing_never_holds_a_phase() {
     assert!(!r.stderr.contains("inventory"), "{}", r.text());
     let r = pt_hook(&plain, "plain", &["publish"]);
     assert!(r.stdout.contains("not published"), "{}", r.text());
+    // The same where mountinfo shows /etc/pve is no mount (a plain directory cannot hang): the
+    // phase looks itself and starts no publish child (one fork and exec less per phase).
+    fs::create_dir_all(plain.join("proc/self")).unwrap();
+    fs::write(
+        plain.join("proc/self/mountinfo"),
+        "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n",
+    )
+    .unwrap();
+    let r = pt_hook(&plain, "plain", &["-v", "100", "post-stop"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        r.stderr
+            .contains("not published: /etc/pve is a plain directory"),
+        "{}",
+        r.text()
+    );
+    // With the node's directory there, it publishes as before.
+    fs::create_dir_all(plain.join("etc/pve/nodes/plain")).unwrap();
+    let r = pt_hook(&plain, "plain", &["-v", "100", "post-stop"]);
+    assert_eq!(r.code, 0, "{}", r.text());
+    assert!(
+        plain.join("etc/pve/nodes/plain/pt-hook.json").exists(),
+        "{}",
+        r.text()
+    );
 }
 
 fn checks(doc: &Value, vm: u64) -> Vec<(&str, &str, &str, &str)> {

@@ -421,6 +421,19 @@ pub fn publish_after(ctx: &Ctx, phase: &str) {
     if !has_pve {
         return;
     }
+    // An /etc/pve that is no mount at all (a plain directory: Proxmox's files without pmxcfs, a
+    // test bed) cannot hang, so the node's directory is looked for here and no child is started
+    // without it. On a mount (pmxcfs) only the bounded child looks.
+    if matches!(crate::host::mount_at(ctx.h(), "etc/pve"), Ok(None))
+        && !(crate::parse::pve::config::valid_node_name(&ctx.node)
+            && ctx.h().exists(&format!("etc/pve/nodes/{}", ctx.node)))
+    {
+        ctx.log.debug(&format!(
+            "inventory: not published: /etc/pve is a plain directory (no pmxcfs mounted) without nodes/{}",
+            crate::log::escape_controls(&ctx.node)
+        ));
+        return;
+    }
     if ctx.dry_run {
         ctx.log.info(&format!(
             "dry-run: would publish the device inventory to /etc/pve/nodes/{}/{INVENTORY_FILE}",
