@@ -226,12 +226,10 @@ pub enum Cat {
     Verify,
     /// modprobe, systemctl, pct.
     Run,
-    /// Forking the helper children of bounded kernel I/O ahead of the ops (`host::kio`).
-    Fork,
 }
 
 impl Cat {
-    pub const ALL: [Cat; 15] = [
+    pub const ALL: [Cat; 14] = [
         Cat::Startup,
         Cat::Config,
         Cat::Quirks,
@@ -246,7 +244,6 @@ impl Cat {
         Cat::Wait,
         Cat::Verify,
         Cat::Run,
-        Cat::Fork,
     ];
 
     pub fn name(self) -> &'static str {
@@ -265,7 +262,6 @@ impl Cat {
             Cat::Wait => "wait",
             Cat::Verify => "verify",
             Cat::Run => "run",
-            Cat::Fork => "fork",
         }
     }
 }

@@ -36,26 +36,15 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     }
     // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
     // is not a user: resetting its devices is what this command is for.
-    // The helpers of the slots' bounded I/O (one per slot thread) fork while the guard scans.
-    let users = std::thread::scope(|sc| {
-        if !ctx.dry_run {
-            sc.spawn(|| {
-                ctx.log
-                    .timed(Cat::Fork, format!("{} helper(s)", bdfs.len()), || {
-                        ctx.host.prepare_bounded(bdfs.len())
-                    })
-            });
-        }
-        ctx.log.timed(Cat::Guard, "scan", || {
-            crate::engine::guard::scan(
-                &*ctx.host,
-                bdfs,
-                &crate::engine::guard::Opts {
-                    me: None,
-                    node: &ctx.node,
-                },
-            )
-        })
+    let users = ctx.log.timed(Cat::Guard, "scan", || {
+        crate::engine::guard::scan(
+            &*ctx.host,
+            bdfs,
+            &crate::engine::guard::Opts {
+                me: None,
+                node: &ctx.node,
+            },
+        )
     });
     let refused: Vec<String> = users
         .pairs()

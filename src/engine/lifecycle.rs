@@ -113,47 +113,31 @@ struct Guarded {
     transient: bool,
 }
 
-/// The functions the guard scans: every device of the plan but `driver=keep` ones.
-fn guarded_bdfs(devices: &[PlannedDevice]) -> Vec<Bdf> {
-    devices
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.info.bdf)
-        .collect()
-}
-
-/// The guard's scan of `bdfs`, timed.
-fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
-    ctx.log.timed(Cat::Guard, "scan", || {
-        guard::scan(
-            ctx.h(),
-            bdfs,
-            &guard::Opts {
-                me: Some(key),
-                node: &ctx.node,
-            },
-        )
-    })
-}
-
 /// The host guard applied to a plan: which users refuse the start, which the plan itself
 /// releases (units the console handoff stops; containers with `release_containers`).
-/// `early`: a scan made before the quirk profiles were applied, used when it covered the
-/// same functions (a profile can add companion functions).
 fn guard_plan(
     ctx: &Ctx,
     key: &VmKey,
     vmid: u32,
     devices: &[PlannedDevice],
     handoff: &[Step],
-    early: Option<(Vec<Bdf>, guard::Report)>,
 ) -> Guarded {
     let h = ctx.h();
-    let bdfs = guarded_bdfs(devices);
-    let users = match early {
-        Some((b, r)) if b == bdfs => r,
-        _ => guard_scan(ctx, key, &bdfs),
-    };
+    let bdfs: Vec<Bdf> = devices
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.info.bdf)
+        .collect();
+    let users = ctx.log.timed(Cat::Guard, "scan", || {
+        guard::scan(
+            h,
+            &bdfs,
+            &guard::Opts {
+                me: Some(key),
+                node: &ctx.node,
+            },
+        )
+    });
     ctx.log.debug(&format!(
         "host guard: {} function(s), {} open fd(s) on their nodes, {} user(s), {}",
         bdfs.len(),
@@ -293,25 +277,10 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
     let named = devices.clone();
     let mut id_warnings = Vec::new();
     let (identity, planned) = std::thread::scope(|sc| {
-        if !ctx.dry_run {
-            // The helpers of pre-start's bounded writes, one per device (they run in parallel).
-            let n = named.iter().filter(|d| !d.keep).count();
-            sc.spawn(move || {
-                ctx.log.timed(Cat::Fork, format!("{n} helper(s)"), || {
-                    ctx.h().prepare_bounded(n)
-                })
-            });
-        }
         let id = sc.spawn(|| {
             ctx.log.timed(Cat::Identity, "check", || {
                 crate::engine::identity::check(ctx.h(), key, &named, &mut id_warnings)
             })
-        });
-        // The guard scans the resolved functions while the profiles apply.
-        let scan = sc.spawn(|| {
-            let b = guarded_bdfs(&named);
-            let r = guard_scan(ctx, key, &b);
-            (b, r)
         });
         let planned = (|| -> Result<(Vec<Step>, Guarded)> {
             ctx.log.timed(Cat::Quirks, "load and match", || {
@@ -320,8 +289,7 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
             let plan_t = ctx.log.span(Cat::Plan, "console handoff");
             let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
             drop(plan_t);
-            let early = scan.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            let g = guard_plan(ctx, key, vmid, &devices, &handoff, Some(early));
+            let g = guard_plan(ctx, key, vmid, &devices, &handoff);
             Ok((handoff, g))
         })();
         let identity = id.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -674,17 +642,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             "{b}: already back on its host driver: verifying it, not resetting it"
         ));
     }
-    // The quirk profiles load, and the helpers of the bounded writes to come are forked,
-    // while the guard waits for the devices to be free.
+    // The quirk profiles load while the guard waits for the devices to be free.
     let (free, profiles) = std::thread::scope(|sc| {
-        if !ctx.dry_run {
-            let n = st.devices.len();
-            sc.spawn(move || {
-                ctx.log.timed(Cat::Fork, format!("{n} helper(s)"), || {
-                    ctx.h().prepare_bounded(n)
-                })
-            });
-        }
         // Only devices pre-start recorded a profile for use one (by its name): with none,
         // there is nothing to parse.
         let need = st.devices.iter().any(|d| d.quirk.is_some());

@@ -326,17 +326,6 @@ impl Pool {
         }
     }
 
-    /// Forks helpers until `n` (at most `POOL_MAX`) are idle.
-    fn fill(&self, n: usize) {
-        reap();
-        while lock(&self.idle).len() < n.min(POOL_MAX) {
-            match self.spawn() {
-                Ok(s) => lock(&self.idle).push(s),
-                Err(_) => return,
-            }
-        }
-    }
-
     /// Forks a helper; everything it needs is prepared here. The one place a child of
     /// pt-hook's bounded I/O is set up (`server_main`).
     fn spawn(&self) -> io::Result<Server> {
@@ -708,12 +697,6 @@ fn note_stuck<T>(path: &Path, pid: libc::pid_t, r: &io::Result<T>) {
             lock(&STUCK).push((d.to_path_buf(), pid));
         }
     }
-}
-
-/// Forks helpers until `n` (at most `POOL_MAX`) are idle, so that `n` ops can start at once
-/// without forking then. A failed fork is left for the op itself to report.
-pub fn prefork(n: usize) {
-    POOL.fill(n);
 }
 
 /// One open + write(2) of `data` to `path` in a helper child, waiting at most `timeout`
@@ -1223,32 +1206,6 @@ mod tests {
         std::fs::write(&p, "short").unwrap();
         assert_eq!(r.read(&p, 4096, s).1.unwrap(), b"short");
         assert_eq!(r.forks.load(Ordering::SeqCst), 1);
-    }
-
-    /// `prefork` leaves that many idle helpers (and forks none when they are there); ops
-    /// then take them without forking.
-    #[test]
-    fn prefork_fills_the_pool_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("attr");
-        std::fs::write(&p, "x").unwrap();
-        let r = Pool::new();
-        r.fill(3);
-        assert_eq!(r.forks.load(Ordering::SeqCst), 3);
-        assert_eq!(lock(&r.idle).len(), 3);
-        r.fill(2);
-        assert_eq!(r.forks.load(Ordering::SeqCst), 3);
-        std::thread::scope(|sc| {
-            for _ in 0..3 {
-                sc.spawn(|| {
-                    for _ in 0..20 {
-                        assert_eq!(r.read(&p, 8, Duration::from_secs(5)).1.unwrap(), b"x");
-                    }
-                });
-            }
-        });
-        assert_eq!(r.forks.load(Ordering::SeqCst), 3);
-        assert_eq!(lock(&r.idle).len(), 3);
     }
 
     /// Ops from 8 threads at once: at most one helper per thread, each then serving that

@@ -83,12 +83,6 @@ pub trait Host: Send + Sync + 'static {
             Err(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
         }
     }
-    /// Gets ready for `n` bounded ops running at the same time: `RealHost` forks the helper
-    /// children they will use now (see `kio`), so that the caller can do it while it waits
-    /// for something else rather than when the ops begin. Nothing for other hosts.
-    fn prepare_bounded(&self, n: usize) {
-        let _ = n;
-    }
     /// The last path component of a symlink's target (`driver` → "vfio-pci").
     fn link_name(&self, rel: &str) -> io::Result<String>;
     /// The whole target of a symlink (a device node's place in the PCI tree).

@@ -98,10 +98,6 @@ impl Host for RealHost {
         kio::write(&self.path(rel), data.as_bytes(), timeout)
     }
 
-    fn prepare_bounded(&self, n: usize) {
-        kio::prefork(n);
-    }
-
     fn read_bounded(self: Arc<Self>, rel: &str, timeout: Duration) -> io::Result<String> {
         kio::read_text(&self.path(rel), timeout)
     }
