@@ -236,6 +236,7 @@ fn fast_path() -> Option<std::result::Result<Cli, i32>> {
 }
 
 pub fn main() -> i32 {
+    let started = std::time::Instant::now();
     let parsed = fast_path().unwrap_or_else(|| {
         let args = crate::cmd::libvirt::rewrite_args(std::env::args_os().collect());
         Cli::try_parse_from(args).map_err(|e| {
@@ -287,26 +288,33 @@ pub fn main() -> i32 {
         // thread exists; nix's signal() is unsafe only because a handler could be unsound.
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
-    let mut log = Logger::new(verbosity, real_root);
+    let mut log = Logger::starting_at(started, verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
-    match run(&cli, host, &mut log) {
+    let code = match run(&cli, host, &mut log) {
         Ok(()) => 0,
         Err(e) => {
             log.error(&e.to_string());
             e.exit_code()
         }
-    }
+    };
+    // -v: where the time went (see `log::Timing`).
+    log.log_timing();
+    code
 }
 
 fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
-    let load_cfg =
-        |host: &dyn Host| -> Result<Config> { config::load(host, cli.global.config.as_deref()) };
+    let load_cfg = |host: &dyn Host| -> Result<Config> {
+        let _t = log.span(crate::log::Cat::Config, "pt-hook.toml");
+        config::load(host, cli.global.config.as_deref())
+    };
     // The phases that change the host run under the hard deadline (`phase_timeout` from the
     // moment the config is loaded): no bounded kernel op waits beyond it and a watchdog ends
     // the process shortly after it (see `host::kio`).
     let load_armed = |host: &dyn Host, phase: &str| -> Result<Config> {
         let mut cfg = load_cfg(host)?;
-        kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step);
+        log.timed(crate::log::Cat::Startup, "phase deadline, watchdog", || {
+            kio::arm_phase_deadline(phase, cfg.timeouts.phase, cfg.timeouts.step)
+        });
         // The commands that change the host keep the copy of the cluster config up to date,
         // from a good load only: the config parsed (above) and so do its quirk profiles
         // (checked here only when there is something new to save).

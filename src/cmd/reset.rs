@@ -6,6 +6,7 @@ use crate::engine::ctx::Ctx;
 use crate::engine::reset::{self, Mode, Verdict};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host};
+use crate::log::Cat;
 use crate::pci::Bdf;
 use crate::sysfs::device;
 
@@ -35,14 +36,16 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     }
     // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
     // is not a user: resetting its devices is what this command is for.
-    let users = crate::engine::guard::scan(
-        &*ctx.host,
-        bdfs,
-        &crate::engine::guard::Opts {
-            me: None,
-            node: &ctx.node,
-        },
-    );
+    let users = ctx.log.timed(Cat::Guard, "scan", || {
+        crate::engine::guard::scan(
+            &*ctx.host,
+            bdfs,
+            &crate::engine::guard::Opts {
+                me: None,
+                node: &ctx.node,
+            },
+        )
+    });
     let refused: Vec<String> = users
         .pairs()
         .filter(|(_, u)| !matches!(u, crate::engine::guard::Use::State { .. }))
@@ -62,6 +65,7 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     }
     // The devices asked for, plus whatever a VM's state says belongs with them.
     let mut owned: Vec<Bdf> = bdfs.to_vec();
+    let state_t = ctx.log.span(Cat::State, "VMs' state");
     for b in bdfs {
         for vm in crate::engine::state::list(&*ctx.host) {
             if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, &vm) {
@@ -71,6 +75,7 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             }
         }
     }
+    drop(state_t);
     crate::engine::metrics::timed(ctx, crate::engine::health::Phase::Reset, || {
         run(ctx, bdfs, method, json, &owned)
     })
@@ -79,6 +84,7 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
 /// The ladder and its report (the checks above passed).
 fn run(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool, owned: &[Bdf]) -> Result<()> {
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
+    let quirks_t = ctx.log.span(Cat::Quirks, "load and match");
     let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
     let mut quirks = reset::LadderQuirks::default();
     if method.is_none() {
@@ -90,6 +96,7 @@ fn run(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool, owned: &[Bdf])
             }
         }
     }
+    drop(quirks_t);
     let reports = reset::reset_many(ctx, bdfs, method, Mode::Manual, owned, &quirks);
     // Each device's health as the memory has it now (this reset included).
     let memory = crate::engine::health::Memory::load(&*ctx.host);
@@ -102,10 +109,11 @@ fn run(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool, owned: &[Bdf])
         })
         .collect();
     if json {
+        // `timing`: where this call's time went so far (see `log::Timing`).
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "results": reports, "health": health })
+                &serde_json::json!({ "results": reports, "health": health, "timing": ctx.log.timing() })
             )
             .unwrap_or_default()
         );

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
 use crate::host::CmdOutput;
 use crate::host::{poll_until, write_with_deadline, Host};
-use crate::log::Logger;
+use crate::log::{Cat, Logger};
 use crate::parse::config::Timeouts;
 use crate::pci::Bdf;
 use crate::sysfs::device;
@@ -75,6 +75,7 @@ impl<'a> Exec<'a> {
             );
             return Ok(());
         }
+        let _t = self.log.span(Cat::Write, write_what(what, rel, data));
         write_with_deadline(&self.host, rel, data, self.budget(timeout)).map_err(|e| {
             Error::host(
                 what,
@@ -87,9 +88,23 @@ impl<'a> Exec<'a> {
 
     /// Waits for a device's driver link to become `want` (None: unbound).
     pub fn wait_driver(&self, bdf: &Bdf, want: Option<&str>, timeout: Duration) -> Result<()> {
+        self.wait_driver_as(Cat::Wait, bdf, want, timeout)
+    }
+
+    /// `wait_driver`, timed as `cat` (the final checks of a restore are verification).
+    pub fn wait_driver_as(
+        &self,
+        cat: Cat,
+        bdf: &Bdf,
+        want: Option<&str>,
+        timeout: Duration,
+    ) -> Result<()> {
         if self.dry_run {
             return Ok(());
         }
+        let _t = self
+            .log
+            .span(cat, format!("{bdf} driver {}", want.unwrap_or("(none)")));
         let h = self.h();
         let got = poll_until(self.budget(timeout), || {
             let d = device::driver_of(h, bdf);
@@ -113,6 +128,7 @@ impl<'a> Exec<'a> {
             println!("dry-run: run {shown}");
             return Ok(());
         }
+        let _t = self.log.span(Cat::Run, shown.clone());
         let out = self
             .h()
             .run("modprobe", args, self.budget(self.t.module))
@@ -127,29 +143,67 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
-    /// Runs a batch (see `plan::batches`): one step inline, several in parallel. Every step
-    /// runs to its own end (each is bounded by its timeouts); the first error is returned.
+    /// Runs a batch (see `plan::batches`): each device's steps in order, different devices in
+    /// parallel. After a step fails no further step of the batch begins (steps already running
+    /// run to their own end, each bounded by its timeouts); the first error in batch order is
+    /// returned.
     pub fn apply_batch(&self, batch: &[Step]) -> Result<()> {
-        self.apply_each(batch).into_iter().collect()
+        self.run_lanes(batch, true).into_iter().flatten().collect()
     }
 
-    /// Runs a batch like `apply_batch` and gives every step's own result, in batch order.
+    /// Runs a batch like `apply_batch`, but every step runs whatever the others did (a
+    /// restore: one failure must not hide the others); every step's own result, in batch
+    /// order.
     pub fn apply_each(&self, batch: &[Step]) -> Vec<Result<()>> {
-        if let [one] = batch {
-            return vec![self.apply(one)];
+        self.run_lanes(batch, false)
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Failed("a step did not run".into()))))
+            .collect()
+    }
+
+    /// The lanes of a batch, in parallel; None for a step that did not begin (`stop`: a
+    /// step failed before it).
+    fn run_lanes(&self, batch: &[Step], stop: bool) -> Vec<Option<Result<()>>> {
+        let lanes = crate::engine::plan::lanes(batch);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let run = |lane: &[usize]| -> Vec<(usize, Result<()>)> {
+            let mut v = Vec::new();
+            for &i in lane {
+                if stop && failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let r = self.apply(&batch[i]);
+                let bad = r.is_err();
+                v.push((i, r));
+                if bad && stop {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+            }
+            v
+        };
+        let mut out: Vec<Option<Result<()>>> = batch.iter().map(|_| None).collect();
+        let done: Vec<Vec<(usize, Result<()>)>> = if let [one] = lanes.as_slice() {
+            vec![run(one)]
+        } else {
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = lanes
+                    .iter()
+                    .map(|lane| (lane[0], sc.spawn(|| run(lane))))
+                    .collect();
+                hs.into_iter()
+                    .map(|(first, h)| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![(first, Err(Error::Failed("a step panicked".into())))]
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for (i, r) in done.into_iter().flatten() {
+            out[i] = Some(r);
         }
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = batch
-                .iter()
-                .map(|s| sc.spawn(move || self.apply(s)))
-                .collect();
-            hs.into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::Failed("a step panicked".into())))
-                })
-                .collect()
-        })
+        out
     }
 
     pub fn apply(&self, step: &Step) -> Result<()> {
@@ -179,6 +233,7 @@ impl<'a> Exec<'a> {
                     }
                     self.modprobe(&[m])?;
                     if !self.dry_run {
+                        let _t = self.log.span(Cat::Wait, format!("module {m} appears"));
                         let drv = driver_for_module(m);
                         let dir = paths::module_dir(m).unwrap_or_default();
                         let ddir = paths::driver_dir(&drv).unwrap_or_default();
@@ -209,13 +264,16 @@ impl<'a> Exec<'a> {
             }
             Step::SetResetMethod { bdf, to, .. } => {
                 let rel = paths::dev(bdf, DevFile::ResetMethod);
-                if device::reset_method_of(h, bdf).as_deref() == Some(to.as_str()) {
+                let now = self.check(bdf, "reset_method", || device::reset_method_of(h, bdf));
+                if now.as_deref() == Some(to.as_str()) {
                     return Ok(());
                 }
                 let data = device::reset_method_data(to);
                 self.write(bdf, &rel, data, self.t.step)?;
                 if !self.dry_run {
-                    let now = device::reset_method_of(h, bdf).unwrap_or_default();
+                    let now = self
+                        .check(bdf, "reset_method", || device::reset_method_of(h, bdf))
+                        .unwrap_or_default();
                     if now != *to {
                         return Err(Error::Failed(format!(
                             "{bdf}: {} reads {now:?} after writing {to:?}",
@@ -232,14 +290,17 @@ impl<'a> Exec<'a> {
                     other => return Err(Error::Config(format!("unknown attribute {other}"))),
                 };
                 let rel = paths::dev(bdf, f);
-                let now = h.read(&rel).map(|s| s.trim().to_string()).ok();
+                let now = self.check(bdf, file, || {
+                    h.read(&rel).map(|s| s.trim().to_string()).ok()
+                });
                 if now.as_deref() == Some(to.as_str()) {
                     return Ok(());
                 }
                 self.write(bdf, &rel, to, self.t.step)
             }
             Step::Unbind { bdf, driver } => {
-                if device::driver_of(h, bdf).as_deref() != Some(driver.as_str()) {
+                let now = self.check(bdf, "driver", || device::driver_of(h, bdf));
+                if now.as_deref() != Some(driver.as_str()) {
                     return Ok(());
                 }
                 let rel = paths::driver_file(driver, "unbind")
@@ -250,7 +311,7 @@ impl<'a> Exec<'a> {
             Step::Bind { bdf, driver } => self.bind(bdf, driver),
             Step::SetOverride { bdf, to, .. } => {
                 let rel = paths::dev(bdf, DevFile::DriverOverride);
-                if device::override_of(h, bdf) == *to {
+                if self.check(bdf, "driver_override", || device::override_of(h, bdf)) == *to {
                     return Ok(());
                 }
                 let data = to.as_deref().unwrap_or("\n");
@@ -260,7 +321,9 @@ impl<'a> Exec<'a> {
                     }
                 }
                 self.write(bdf, &rel, data, self.t.step)?;
-                if !self.dry_run && device::override_of(h, bdf) != *to {
+                if !self.dry_run
+                    && self.check(bdf, "driver_override", || device::override_of(h, bdf)) != *to
+                {
                     return Err(Error::Failed(format!(
                         "{bdf}: {} did not take {:?}",
                         h.display(&rel),
@@ -270,7 +333,8 @@ impl<'a> Exec<'a> {
                 Ok(())
             }
             Step::Probe { bdf, driver } => {
-                if device::driver_of(h, bdf).as_deref() == Some(driver.as_str()) {
+                let now = self.check(bdf, "driver", || device::driver_of(h, bdf));
+                if now.as_deref() == Some(driver.as_str()) {
                     return Ok(());
                 }
                 self.write(bdf, paths::PCI_DRIVERS_PROBE, &bdf.to_string(), self.t.step)?;
@@ -286,6 +350,9 @@ impl<'a> Exec<'a> {
                 if self.dry_run {
                     return Ok(());
                 }
+                let _t = self
+                    .log
+                    .span(Cat::Guard, "wait until the functions are free");
                 let left = crate::engine::guard::wait_unheld(h, bdfs, self.budget(self.t.unit));
                 if left.is_empty() {
                     Ok(())
@@ -301,6 +368,7 @@ impl<'a> Exec<'a> {
 
     fn pct(&self, args: &[&str], timeout: Duration) -> Result<CmdOutput> {
         let shown = format!("pct {}", args.join(" "));
+        let _t = self.log.span(Cat::Run, shown.clone());
         self.h()
             .run("pct", args, self.budget(timeout))
             .map_err(|e| Error::host("container", "running", shown, e))
@@ -370,10 +438,16 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
+    /// A read that checks a device's state before or after a step, timed as verification.
+    fn check<T>(&self, bdf: &Bdf, what: &str, read: impl FnOnce() -> T) -> T {
+        let _t = self.log.span(Cat::Verify, format!("{bdf} read {what}"));
+        read()
+    }
+
     /// Gives a device to `driver`: explicit bind, falling back to the normal probe.
     fn bind(&self, bdf: &Bdf, driver: &str) -> Result<()> {
         let h = self.h();
-        let now = device::driver_of(h, bdf);
+        let now = self.check(bdf, "driver", || device::driver_of(h, bdf));
         if now.as_deref() == Some(driver) {
             return Ok(());
         }
@@ -420,6 +494,16 @@ impl crate::engine::console::Io for Exec<'_> {
     fn write_named(&self, what: &str, rel: &str, data: &str, timeout: Duration) -> Result<()> {
         Exec::write_named(self, what, rel, data, timeout)
     }
+}
+
+/// "0000:02:00.0 \"0000:02:00.0\" > drivers/nvme/unbind": a kernel write as the timing shows it.
+fn write_what(what: &str, rel: &str, data: &str) -> String {
+    let short = rel
+        .strip_prefix("sys/bus/pci/devices/")
+        .and_then(|r| r.split_once('/').map(|(_, f)| f))
+        .or_else(|| rel.strip_prefix("sys/bus/pci/"))
+        .unwrap_or(rel);
+    format!("{what} {:?} > {short}", data.trim_end())
 }
 
 /// "exit 2: Configuration file ... does not exist" for a helper program that failed.

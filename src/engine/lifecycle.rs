@@ -11,8 +11,15 @@ use crate::engine::resolve::{self, Resolved};
 use crate::engine::state::{self, DeviceRecord, VmKey, VmState};
 use crate::error::{Error, Result};
 use crate::host::{paths, Host, LockGuard};
+use crate::log::Cat;
 use crate::pci::Bdf;
 use crate::sysfs::device;
+
+/// Writes the state (atomically, with its fsyncs), timed.
+fn save(ctx: &Ctx, st: &VmState) -> Result<()> {
+    let _t = ctx.log.span(Cat::State, format!("write {}", st.phase));
+    state::save(ctx.h(), st)
+}
 
 /// What `plan` prints and pre-start executes.
 #[derive(Debug, serde::Serialize)]
@@ -52,15 +59,25 @@ impl VmPlan {
 }
 
 pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
-    let vmcfg = resolve::load_vm_config(ctx.h(), vmid)?;
-    let resolved = resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)?;
+    let vmcfg = ctx
+        .log
+        .timed(Cat::Config, format!("VM {vmid} config"), || {
+            resolve::load_vm_config(ctx.h(), vmid)
+        })?;
+    let resolved = ctx
+        .log
+        .timed(Cat::Resolve, "hostpci lines, IOMMU groups", || {
+            resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)
+        })?;
     plan_resolved(ctx, &VmKey::Pve(vmid), resolved)
 }
 
 /// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
 /// `key.vmid()` selects `[vm.N]` options (0, the defaults, for a libvirt domain).
 pub fn plan_bdfs(ctx: &Ctx, key: &VmKey, bdfs: &[(Bdf, String)]) -> Result<VmPlan> {
-    let resolved = resolve::resolve_bdfs(ctx.h(), bdfs)?;
+    let resolved = ctx.log.timed(Cat::Resolve, "hostdevs, IOMMU groups", || {
+        resolve::resolve_bdfs(ctx.h(), bdfs)
+    })?;
     plan_resolved(ctx, key, resolved)
 }
 
@@ -111,14 +128,16 @@ fn guard_plan(
         .filter(|d| !d.keep)
         .map(|d| d.info.bdf)
         .collect();
-    let users = guard::scan(
-        h,
-        &bdfs,
-        &guard::Opts {
-            me: Some(key),
-            node: &ctx.node,
-        },
-    );
+    let users = ctx.log.timed(Cat::Guard, "scan", || {
+        guard::scan(
+            h,
+            &bdfs,
+            &guard::Opts {
+                me: Some(key),
+                node: &ctx.node,
+            },
+        )
+    });
     ctx.log.debug(&format!(
         "host guard: {} function(s), {} open fd(s) on their nodes, {} user(s), {}",
         bdfs.len(),
@@ -252,17 +271,39 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
     let vmid = key.vmid();
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
-    // Before anything else reads or plans a change: what the named addresses hold now.
-    let identity = crate::engine::identity::check(ctx.h(), key, &devices, &mut warnings);
-    crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)?;
+    // Before anything else reads or plans a change: what the named addresses hold now. The
+    // check only reads (config space, the record): it runs beside the quirk profiles, the
+    // console handoff's plan and the guard's scan, which do not depend on it.
+    let named = devices.clone();
+    let mut id_warnings = Vec::new();
+    let (identity, planned) = std::thread::scope(|sc| {
+        let id = sc.spawn(|| {
+            ctx.log.timed(Cat::Identity, "check", || {
+                crate::engine::identity::check(ctx.h(), key, &named, &mut id_warnings)
+            })
+        });
+        let planned = (|| -> Result<(Vec<Step>, Guarded)> {
+            ctx.log.timed(Cat::Quirks, "load and match", || {
+                crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)
+            })?;
+            let plan_t = ctx.log.span(Cat::Plan, "console handoff");
+            let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
+            drop(plan_t);
+            let g = guard_plan(ctx, key, vmid, &devices, &handoff);
+            Ok((handoff, g))
+        })();
+        let identity = id.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (identity, planned)
+    });
+    let (handoff, g) = planned?;
+    let mut warnings: Vec<String> = id_warnings.into_iter().chain(warnings).collect();
+    let _plan_t = ctx.log.span(Cat::Plan, "steps");
     let facts = HostFacts {
         vfio_loaded: ctx
             .h()
             .exists(&format!("{}/{}", paths::PCI_DRIVERS, plan::VFIO)),
     };
     let mut steps = Vec::new();
-    let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
-    let g = guard_plan(ctx, key, vmid, &devices, &handoff);
     warnings.extend(g.users.notes.iter().cloned());
     steps.extend(
         g.containers
@@ -335,6 +376,7 @@ fn lock_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<Box<dyn LockGuard>>> {
     let mut v: Vec<Bdf> = bdfs.to_vec();
     v.sort();
     v.dedup();
+    let _t = ctx.log.span(Cat::Lock, "device locks");
     let mut guards = Vec::new();
     for b in v {
         let rel = paths::lock_file(&b);
@@ -421,6 +463,7 @@ pub fn prepare(
     }
     let bdfs: Vec<Bdf> = active.iter().map(|d| d.info.bdf).collect();
     let _locks = lock_devices(ctx, &bdfs)?;
+    let others_t = ctx.log.span(Cat::State, "other VMs' state");
     for b in &bdfs {
         if let Some(owner) = state::owner_of(ctx.h(), b, key) {
             // cleanup leaves a running VM or domain alone: only a stopped one's leftover
@@ -438,7 +481,9 @@ pub fn prepare(
             )));
         }
     }
-    let p = if let Some(old) = state::load(ctx.h(), key)? {
+    let old = state::load(ctx.h(), key);
+    drop(others_t);
+    let p = if let Some(old) = old? {
         if let Some(pid) = state::running(ctx.h(), key) {
             return Err(Error::Failed(format!(
                 "{key} is running (QEMU pid {pid}) and already holds its devices"
@@ -483,12 +528,12 @@ pub fn prepare(
         crate::engine::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
-    state::save(ctx.h(), &st)?;
+    save(ctx, &st)?;
     // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
     // idempotent, so undoing a step that never ran is harmless.
     for batch in plan::batches(&p.steps) {
         st.journal.extend(batch.iter().cloned());
-        let r = state::save(ctx.h(), &st).and_then(|_| {
+        let r = save(ctx, &st).and_then(|_| {
             crash_point()?;
             exec.apply_batch(&batch)?;
             crash_point()
@@ -509,7 +554,7 @@ pub fn prepare(
                 Ok(()) if keep.is_some() => {
                     let mut k = keep.expect("checked");
                     k.phase = "rollback-pending".into();
-                    state::save(ctx.h(), &k)?;
+                    save(ctx, &k)?;
                     return Err(Error::Failed(format!(
                         "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `{}` once the device responds",
                         ctx.h().display(&key.state_file()),
@@ -528,8 +573,10 @@ pub fn prepare(
         }
     }
     st.phase = "prepared".into();
-    state::save(ctx.h(), &st)?;
-    crate::engine::identity::remember(ctx, key, &p.identity);
+    save(ctx, &st)?;
+    ctx.log.timed(Cat::Identity, "remember", || {
+        crate::engine::identity::remember(ctx, key, &p.identity)
+    });
     ctx.log.info(&format!(
         "{} device(s) on vfio-pci: {}",
         bdfs.len(),
@@ -548,7 +595,10 @@ pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
 }
 
 pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
-    let Some(st) = state::load(ctx.h(), key)? else {
+    let loaded = ctx
+        .log
+        .timed(Cat::State, "read", || state::load(ctx.h(), key));
+    let Some(st) = loaded? else {
         ctx.log
             .info(&format!("no pt-hook state for {key}: nothing to restore"));
         return Ok(());
@@ -572,6 +622,9 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     // A function already back on the host driver it had (a late bind that finished after
     // an earlier post-stop gave up) is verified below and never reset: a reset under a
     // bound host driver can wedge it (a NIC then blocks `ip link` under the RTNL lock).
+    let back_t = ctx
+        .log
+        .span(Cat::Verify, "already back on the host driver?");
     let back: Vec<Bdf> = st
         .devices
         .iter()
@@ -583,21 +636,39 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         })
         .map(|d| d.original.bdf)
         .collect();
+    drop(back_t);
     for b in &back {
         ctx.log.info(&format!(
             "{b}: already back on its host driver: verifying it, not resetting it"
         ));
     }
-    wait_for_holders(ctx, &exec, &mut st, &back)?;
+    // The quirk profiles load while the guard waits for the devices to be free.
+    let (free, profiles) = std::thread::scope(|sc| {
+        // Only devices pre-start recorded a profile for use one (by its name): with none,
+        // there is nothing to parse.
+        let need = st.devices.iter().any(|d| d.quirk.is_some());
+        let q = sc.spawn(move || {
+            if !need {
+                return Vec::new();
+            }
+            ctx.log.timed(Cat::Quirks, "load", || {
+                crate::engine::quirks::load_all(ctx.h(), ctx.cfg)
+                    .unwrap_or_else(|_| crate::engine::quirks::builtin())
+            })
+        });
+        let free = wait_for_holders(ctx, &exec, &mut st, &back);
+        (
+            free,
+            q.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
+    free?;
     st.phase = "post-stop".into();
     st.pid = std::process::id();
-    state::save(ctx.h(), &st)?;
-    let profiles = crate::engine::quirks::load_all(ctx.h(), ctx.cfg)
-        .unwrap_or_else(|_| crate::engine::quirks::builtin());
-    let mut failed: Vec<String> = Vec::new();
+    save(ctx, &st)?;
     // An earlier "unrecovered" device that is present again was reset once more just now
     // (post_stop_reset): it stays unrecovered only if that failed too.
-    let mut unrecovered: Vec<Bdf> = if with_reset {
+    let unrecovered: Vec<Bdf> = if with_reset {
         st.unrecovered
             .iter()
             .copied()
@@ -606,26 +677,102 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     } else {
         st.unrecovered.clone()
     };
+    // The restore's batches (see `plan::batches`). The first, when it only moves devices
+    // (the usual post-stop: unbind from vfio-pci, driver_override, bind back), runs for the
+    // functions of each bus as soon as that bus's resets are done, while other buses are
+    // still resetting; with no batch after it, each device is verified right after its own
+    // steps. Functions of an unrecovered slot stay together on vfio-pci.
+    let stages = plan::batches(&plan::restore_steps(&st.journal));
+    let early: Vec<Step> = match stages.first() {
+        Some(b) if with_reset && b.iter().all(|s| s.bdf().is_some()) => b.clone(),
+        _ => Vec::new(),
+    };
+    let rest = &stages[usize::from(!early.is_empty())..];
+    let verify_early = !early.is_empty() && rest.is_empty();
+    let held_in = |unrec: &[Bdf], b: &Bdf| unrec.iter().any(|u| u.slot() == b.slot());
+    let progress = std::sync::Mutex::new(Progress {
+        unrecovered,
+        ..Progress::default()
+    });
+    let lock = || progress.lock().unwrap_or_else(|p| p.into_inner());
+    let restore_now = |bdfs: &[Bdf]| {
+        let unrec = lock().unrecovered.clone();
+        let mine: Vec<Bdf> = bdfs
+            .iter()
+            .copied()
+            .filter(|b| !held_in(&unrec, b))
+            .collect();
+        let batch: Vec<Step> = early
+            .iter()
+            .filter(|s| s.bdf().is_some_and(|b| mine.contains(&b)))
+            .cloned()
+            .collect();
+        let mut done = Progress::default();
+        // Each step of a batch on its own: one failure must not hide the others.
+        for (s, r) in batch.iter().zip(exec.apply_each(&batch)) {
+            if let Err(e) = r {
+                done.failed.push(e.to_string());
+                done.undo_failed.extend(s.bdf());
+            }
+        }
+        if verify_early {
+            for d in st.devices.iter().filter(|d| mine.contains(&d.original.bdf)) {
+                verify_restored(ctx, &exec, &profiles, d, &mut done.failed);
+                done.verified.push(d.original.bdf);
+            }
+        }
+        done.ran = mine;
+        lock().add(done);
+    };
     if with_reset {
-        let outcome = crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back);
+        let bus_done = |funcs: &[Bdf], bad: &[(Bdf, String)]| {
+            {
+                let mut p = lock();
+                for (b, _) in bad {
+                    if !p.unrecovered.contains(b) {
+                        p.unrecovered.push(*b);
+                    }
+                }
+            }
+            if !early.is_empty() {
+                restore_now(funcs);
+            }
+        };
+        let outcome = crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back, &bus_done);
+        let mut p = lock();
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(
                 "{b}: {msg}; leaving it on vfio-pci (safe); it needs a host reboot or power cycle"
             ));
-            if !unrecovered.contains(&b) {
-                unrecovered.push(b);
+            if !p.unrecovered.contains(&b) {
+                p.unrecovered.push(b);
             }
         }
     }
-    // Functions of an unrecovered slot stay together on vfio-pci.
-    let held = |b: &Bdf| unrecovered.iter().any(|u| u.slot() == b.slot());
-    let mut undo_failed: Vec<Bdf> = Vec::new();
-    let todo: Vec<Step> = plan::restore_steps(&st.journal)
-        .into_iter()
-        .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
+    let Progress {
+        mut failed,
+        mut undo_failed,
+        unrecovered,
+        ran,
+        verified,
+    } = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+    let held = |b: &Bdf| held_in(&unrecovered, b);
+    // What did not run yet: the first batch's steps of devices no bus finished (not reset:
+    // already back, or no reset), then every later batch.
+    let left: Vec<Step> = early
+        .iter()
+        .filter(|s| s.bdf().is_some_and(|b| !ran.contains(&b)))
+        .cloned()
         .collect();
-    // Each step of a batch on its own: one failure must not hide the others.
-    for batch in plan::batches(&todo) {
+    let todo: Vec<Step> = rest.iter().flatten().cloned().collect::<Vec<Step>>();
+    for batch in [left, todo].iter().flat_map(|l| {
+        let l: Vec<Step> = l
+            .iter()
+            .filter(|s| !s.bdf().is_some_and(|b| held(&b)))
+            .cloned()
+            .collect();
+        plan::batches(&l)
+    }) {
         for (s, r) in batch.iter().zip(exec.apply_each(&batch)) {
             if let Err(e) = r {
                 failed.push(e.to_string());
@@ -634,7 +781,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         }
     }
     for d in &st.devices {
-        if held(&d.original.bdf) {
+        if held(&d.original.bdf) || verified.contains(&d.original.bdf) {
             continue;
         }
         verify_restored(ctx, &exec, &profiles, d, &mut failed);
@@ -644,7 +791,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.journal.retain(|s| s.bdf().is_some_and(|b| held(&b)));
         st.devices.retain(|d| held(&d.original.bdf));
         st.phase = "unrecovered".into();
-        state::save(ctx.h(), &st)?;
+        save(ctx, &st)?;
         return Err(Error::NeedsReboot(format!(
             "{key}: {} did not recover from reset and stay on vfio-pci; {}host reboot (or power cycle) needed",
             unrecovered.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" "),
@@ -674,7 +821,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         st.journal
             .retain(|s| s.bdf().is_none_or(|b| left.contains(&b)));
         st.phase = "restore-failed".into();
-        state::save(ctx.h(), &st)?;
+        save(ctx, &st)?;
         return Err(Error::Failed(format!(
             "{key}: restore incomplete: {}; state kept in {} for `{}`",
             failed.join("; "),
@@ -682,12 +829,33 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             key.cleanup_hint()
         )));
     }
-    state::remove(ctx.h(), &key)?;
+    ctx.log
+        .timed(Cat::State, "remove", || state::remove(ctx.h(), &key))?;
     ctx.log.info(&format!(
         "{key}: {} device(s) back on their host drivers",
         st.devices.len()
     ));
     Ok(())
+}
+
+/// What a restore has done so far (gathered from the buses' threads).
+#[derive(Default)]
+struct Progress {
+    failed: Vec<String>,
+    undo_failed: Vec<Bdf>,
+    unrecovered: Vec<Bdf>,
+    /// Devices whose first-batch steps ran.
+    ran: Vec<Bdf>,
+    verified: Vec<Bdf>,
+}
+
+impl Progress {
+    fn add(&mut self, o: Progress) {
+        self.failed.extend(o.failed);
+        self.undo_failed.extend(o.undo_failed);
+        self.ran.extend(o.ran);
+        self.verified.extend(o.verified);
+    }
 }
 
 /// Nothing is reset or unbound while something holds a device: QEMU may still be exiting,
@@ -702,6 +870,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
     if !check.is_empty() {
         let phase = ctx.cfg.timeouts.phase;
         let wait = phase.saturating_sub((phase / 4).min(std::time::Duration::from_secs(30)));
+        let _t = ctx.log.span(Cat::Guard, "scan, wait until free");
         let left = guard::wait_free(
             ctx.h(),
             &check,
@@ -716,7 +885,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
         );
         if !left.is_clear() {
             st.phase = "held".into();
-            state::save(ctx.h(), st)?;
+            save(ctx, st)?;
             return Err(Error::Failed(format!(
                 "{key}: {} after {}; nothing was reset or unbound; state kept in {}; run `{}` once it is released",
                 left.lines().join("; "),
@@ -739,6 +908,7 @@ fn verify_restored(
 ) {
     let b = d.original.bdf;
     let want = d.original.driver.as_deref();
+    let _t = ctx.log.span(Cat::Verify, format!("{b} back as it was"));
     if !device::exists(ctx.h(), &b) {
         failed.push(format!(
             "{b}: device is gone from {}",
@@ -754,7 +924,7 @@ fn verify_restored(
         .and_then(|p| p.rebind_wait())
         .unwrap_or(ctx.cfg.timeouts.driver_bind)
         .max(ctx.cfg.timeouts.driver_bind);
-    if let Err(e) = exec.wait_driver(&b, want, wait) {
+    if let Err(e) = exec.wait_driver_as(Cat::Verify, &b, want, wait) {
         failed.push(e.to_string());
     }
     let ov = device::override_of(ctx.h(), &b);

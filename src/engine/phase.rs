@@ -8,13 +8,27 @@ use crate::engine::metrics;
 use crate::engine::state::{self, VmKey};
 use crate::engine::userhooks;
 use crate::error::{Error, Result};
+use crate::log::Cat;
 use crate::pci::Bdf;
+
+/// The user hooks of a phase, timed.
+fn hooks(
+    ctx: &Ctx,
+    key: &VmKey,
+    phase: &str,
+    devices: &[Bdf],
+    rollback: bool,
+) -> (usize, Result<()>) {
+    ctx.log.timed(Cat::Hooks, phase, || {
+        userhooks::run_hooks(ctx, key, phase, devices, rollback)
+    })
+}
 
 fn undo_after_failed_start(ctx: &Ctx, key: &VmKey, devices: &[Bdf]) {
     ctx.log.warn(
         "pre-start failed after user pre-start hooks ran: running the post-stop hooks with PT_HOOK_ROLLBACK=1",
     );
-    if let (_, Err(e)) = userhooks::run_hooks(ctx, key, "post-stop", devices, true) {
+    if let (_, Err(e)) = hooks(ctx, key, "post-stop", devices, true) {
         ctx.log.error(&format!("rollback: {e}"));
     }
 }
@@ -28,16 +42,18 @@ pub fn pre_start(
 ) -> Result<()> {
     // Address drift refuses before the user pre-start hooks change anything either.
     crate::engine::identity::refuse(&p.identity)?;
-    for ph in userhooks::PHASES {
-        userhooks::list(ctx.host.as_ref(), ph, ctx.log)?;
-    }
+    ctx.log.timed(Cat::Hooks, "list", || {
+        userhooks::PHASES
+            .iter()
+            .try_for_each(|ph| userhooks::list(ctx.host.as_ref(), ph, ctx.log).map(drop))
+    })?;
     let devices: Vec<Bdf> = p
         .devices
         .iter()
         .filter(|d| !d.keep)
         .map(|d| d.info.bdf)
         .collect();
-    let (ok, r) = userhooks::run_hooks(ctx, key, "pre-start", &devices, false);
+    let (ok, r) = hooks(ctx, key, "pre-start", &devices, false);
     if let Err(e) = r {
         if ok > 0 {
             undo_after_failed_start(ctx, key, &devices);
@@ -55,9 +71,13 @@ pub fn pre_start(
 
 /// post-stop: give the devices back, then run the user hooks.
 pub fn post_stop(ctx: &Ctx, key: &VmKey) -> Result<()> {
-    let devices = userhooks::held_devices(ctx, key);
+    let devices = ctx
+        .log
+        .timed(Cat::State, "read (devices for the hooks)", || {
+            userhooks::held_devices(ctx, key)
+        });
     let r = lifecycle::post_stop_key(ctx, key, true);
-    let (_, h) = userhooks::run_hooks(ctx, key, "post-stop", &devices, false);
+    let (_, h) = hooks(ctx, key, "post-stop", &devices, false);
     match (r, h) {
         (Err(e), Err(h)) => {
             ctx.log.error(&h.to_string());
@@ -94,7 +114,7 @@ fn pve_steps(ctx: &Ctx, vmid: u32, phase: &str) -> Result<()> {
         }
         "post-start" | "pre-stop" => {
             let devices = userhooks::held_devices(ctx, &key);
-            let (n, r) = userhooks::run_hooks(ctx, &key, phase, &devices, false);
+            let (n, r) = hooks(ctx, &key, phase, &devices, false);
             if n == 0 && r.is_ok() {
                 ctx.log.info("nothing to do in this phase");
             }

@@ -308,23 +308,30 @@ pub fn pre_start_steps(devices: &[PlannedDevice], facts: &HostFacts) -> Vec<Step
     steps
 }
 
-/// Steps that wait on a driver (unbind, bind, probe) for different devices do not depend on
-/// each other: consecutive ones of the same kind form a batch that runs in parallel. Every
-/// other step is a batch of its own. The order of batches is the order of the steps.
-pub fn batches(steps: &[Step]) -> Vec<Vec<Step>> {
-    fn kind(s: &Step) -> Option<u8> {
-        match s {
-            Step::Unbind { .. } => Some(1),
-            Step::Bind { .. } => Some(2),
-            Step::Probe { .. } => Some(3),
-            _ => None,
+/// Steps of one class that act on devices: the settings (`reset_method`, power pins) or the
+/// driver moves (unbind, `driver_override`, probe, bind).
+fn device_class(s: &Step) -> Option<u8> {
+    match s {
+        Step::SetResetMethod { .. } | Step::SetAttr { .. } => Some(1),
+        Step::Unbind { .. } | Step::Bind { .. } | Step::SetOverride { .. } | Step::Probe { .. } => {
+            Some(2)
         }
+        _ => None,
     }
+}
+
+/// The batches a step list runs in, in order. Consecutive steps of one device class (see
+/// `device_class`) form one batch: each device's steps keep their order (its lane, see
+/// `lanes`) and the lanes of different devices run in parallel, so one device's probe does
+/// not wait for another device's slower unbind. Every other step (modules, units, consoles,
+/// containers) is a batch of its own, so it still comes after everything before it and
+/// before everything after it. A batch is journaled before any of its steps runs.
+pub fn batches(steps: &[Step]) -> Vec<Vec<Step>> {
     let mut out: Vec<Vec<Step>> = Vec::new();
     for s in steps {
         if let Some(last) = out.last_mut() {
-            let k = kind(s);
-            if k.is_some() && kind(&last[0]) == k && !last.iter().any(|x| x.bdf() == s.bdf()) {
+            let k = device_class(s);
+            if k.is_some() && device_class(&last[0]) == k {
                 last.push(s.clone());
                 continue;
             }
@@ -332,6 +339,22 @@ pub fn batches(steps: &[Step]) -> Vec<Vec<Step>> {
         out.push(vec![s.clone()]);
     }
     out
+}
+
+/// The lanes of a batch: the indices of each device's steps, in order, one lane per device
+/// in the order the devices first appear (a step without a device is a lane of its own).
+pub fn lanes(batch: &[Step]) -> Vec<Vec<usize>> {
+    let mut out: Vec<(Option<Bdf>, Vec<usize>)> = Vec::new();
+    for (i, s) in batch.iter().enumerate() {
+        match s.bdf() {
+            Some(b) => match out.iter_mut().find(|(d, _)| *d == Some(b)) {
+                Some((_, v)) => v.push(i),
+                None => out.push((Some(b), vec![i])),
+            },
+            None => out.push((None, vec![i])),
+        }
+    }
+    out.into_iter().map(|(_, v)| v).collect()
 }
 
 /// The restore sequence for a journal: inverses in reverse order.
@@ -401,33 +424,75 @@ mod tests {
     }
 
     #[test]
-    fn driver_waits_of_different_devices_batch_together() {
+    fn device_steps_batch_together_in_one_lane_per_device() {
         let d = vec![
             dev("0000:02:00.0", Some("nvme")),
             dev("0000:03:00.0", Some("nvme")),
         ];
         let s = pre_start_steps(&d, &HostFacts { vfio_loaded: false });
-        let b: Vec<usize> = batches(&s).iter().map(|b| b.len()).collect();
-        // load | unbind x2 | override | override | probe x2
-        assert_eq!(b, vec![1, 2, 1, 1, 2]);
-        let r: Vec<usize> = batches(&restore_steps(&s))
-            .iter()
-            .map(|b| b.len())
-            .collect();
-        // unbind x2 | override | override | bind x2
-        assert_eq!(r, vec![2, 1, 1, 2]);
-        // The same device twice never shares a batch.
+        let b = batches(&s);
+        // load | unbind x2, override x2, probe x2
+        assert_eq!(b.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 6]);
+        // Each device's steps in their order: unbind, override, probe.
+        let names = |batch: &[Step], lane: &[usize]| -> Vec<String> {
+            lane.iter().map(|&i| batch[i].to_string()).collect()
+        };
+        let l = lanes(&b[1]);
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            names(&b[1], &l[0]),
+            vec![
+                "0000:02:00.0: unbind from nvme",
+                "0000:02:00.0: driver_override (none) -> vfio-pci",
+                "0000:02:00.0: probe, expect vfio-pci",
+            ]
+        );
+        assert_eq!(
+            names(&b[1], &l[1]),
+            vec![
+                "0000:03:00.0: unbind from nvme",
+                "0000:03:00.0: driver_override (none) -> vfio-pci",
+                "0000:03:00.0: probe, expect vfio-pci",
+            ]
+        );
+        let r = restore_steps(&s);
+        let rb = batches(&r);
+        // unbind x2, override x2, bind x2 (vfio-pci stays loaded)
+        assert_eq!(rb.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(
+            names(&rb[0], &lanes(&rb[0])[0]),
+            vec![
+                "0000:03:00.0: unbind from vfio-pci",
+                "0000:03:00.0: driver_override vfio-pci -> (none)",
+                "0000:03:00.0: bind to nvme",
+            ]
+        );
+        // The same device twice: one lane, in order.
+        let b0 = Bdf::parse("0000:02:00.0").unwrap();
         let twice = vec![
             Step::Unbind {
-                bdf: Bdf::parse("0000:02:00.0").unwrap(),
+                bdf: b0,
                 driver: "a".into(),
             },
             Step::Unbind {
-                bdf: Bdf::parse("0000:02:00.0").unwrap(),
+                bdf: b0,
                 driver: "b".into(),
             },
         ];
-        assert_eq!(batches(&twice).len(), 2);
+        assert_eq!(batches(&twice).len(), 1);
+        assert_eq!(lanes(&twice), vec![vec![0, 1]]);
+        // Settings and driver moves never share a batch; other steps are alone.
+        let mut p = dev("0000:02:00.0", Some("nvme"));
+        p.reset_method = Some("bus".into());
+        p.power = vec![("power/control".into(), "on".into())];
+        let s = pre_start_steps(&[p], &HostFacts { vfio_loaded: false });
+        let b = batches(&s);
+        assert_eq!(b.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let units = vec![
+            Step::StopUnit { unit: "a".into() },
+            Step::StopUnit { unit: "b".into() },
+        ];
+        assert_eq!(batches(&units).len(), 2);
     }
 
     #[test]

@@ -6,37 +6,39 @@
 //! a `driver_override` read (Linux 6.1) or a `config` read can wait behind it. Doing that on a
 //! helper thread bounds the caller's wait but not the process: exit_group waits for every
 //! thread, so the hook would never be reaped and the pipes Proxmox waits on would stay open.
-//! Here the operation runs in a forked child that owns nothing of ours (0-2 on /dev/null, every
-//! other descriptor closed except the pipe it reports on); on timeout the caller closes its end
-//! of that pipe and returns ETIMEDOUT, and the child is left behind to finish in the kernel on
-//! its own time. A fork (not a re-exec of /proc/self/exe) because it is cheaper (no exec, no
-//! start-up, no argument passing) and the child runs only async-signal-safe system calls
-//! prepared before the fork: no allocation, no locks.
+//! Here the operation runs in a forked helper child that owns nothing of ours (0-2 on
+//! /dev/null, every other descriptor closed except its two pipes); on timeout the caller
+//! closes its ends of those pipes and returns ETIMEDOUT, and the helper is left behind to
+//! finish in the kernel on its own time. A fork (not a re-exec of /proc/self/exe) because it
+//! is cheaper (no exec, no start-up, no argument passing) and the child runs only
+//! async-signal-safe system calls prepared before the fork: no allocation, no locks.
 //!
-//! Reads are many (`status` reads two per device, every phase dozens) and a fork per read
-//! costs far more than the read, so a read does not get a child of its own: one long-lived
-//! reader child per process, forked on the first bounded read, serves them all. It loops
-//! reading a request (`[u32 path length][path][u32 max]`) from its request pipe into stack
-//! buffers, does the open + read, and writes `[i32 errno (0: done)][u32 length][bytes]` on its
-//! report pipe; it exits when the request pipe reaches end of file (we exited or left it). We
-//! wait for a report with poll(2) until the read's timeout; on timeout the reader is left
-//! behind like any timed-out child (its pipes closed, its pid kept for `reap`) and the next
-//! read forks a fresh one. One request is in flight at a time: a read made while another
-//! thread's read is in flight (parallel steps of one batch) does not wait behind it (it could
-//! be the one stuck in the kernel) but takes a child of its own, as every read did before.
-//! Writes are few, may block for long and run in parallel: one child each.
+//! A fork costs far more than the op it guards (a `driver_override` write is microseconds; a
+//! fork of pt-hook is hundreds of microseconds on hardware and milliseconds under emulation),
+//! and a phase makes dozens of these ops, so a helper is not forked per op. A helper loops:
+//! it reads a request (`[u8 op][u32 path length][path][u32 n]`, then for a write the `n`
+//! bytes) from its request pipe into stack buffers, does one open + read of at most `n` bytes
+//! or one open + one write(2), and writes `[i32 errno (0: done)][u32 length][bytes]` on its
+//! report pipe; it exits when the request pipe reaches end of file (we exited or left it).
+//! Idle helpers wait in a pool: an op takes one (or forks one when none is idle: another
+//! thread's op, possibly stuck in the kernel, is using every helper there is), waits for the
+//! report with poll(2) until its timeout, and puts the helper back. So a phase forks one helper
+//! per op it ran at the same time (parallel steps of a batch, slots reset in parallel), not one
+//! per op. On timeout the helper is left behind like any stuck child (its pipes closed, its pid
+//! kept for `reap`) and the next op takes another.
 //!
 //! Children are reaped by pid only (`waitpid(pid, WNOHANG)` before every bounded op), never
 //! with `waitpid(-1)`, and SIGCHLD keeps its default disposition, so the `Command` children
 //! elsewhere (modprobe, systemctl, user hooks) keep their exit statuses.
 
+#[cfg(test)]
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, TryLockError};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a bounded read without its own timeout (`Host::read` of `driver_override`,
@@ -55,8 +57,16 @@ const TEXT_READ_MAX: usize = 4096;
 const SHORT_WRITE: i32 = i32::MIN;
 /// Longest path the reader child takes, with its NUL (PATH_MAX: open(2) takes no longer).
 const READ_PATH_MAX: usize = libc::PATH_MAX as usize;
-/// A request to the reader child: `[u32 path length][path][u32 max]`.
-const REQ_MAX: usize = 4 + READ_PATH_MAX + 4;
+/// A request to a helper child: `[u8 op][u32 path length]`, the path, `[u32 n]` (bytes to
+/// read at most, or to write), then for a write the `n` bytes.
+const REQ_HDR: usize = 9;
+const OP_READ: u8 = 0;
+const OP_WRITE: u8 = 1;
+/// Most bytes a bounded write takes.
+pub const MAX_BOUNDED_WRITE: usize = 64 * 1024;
+const REQ_MAX: usize = REQ_HDR + READ_PATH_MAX + MAX_BOUNDED_WRITE;
+/// Idle helpers kept for later ops (one per op that ran at the same time, up to this many).
+const POOL_MAX: usize = 16;
 /// A report of the reader child: `[i32 status][u32 length]`, then the bytes.
 const REPORT_HDR: usize = 8;
 
@@ -170,6 +180,7 @@ fn devnull() -> io::Result<libc::c_int> {
     Ok(NULL.get_or_init(|| f).as_raw_fd())
 }
 
+#[cfg(test)]
 fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
@@ -186,154 +197,209 @@ fn max_fd() -> libc::c_int {
     }
 }
 
-/// A bounded op in flight: the child and our end of its report pipe.
-pub struct Child {
-    pub pid: libc::pid_t,
-    rx: OwnedFd,
+/// A helper child and our ends of its pipes (both non-blocking).
+struct Server {
+    pid: libc::pid_t,
+    req: OwnedFd,
+    report: OwnedFd,
 }
 
+/// Helper children ready for a request (see the module doc), and (tests) how many it forked.
+struct Pool {
+    idle: Mutex<Vec<Server>>,
+    #[cfg(test)]
+    forks: AtomicU64,
+}
+
+/// The process's helpers.
+static POOL: Pool = Pool::new();
+
+#[cfg(test)]
+thread_local! {
+    /// Helpers forked by this thread (tests running alongside fork too).
+    static MY_FORKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// What a helper is asked to do: read at most this many bytes, or write these.
+#[derive(Clone, Copy)]
 enum Op<'a> {
-    Write(&'a [u8]),
     Read(usize),
+    Write(&'a [u8]),
 }
 
-/// Forks the child for one op on `path`. Everything it needs is prepared here.
-fn start(path: &Path, op: Op) -> io::Result<Child> {
-    reap();
-    let cpath = cstr(path)?;
-    let null = devnull()?;
-    let maxfd = max_fd();
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2, owned from here on.
-    let (rx, mut tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    if tx.as_raw_fd() < 3 {
-        // Keep the report end clear of 0-2, which the child points at /dev/null.
-        // SAFETY: fcntl on a descriptor we own; the result is a new descriptor we own.
-        let d = unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-        if d < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: d is a new descriptor owned from here on.
-        tx = unsafe { OwnedFd::from_raw_fd(d) };
-    }
-    let (flags, wdata, mut rbuf): (libc::c_int, &[u8], Vec<u8>) = match op {
-        Op::Write(d) => (libc::O_WRONLY, d, Vec::new()),
-        Op::Read(cap) => (libc::O_RDONLY, &[], vec![0u8; cap]),
-    };
-    let is_read = flags == libc::O_RDONLY;
-    let report = tx.as_raw_fd();
-    let rptr = rbuf.as_mut_ptr();
-    let rcap = rbuf.len();
-    // SAFETY: the child runs only async-signal-safe system calls on memory prepared above and
-    // ends with _exit; the parent only records the pid.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above; this never returns.
-        unsafe {
-            child_main(
-                null,
-                report,
-                maxfd,
-                cpath.as_ptr(),
-                flags,
-                wdata,
-                is_read,
-                rptr,
-                rcap,
-            )
+impl Pool {
+    const fn new() -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            forks: AtomicU64::new(0),
         }
     }
-    drop(tx);
-    drop(rbuf);
-    Ok(Child { pid, rx })
-}
 
-/// The child: nothing of the parent's stays open but the report pipe (as fd 3), then one open,
-/// one write (or reads up to `rcap`), the errno (0: done) and any bytes read on the pipe.
-#[allow(clippy::too_many_arguments)]
-unsafe fn child_main(
-    null: libc::c_int,
-    report: libc::c_int,
-    maxfd: libc::c_int,
-    path: *const libc::c_char,
-    flags: libc::c_int,
-    wdata: &[u8],
-    is_read: bool,
-    rbuf: *mut u8,
-    rcap: usize,
-) -> ! {
-    for fd in 0..3 {
-        libc::dup2(null, fd);
+    /// Reads at most `max` (at most `MAX_BOUNDED_READ`) bytes of `path` in a helper, waiting
+    /// at most `timeout`. Gives the pid of the helper that did it (0: none) with the result.
+    fn read(
+        &self,
+        path: &Path,
+        max: usize,
+        timeout: Duration,
+    ) -> (libc::pid_t, io::Result<Vec<u8>>) {
+        self.run(path, Op::Read(max.min(MAX_BOUNDED_READ)), timeout)
     }
-    if report != 3 {
-        libc::dup2(report, 3);
+
+    /// One open + write(2) of `data` (at most `MAX_BOUNDED_WRITE` bytes) to `path` in a helper,
+    /// waiting at most `timeout`.
+    fn write(&self, path: &Path, data: &[u8], timeout: Duration) -> (libc::pid_t, io::Result<()>) {
+        let (pid, r) = self.run(path, Op::Write(data), timeout);
+        (pid, r.map(drop))
     }
-    if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
-        for fd in 4..maxfd {
-            libc::close(fd);
+
+    /// One request to an idle helper (or a new one), waiting until `timeout`: the helper goes
+    /// back to the pool when it answered, and is left behind when it did not (still in the
+    /// kernel) or is of no further use.
+    fn run(&self, path: &Path, op: Op, timeout: Duration) -> (libc::pid_t, io::Result<Vec<u8>>) {
+        let deadline = Instant::now() + timeout;
+        let p = path.as_os_str().as_bytes();
+        if p.contains(&0) {
+            return (
+                0,
+                Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in path")),
+            );
         }
-    }
-    let errno = || *libc::__errno_location();
-    let mut status: i32 = 0;
-    let mut n: usize = 0;
-    let fd = libc::open(path, flags | libc::O_CLOEXEC | libc::O_NOCTTY);
-    if fd < 0 {
-        status = errno();
-    } else if !is_read {
-        let r = libc::write(fd, wdata.as_ptr().cast(), wdata.len());
-        if r < 0 {
-            status = errno();
-        } else if r as usize != wdata.len() {
-            status = SHORT_WRITE;
+        if p.len() >= READ_PATH_MAX {
+            return (0, Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
         }
-    } else {
-        while n < rcap {
-            let r = libc::read(fd, rbuf.add(n).cast(), rcap - n);
-            if r < 0 {
-                if errno() == libc::EINTR {
+        let (kind, n, data, max) = match op {
+            Op::Read(max) => (OP_READ, max, &[][..], max),
+            Op::Write(d) => (OP_WRITE, d.len(), d, 0),
+        };
+        if kind == OP_WRITE && n > MAX_BOUNDED_WRITE {
+            return (0, Err(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        reap();
+        let mut req = Vec::with_capacity(REQ_HDR + p.len() + data.len());
+        req.push(kind);
+        req.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+        req.extend_from_slice(p);
+        req.extend_from_slice(&(n as u32).to_ne_bytes());
+        req.extend_from_slice(data);
+        let mut retried = false;
+        loop {
+            let idle = lock(&self.idle).pop();
+            let s = match idle {
+                Some(s) => s,
+                None => match self.spawn() {
+                    Ok(s) => s,
+                    Err(e) => return (0, Err(e)),
+                },
+            };
+            let pid = s.pid;
+            match send(s.req.as_raw_fd(), &req) {
+                Ok(()) => {}
+                // The helper ended while idle (killed): once more with another one.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) && !retried => {
+                    s.abandon();
+                    retried = true;
                     continue;
                 }
-                status = errno();
-                break;
+                Err(e) => {
+                    s.abandon();
+                    return (pid, Err(e));
+                }
             }
-            if r == 0 {
-                break;
-            }
-            n += r as usize;
+            return match s.receive(deadline, max) {
+                Ok(r) => {
+                    let mut g = lock(&self.idle);
+                    if g.len() < POOL_MAX {
+                        g.push(s);
+                    } else {
+                        drop(g);
+                        s.abandon();
+                    }
+                    (pid, r)
+                }
+                Err(e) => {
+                    s.abandon();
+                    (pid, Err(e))
+                }
+            };
         }
     }
-    let st = status.to_ne_bytes();
-    libc::write(3, st.as_ptr().cast(), st.len());
-    let mut off = 0;
-    while off < n {
-        let r = libc::write(3, rbuf.add(off).cast(), n - off);
-        if r <= 0 {
-            break;
+
+    /// Forks a helper; everything it needs is prepared here. The one place a child of
+    /// pt-hook's bounded I/O is set up (`server_main`).
+    fn spawn(&self) -> io::Result<Server> {
+        let null = devnull()?;
+        let maxfd = max_fd();
+        let (req_rx, req_tx) = pipe_cloexec()?;
+        let (rep_rx, rep_tx) = pipe_cloexec()?;
+        // The child's ends clear of 0-4, where it puts /dev/null and the two pipes.
+        let req_rx = at_least(req_rx, 5)?;
+        let rep_tx = at_least(rep_tx, 5)?;
+        set_nonblock(&req_tx)?;
+        set_nonblock(&rep_rx)?;
+        let (a, b) = (req_rx.as_raw_fd(), rep_tx.as_raw_fd());
+        // SAFETY: the child runs only async-signal-safe system calls on its stack and ends
+        // with _exit; the parent only records the pid.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
         }
-        off += r as usize;
+        if pid == 0 {
+            // SAFETY: see above; this never returns.
+            unsafe { server_main(null, a, b, maxfd) }
+        }
+        #[cfg(test)]
+        {
+            self.forks.fetch_add(1, Ordering::SeqCst);
+            MY_FORKS.with(|c| c.set(c.get() + 1));
+        }
+        drop(req_rx);
+        drop(rep_tx);
+        Ok(Server {
+            pid,
+            req: req_tx,
+            report: rep_rx,
+        })
     }
-    libc::_exit(0)
 }
 
-impl Child {
-    /// Waits for the report until `timeout`; on timeout the child is left behind (ETIMEDOUT).
-    pub fn finish(self, timeout: Duration, max: usize) -> io::Result<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut got: Vec<u8> = Vec::with_capacity(64);
-        let mut buf = [0u8; 4096];
-        let fd = self.rx.as_raw_fd();
-        let eof = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for s in idle {
+            s.abandon();
+        }
+    }
+}
+
+impl Server {
+    /// The report on one request, waiting until `deadline`: Err when the helper is of no
+    /// further use (ETIMEDOUT, it ended, a report that makes no sense), else the op's result.
+    fn receive(&self, deadline: Instant, max: usize) -> io::Result<io::Result<Vec<u8>>> {
+        let mut v = vec![0u8; REPORT_HDR + max];
+        let mut have = 0;
+        let fd = self.report.as_raw_fd();
+        loop {
+            if have >= REPORT_HDR {
+                let len = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]) as usize;
+                if len > max || have > REPORT_HDR + len {
+                    return Err(io::Error::other("the helper child sent a bad report"));
+                }
+                if have == REPORT_HDR + len {
+                    let status = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                    if status == SHORT_WRITE {
+                        return Ok(Err(io::Error::new(io::ErrorKind::WriteZero, "short write")));
+                    }
+                    if status != 0 {
+                        return Ok(Err(io::Error::from_raw_os_error(status)));
+                    }
+                    v.truncate(have);
+                    v.drain(..REPORT_HDR);
+                    return Ok(Ok(v));
+                }
             }
+            let left = deadline.saturating_duration_since(Instant::now());
             let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
             let mut p = libc::pollfd {
                 fd,
@@ -347,56 +413,174 @@ impl Child {
                 if e.raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                self.leave();
                 return Err(e);
             }
             if r == 0 {
+                if left.is_zero() {
+                    return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
                 continue;
             }
-            // SAFETY: read into a stack buffer of the given length.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: read into the rest of a buffer we own, of the given length.
+            let n = unsafe { libc::read(fd, v.as_mut_ptr().add(have).cast(), v.len() - have) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
                     continue;
                 }
-                self.leave();
                 return Err(e);
             }
             if n == 0 {
-                break true;
+                return Err(io::Error::other(
+                    "the bounded I/O child ended without a report",
+                ));
             }
-            let n = n as usize;
-            got.extend_from_slice(&buf[..n.min((max + 4).saturating_sub(got.len()))]);
-        };
-        self.leave();
-        if !eof {
-            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
-        }
-        if got.len() < 4 {
-            return Err(io::Error::other(
-                "the bounded I/O child ended without a report",
-            ));
-        }
-        let status = i32::from_ne_bytes([got[0], got[1], got[2], got[3]]);
-        match status {
-            0 => {
-                got.drain(..4);
-                Ok(got)
-            }
-            SHORT_WRITE => Err(io::Error::new(io::ErrorKind::WriteZero, "short write")),
-            e => Err(io::Error::from_raw_os_error(e)),
+            have += n as usize;
         }
     }
 
-    /// Closes our end; reaps the child if it is done, else keeps its pid for `reap`.
-    fn leave(self) {
+    /// Closes our ends (the helper ends at end of file once it returns from the kernel);
+    /// reaps it if it is done, else keeps its pid for `reap`.
+    fn abandon(self) {
         let pid = self.pid;
-        drop(self.rx);
+        drop(self.req);
+        drop(self.report);
         let mut st = 0;
         // SAFETY: waitpid on our own child; WNOHANG never blocks.
         if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
             lock(&PENDING).push(pid);
+        }
+    }
+}
+
+/// A helper child: 0-2 on /dev/null, the request pipe on 3, the report pipe on 4, nothing
+/// else of the parent's; then one report per request (one open + read, or one open + one
+/// write(2)) until the request pipe ends. Stack buffers and system calls only.
+unsafe fn server_main(
+    null: libc::c_int,
+    req: libc::c_int,
+    report: libc::c_int,
+    maxfd: libc::c_int,
+) -> ! {
+    for fd in 0..3 {
+        libc::dup2(null, fd);
+    }
+    // Both are at 5 or above: neither overwrites the other.
+    libc::dup2(req, 3);
+    libc::dup2(report, 4);
+    if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+        for fd in 5..maxfd {
+            libc::close(fd);
+        }
+    }
+    let errno = || *libc::__errno_location();
+    let mut rq = [0u8; REQ_MAX];
+    let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
+    loop {
+        // The request (see REQ_HDR): the header, then the path and n, then a write's bytes.
+        let mut have = 0usize;
+        let mut need = 5usize;
+        let mut stage = 0;
+        loop {
+            if stage == 0 && have >= 5 {
+                let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+                if plen == 0 || plen >= READ_PATH_MAX {
+                    libc::_exit(1);
+                }
+                need = REQ_HDR + plen;
+                stage = 1;
+            }
+            if stage == 1 && have >= need {
+                let m = need - 4;
+                let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
+                if rq[0] == OP_WRITE {
+                    if n > MAX_BOUNDED_WRITE {
+                        libc::_exit(1);
+                    }
+                    need += n;
+                }
+                stage = 2;
+            }
+            if stage == 2 && have >= need {
+                break;
+            }
+            let r = libc::read(3, rq.as_mut_ptr().add(have).cast(), REQ_MAX - have);
+            if r == 0 {
+                libc::_exit(0);
+            }
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(0);
+            }
+            have += r as usize;
+        }
+        if have != need {
+            libc::_exit(1);
+        }
+        let write = rq[0] == OP_WRITE;
+        let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+        let m = 5 + plen;
+        let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
+        rq[m] = 0;
+        let mut status: i32 = 0;
+        let mut got: usize = 0;
+        let data = out.as_mut_ptr().add(REPORT_HDR);
+        let flags = if write {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        let fd = libc::open(
+            rq.as_ptr().add(5).cast(),
+            flags | libc::O_CLOEXEC | libc::O_NOCTTY,
+        );
+        if fd < 0 {
+            status = errno();
+        } else if write {
+            let r = libc::write(fd, rq.as_ptr().add(m + 4).cast(), n);
+            if r < 0 {
+                status = errno();
+            } else if r as usize != n {
+                status = SHORT_WRITE;
+            }
+            libc::close(fd);
+        } else {
+            let max = n.min(MAX_BOUNDED_READ);
+            while got < max {
+                let r = libc::read(fd, data.add(got).cast(), max - got);
+                if r < 0 {
+                    if errno() == libc::EINTR {
+                        continue;
+                    }
+                    status = errno();
+                    break;
+                }
+                if r == 0 {
+                    break;
+                }
+                got += r as usize;
+            }
+            libc::close(fd);
+        }
+        if status != 0 {
+            got = 0;
+        }
+        out[..4].copy_from_slice(&status.to_ne_bytes());
+        out[4..8].copy_from_slice(&(got as u32).to_ne_bytes());
+        let total = REPORT_HDR + got;
+        let mut off = 0;
+        while off < total {
+            let r = libc::write(4, out.as_ptr().add(off).cast(), total - off);
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if r <= 0 {
+                // Nobody reads the reports any more.
+                libc::_exit(0);
+            }
+            off += r as usize;
         }
     }
 }
@@ -479,354 +663,6 @@ fn send(fd: libc::c_int, buf: &[u8]) -> io::Result<()> {
     }
 }
 
-/// The reader child and our ends of its pipes (both non-blocking).
-struct Server {
-    pid: libc::pid_t,
-    req: OwnedFd,
-    report: OwnedFd,
-}
-
-/// Bounded reads through one reader child at a time (see the module doc).
-struct Reader {
-    server: Mutex<Option<Server>>,
-    #[cfg(test)]
-    forks: AtomicU64,
-}
-
-/// The process's reader.
-static READER: Reader = Reader::new();
-
-/// Reads done in a child of their own (tests: count the forks).
-#[cfg(test)]
-static READ_ONCE_FORKS: AtomicU64 = AtomicU64::new(0);
-
-#[cfg(test)]
-thread_local! {
-    /// Forks for reads made by this thread (tests running alongside fork too).
-    static MY_READ_FORKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-impl Reader {
-    const fn new() -> Reader {
-        Reader {
-            server: Mutex::new(None),
-            #[cfg(test)]
-            forks: AtomicU64::new(0),
-        }
-    }
-
-    /// Reads at most `max` (at most `MAX_BOUNDED_READ`) bytes of `path` in the reader child,
-    /// waiting at most `timeout`; when another thread's read is in flight, in a child of its
-    /// own. Gives the pid of the child that did it (0: none) with the result.
-    fn read(
-        &self,
-        path: &Path,
-        max: usize,
-        timeout: Duration,
-    ) -> (libc::pid_t, io::Result<Vec<u8>>) {
-        let deadline = Instant::now() + timeout;
-        let max = max.min(MAX_BOUNDED_READ);
-        let p = path.as_os_str().as_bytes();
-        if p.contains(&0) {
-            return (
-                0,
-                Err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in path")),
-            );
-        }
-        if p.len() >= READ_PATH_MAX {
-            return (0, Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
-        }
-        let mut g = match self.server.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => return read_once(path, max, timeout),
-        };
-        reap();
-        let mut req = Vec::with_capacity(8 + p.len());
-        req.extend_from_slice(&(p.len() as u32).to_ne_bytes());
-        req.extend_from_slice(p);
-        req.extend_from_slice(&(max as u32).to_ne_bytes());
-        let mut retried = false;
-        loop {
-            let s = match g.take() {
-                Some(s) => s,
-                None => match self.spawn() {
-                    Ok(s) => s,
-                    Err(e) => return (0, Err(e)),
-                },
-            };
-            let pid = s.pid;
-            match send(s.req.as_raw_fd(), &req) {
-                Ok(()) => {}
-                // The reader ended while idle (killed): once more with a fresh one.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) && !retried => {
-                    s.abandon();
-                    retried = true;
-                    continue;
-                }
-                Err(e) => {
-                    s.abandon();
-                    return (pid, Err(e));
-                }
-            }
-            return match s.receive(deadline, max) {
-                Ok(r) => {
-                    *g = Some(s);
-                    (pid, r)
-                }
-                Err(e) => {
-                    s.abandon();
-                    (pid, Err(e))
-                }
-            };
-        }
-    }
-
-    /// Forks the reader child; everything it needs is prepared here.
-    fn spawn(&self) -> io::Result<Server> {
-        let null = devnull()?;
-        let maxfd = max_fd();
-        let (req_rx, req_tx) = pipe_cloexec()?;
-        let (rep_rx, rep_tx) = pipe_cloexec()?;
-        // The child's ends clear of 0-4, where it puts /dev/null and the two pipes.
-        let req_rx = at_least(req_rx, 5)?;
-        let rep_tx = at_least(rep_tx, 5)?;
-        set_nonblock(&req_tx)?;
-        set_nonblock(&rep_rx)?;
-        let (a, b) = (req_rx.as_raw_fd(), rep_tx.as_raw_fd());
-        // SAFETY: the child runs only async-signal-safe system calls on its stack and ends
-        // with _exit; the parent only records the pid.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: see above; this never returns.
-            unsafe { server_main(null, a, b, maxfd) }
-        }
-        #[cfg(test)]
-        {
-            self.forks.fetch_add(1, Ordering::SeqCst);
-            MY_READ_FORKS.with(|c| c.set(c.get() + 1));
-        }
-        drop(req_rx);
-        drop(rep_tx);
-        Ok(Server {
-            pid,
-            req: req_tx,
-            report: rep_rx,
-        })
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        let s = self
-            .server
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(s) = s {
-            s.abandon();
-        }
-    }
-}
-
-impl Server {
-    /// The report on one request, waiting until `deadline`: Err when the reader is of no
-    /// further use (ETIMEDOUT, it ended, a report that makes no sense), else the read's result.
-    fn receive(&self, deadline: Instant, max: usize) -> io::Result<io::Result<Vec<u8>>> {
-        let mut v = vec![0u8; REPORT_HDR + max];
-        let mut have = 0;
-        let fd = self.report.as_raw_fd();
-        loop {
-            if have >= REPORT_HDR {
-                let len = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]) as usize;
-                if len > max || have > REPORT_HDR + len {
-                    return Err(io::Error::other("the reader child sent a bad report"));
-                }
-                if have == REPORT_HDR + len {
-                    let status = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
-                    if status != 0 {
-                        return Ok(Err(io::Error::from_raw_os_error(status)));
-                    }
-                    v.truncate(have);
-                    v.drain(..REPORT_HDR);
-                    return Ok(Ok(v));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one descriptor we own.
-            let r = unsafe { libc::poll(&mut p, 1, ms) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if r == 0 {
-                if left.is_zero() {
-                    return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
-                }
-                continue;
-            }
-            // SAFETY: read into the rest of a buffer we own, of the given length.
-            let n = unsafe { libc::read(fd, v.as_mut_ptr().add(have).cast(), v.len() - have) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::other(
-                    "the bounded read child ended without a report",
-                ));
-            }
-            have += n as usize;
-        }
-    }
-
-    /// Closes our ends (the reader ends at end of file once it returns from the kernel);
-    /// reaps it if it is done, else keeps its pid for `reap`.
-    fn abandon(self) {
-        let pid = self.pid;
-        drop(self.req);
-        drop(self.report);
-        let mut st = 0;
-        // SAFETY: waitpid on our own child; WNOHANG never blocks.
-        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
-            lock(&PENDING).push(pid);
-        }
-    }
-}
-
-/// The reader child: 0-2 on /dev/null, the request pipe on 3, the report pipe on 4, nothing
-/// else of the parent's; then one report per request until the request pipe ends. Stack
-/// buffers and system calls only.
-unsafe fn server_main(
-    null: libc::c_int,
-    req: libc::c_int,
-    report: libc::c_int,
-    maxfd: libc::c_int,
-) -> ! {
-    for fd in 0..3 {
-        libc::dup2(null, fd);
-    }
-    // Both are at 5 or above: neither overwrites the other.
-    libc::dup2(req, 3);
-    libc::dup2(report, 4);
-    if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
-        for fd in 5..maxfd {
-            libc::close(fd);
-        }
-    }
-    let errno = || *libc::__errno_location();
-    let mut rq = [0u8; REQ_MAX];
-    let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
-    loop {
-        let mut have = 0usize;
-        let mut need = 4usize;
-        while have < need {
-            let r = libc::read(3, rq.as_mut_ptr().add(have).cast(), REQ_MAX - have);
-            if r == 0 {
-                libc::_exit(0);
-            }
-            if r < 0 {
-                if errno() == libc::EINTR {
-                    continue;
-                }
-                libc::_exit(0);
-            }
-            have += r as usize;
-            if have >= 4 {
-                let plen = u32::from_ne_bytes([rq[0], rq[1], rq[2], rq[3]]) as usize;
-                if plen == 0 || plen >= READ_PATH_MAX {
-                    libc::_exit(1);
-                }
-                need = 4 + plen + 4;
-            }
-        }
-        if have != need {
-            libc::_exit(1);
-        }
-        let plen = need - 8;
-        let m = 4 + plen;
-        let max = (u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize)
-            .min(MAX_BOUNDED_READ);
-        rq[m] = 0;
-        let mut status: i32 = 0;
-        let mut n: usize = 0;
-        let data = out.as_mut_ptr().add(REPORT_HDR);
-        let fd = libc::open(
-            rq.as_ptr().add(4).cast(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
-        );
-        if fd < 0 {
-            status = errno();
-        } else {
-            while n < max {
-                let r = libc::read(fd, data.add(n).cast(), max - n);
-                if r < 0 {
-                    if errno() == libc::EINTR {
-                        continue;
-                    }
-                    status = errno();
-                    break;
-                }
-                if r == 0 {
-                    break;
-                }
-                n += r as usize;
-            }
-            libc::close(fd);
-        }
-        if status != 0 {
-            n = 0;
-        }
-        out[..4].copy_from_slice(&status.to_ne_bytes());
-        out[4..8].copy_from_slice(&(n as u32).to_ne_bytes());
-        let total = REPORT_HDR + n;
-        let mut off = 0;
-        while off < total {
-            let r = libc::write(4, out.as_ptr().add(off).cast(), total - off);
-            if r < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            if r <= 0 {
-                // Nobody reads the reports any more.
-                libc::_exit(0);
-            }
-            off += r as usize;
-        }
-    }
-}
-
-/// One bounded read in a child of its own: the way every read went before the reader child,
-/// still taken while the reader serves another thread.
-fn read_once(path: &Path, max: usize, timeout: Duration) -> (libc::pid_t, io::Result<Vec<u8>>) {
-    #[cfg(test)]
-    {
-        READ_ONCE_FORKS.fetch_add(1, Ordering::SeqCst);
-        MY_READ_FORKS.with(|c| c.set(c.get() + 1));
-    }
-    match start(path, Op::Read(max)) {
-        Ok(c) => {
-            let pid = c.pid;
-            (pid, c.finish(timeout, max))
-        }
-        Err(e) => (0, Err(e)),
-    }
-}
-
 /// Device directories with an op still blocked in the kernel, and that op's child: the
 /// kernel holds the device's lock, so another op on an attribute there would block too. Until
 /// that child has exited, such ops fail at once instead of each waiting out its own timeout
@@ -863,24 +699,22 @@ fn note_stuck<T>(path: &Path, pid: libc::pid_t, r: &io::Result<T>) {
     }
 }
 
-/// One open + write(2) of `data` to `path` in a child process, waiting at most `timeout`
+/// One open + write(2) of `data` to `path` in a helper child, waiting at most `timeout`
 /// (capped by the hard deadline).
 pub fn write(path: &Path, data: &[u8], timeout: Duration) -> io::Result<()> {
     refuse_if_stuck(path)?;
     let timeout = cap(timeout);
-    let c = start(path, Op::Write(data))?;
-    let pid = c.pid;
-    let r = c.finish(timeout, 0).map(|_| ());
+    let (pid, r) = POOL.write(path, data, timeout);
     note_stuck(path, pid, &r);
     r
 }
 
-/// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in the reader child,
+/// Reads at most `max` bytes (at most `MAX_BOUNDED_READ`) of `path` in a helper child,
 /// waiting at most `timeout` (capped by the hard deadline).
 pub fn read(path: &Path, max: usize, timeout: Duration) -> io::Result<Vec<u8>> {
     refuse_if_stuck(path)?;
     let timeout = cap(timeout);
-    let (pid, r) = READER.read(path, max, timeout);
+    let (pid, r) = POOL.read(path, max, timeout);
     note_stuck(path, pid, &r);
     r
 }
@@ -889,12 +723,6 @@ pub fn read(path: &Path, max: usize, timeout: Duration) -> io::Result<Vec<u8>> {
 pub fn read_text(path: &Path, timeout: Duration) -> io::Result<String> {
     let v = read(path, TEXT_READ_MAX, timeout)?;
     String::from_utf8(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Starts a bounded write and returns the child (tests: inspect it while it blocks).
-#[cfg(test)]
-fn start_write(path: &Path, data: &[u8]) -> io::Result<Child> {
-    start(path, Op::Write(data))
 }
 
 /// Whether a host path names an attribute whose read can block in the kernel: a PCI
@@ -1008,53 +836,48 @@ mod tests {
         }
     }
 
-    /// The child of a write blocked in open(2) holds /dev/null on 0-2 and its report pipe,
-    /// nothing else: not a pipe the test made without CLOEXEC, not the test's stdout/stderr.
+    /// A helper left behind by a write blocked in open(2) holds /dev/null on 0-2 and its two
+    /// pipes, nothing else: not a pipe the test made without CLOEXEC, not the test's
+    /// stdout/stderr; it is not waited for, and our ends of its pipes are closed.
     #[test]
     fn blocked_child_holds_no_descriptor_of_the_parent() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         mkfifo(&fifo);
+        let attr = dir.path().join("attr");
+        std::fs::write(&attr, "").unwrap();
         let mut p = [0; 2];
         // SAFETY: plain pipe(2): inheritable descriptors, as a naive fork would keep them.
         assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
-        let mine = std::fs::read_link(format!("/proc/self/fd/{}", p[1]))
-            .unwrap()
-            .display()
-            .to_string();
-        let c = start_write(&fifo, b"1").unwrap();
-        let report = std::fs::read_link(format!("/proc/self/fd/{}", c.rx.as_raw_fd()))
-            .unwrap()
-            .display()
-            .to_string();
-        let want: Vec<(String, String)> = vec![
-            ("0".into(), "/dev/null".into()),
-            ("1".into(), "/dev/null".into()),
-            ("2".into(), "/dev/null".into()),
-            ("3".into(), report.clone()),
-        ];
+        let mine = link(p[1]);
+        let pool = Pool::new();
+        let (pid, r) = pool.write(&attr, b"1", Duration::from_secs(2));
+        r.unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        let (spid, req, report) = server_links(&pool);
+        assert_eq!(spid, pid);
+        let want = reader_fds(&req, &report);
+        assert_eq!(fd_links(pid), want, "test pipe is {mine}");
+        // The same helper takes the next write, which blocks in open(2) (no reader).
         let t = Instant::now();
-        let mut got = fd_links(c.pid);
-        while got != want && t.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(10));
-            got = fd_links(c.pid);
-        }
-        assert_eq!(
-            got, want,
-            "child fds (test pipe is {mine}, report pipe {report})"
-        );
-        assert!(!got.iter().any(|(_, t)| *t == mine));
-        let pid = c.pid;
-        let t = Instant::now();
-        let e = c.finish(Duration::from_millis(200), 0).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        let (bpid, e) = pool.write(&fifo, b"1", Duration::from_millis(200));
+        assert_eq!(bpid, pid);
+        assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
         assert!(
             t.elapsed() < Duration::from_millis(1500),
             "{:?}",
             t.elapsed()
         );
-        // Left behind, still blocked: not waited for.
+        // Left behind, still blocked: not waited for, not in the pool any more.
+        assert!(lock(&pool.idle).is_empty());
         assert!(is_pending(pid));
+        assert_eq!(fd_links(pid), want);
+        assert!(!fd_links(pid).iter().any(|(_, t)| *t == mine));
+        let ours: Vec<String> = fd_links(std::process::id() as libc::pid_t)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert!(!ours.contains(&req) && !ours.contains(&report), "{ours:?}");
         release_fifo(&fifo, true);
         wait_reaped(pid);
         // SAFETY: closing the two descriptors pipe(2) gave us.
@@ -1168,10 +991,11 @@ mod tests {
             .to_string()
     }
 
-    /// Our ends of the reader child's pipes, as /proc names them (`pipe:[inode]`), and its pid.
-    fn server_links(r: &Reader) -> (libc::pid_t, String, String) {
-        let g = lock(&r.server);
-        let s = g.as_ref().expect("a reader child");
+    /// Our ends of the pipes of the helper that goes next, as /proc names them
+    /// (`pipe:[inode]`), and its pid.
+    fn server_links(r: &Pool) -> (libc::pid_t, String, String) {
+        let g = lock(&r.idle);
+        let s = g.last().expect("an idle helper");
         (s.pid, link(s.req.as_raw_fd()), link(s.report.as_raw_fd()))
     }
 
@@ -1185,18 +1009,25 @@ mod tests {
         ]
     }
 
-    /// 200 reads, one fork: every read is served by the same reader child, which ends when its
-    /// request pipe is closed.
+    /// 200 reads and 200 writes one after another, one fork: every op is served by the same
+    /// helper child, which ends when its request pipe is closed.
     #[test]
     fn reads_share_one_reader_child() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("driver_override");
         std::fs::write(&p, "vfio-pci\n").unwrap();
-        let r = Reader::new();
+        let w = dir.path().join("unbind");
+        std::fs::write(&w, "").unwrap();
+        let r = Pool::new();
         let mut pids = std::collections::BTreeSet::new();
-        for _ in 0..200 {
+        for i in 0..200 {
             let (pid, v) = r.read(&p, 4096, Duration::from_secs(2));
             assert_eq!(v.unwrap(), b"vfio-pci\n");
+            pids.insert(pid);
+            let data = format!("0000:{i:02x}:00.0");
+            let (pid, v) = r.write(&w, data.as_bytes(), Duration::from_secs(2));
+            v.unwrap();
+            assert_eq!(std::fs::read_to_string(&w).unwrap(), data);
             pids.insert(pid);
         }
         assert_eq!(r.forks.load(Ordering::SeqCst), 1);
@@ -1217,7 +1048,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("config"), b"\x86\x80").unwrap();
         let h = Arc::new(RealHost::new(dir.path()));
-        let forks = || MY_READ_FORKS.with(|c| c.get());
+        let forks = || MY_FORKS.with(|c| c.get());
         let before = forks();
         for _ in 0..200 {
             assert_eq!(
@@ -1244,7 +1075,7 @@ mod tests {
         // SAFETY: plain pipe(2): inheritable descriptors, as a naive fork would keep them.
         assert_eq!(unsafe { libc::pipe(tp.as_mut_ptr()) }, 0);
         let mine = link(tp[1]);
-        let r = Reader::new();
+        let r = Pool::new();
         let (pid1, v) = r.read(&ok, 64, Duration::from_secs(2));
         assert_eq!(v.unwrap(), b"ok\n");
         let (spid, req, report) = server_links(&r);
@@ -1261,7 +1092,7 @@ mod tests {
             el >= Duration::from_millis(200) && el < Duration::from_millis(350),
             "{el:?}"
         );
-        assert!(lock(&r.server).is_none());
+        assert!(lock(&r.idle).is_empty());
         assert!(is_pending(pid1));
         // Still blocked in open(2): its descriptors are the same five, none of ours.
         assert_eq!(fd_links(pid1), want);
@@ -1293,8 +1124,8 @@ mod tests {
         }
     }
 
-    /// While one thread's read is blocked in the reader child, another thread's read does not
-    /// wait behind it: it runs in a child of its own.
+    /// While one thread's read is blocked in a helper, another thread's read does not wait
+    /// behind it: it gets a helper of its own, which then stays for later ops.
     #[test]
     fn a_read_does_not_wait_behind_another_threads_blocked_read() {
         let dir = tempfile::tempdir().unwrap();
@@ -1302,7 +1133,7 @@ mod tests {
         mkfifo(&fifo);
         let ok = dir.path().join("ok");
         std::fs::write(&ok, "ok").unwrap();
-        let r = Reader::new();
+        let r = Pool::new();
         std::thread::scope(|sc| {
             let blocked = sc.spawn(|| r.read(&fifo, 64, Duration::from_millis(400)));
             let t = Instant::now();
@@ -1324,7 +1155,12 @@ mod tests {
             );
             let (_, e) = blocked.join().unwrap();
             assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
-            assert_eq!(r.forks.load(Ordering::SeqCst), 1);
+            assert_eq!(r.forks.load(Ordering::SeqCst), 2);
+            // The blocked one was left behind; the other is idle, ready for the next op.
+            assert_eq!(lock(&r.idle).len(), 1);
+            let (_, v) = r.read(&ok, 64, Duration::from_secs(2));
+            assert_eq!(v.unwrap(), b"ok");
+            assert_eq!(r.forks.load(Ordering::SeqCst), 2);
         });
         release_fifo(&fifo, false);
     }
@@ -1334,7 +1170,7 @@ mod tests {
     #[test]
     fn the_reader_reports_errno_exactly_and_truncates_at_max() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Reader::new();
+        let r = Pool::new();
         let s = Duration::from_secs(2);
         let errno = |p: &Path| r.read(p, 64, s).1.unwrap_err().raw_os_error();
         assert_eq!(errno(&dir.path().join("missing")), Some(libc::ENOENT));
@@ -1372,6 +1208,37 @@ mod tests {
         assert_eq!(r.forks.load(Ordering::SeqCst), 1);
     }
 
+    /// Ops from 8 threads at once: at most one helper per thread, each then serving that
+    /// thread's later ops (and any other's), not a fork per op.
+    #[test]
+    fn parallel_ops_fork_one_helper_each_not_one_per_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Pool::new();
+        std::thread::scope(|sc| {
+            for t in 0..8 {
+                let (r, dir) = (&r, dir.path());
+                sc.spawn(move || {
+                    let p = dir.join(format!("attr{t}"));
+                    std::fs::write(&p, "").unwrap();
+                    for i in 0..50 {
+                        let data = format!("{t}:{i}");
+                        r.write(&p, data.as_bytes(), Duration::from_secs(5))
+                            .1
+                            .unwrap();
+                        let (_, v) = r.read(&p, 64, Duration::from_secs(5));
+                        assert_eq!(v.unwrap(), data.as_bytes());
+                    }
+                });
+            }
+        });
+        let forks = r.forks.load(Ordering::SeqCst);
+        assert!(
+            (1..=8).contains(&forks),
+            "{forks} forks for 800 ops from 8 threads"
+        );
+        assert_eq!(lock(&r.idle).len() as u64, forks);
+    }
+
     /// A reader child that died while idle (killed) is replaced on the next read, which
     /// still succeeds; pt-hook gets EPIPE, not SIGPIPE.
     #[test]
@@ -1379,7 +1246,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("attr");
         std::fs::write(&p, "1").unwrap();
-        let r = Reader::new();
+        let r = Pool::new();
         let (pid1, v) = r.read(&p, 64, Duration::from_secs(2));
         assert_eq!(v.unwrap(), b"1");
         // SAFETY: signalling and reaping our own child.
@@ -1427,9 +1294,6 @@ mod tests {
         let direct_r = per(&mut || {
             std::fs::read(&p).unwrap();
         });
-        let once_r = per(&mut || {
-            read_once(&p, 4096, Duration::from_secs(5)).1.unwrap();
-        });
         let bounded_r = per(&mut || {
             read(&p, 4096, Duration::from_secs(5)).unwrap();
         });
@@ -1440,7 +1304,7 @@ mod tests {
             rx.recv().unwrap().unwrap();
         });
         eprintln!(
-            "per op over {n}: write direct {direct_w:.1} us, thread {thread_w:.1} us, child {bounded_w:.1} us; read direct {direct_r:.1} us, child per read {once_r:.1} us, reader child {bounded_r:.1} us"
+            "per op over {n}: write direct {direct_w:.1} us, thread {thread_w:.1} us, helper child {bounded_w:.1} us; read direct {direct_r:.1} us, helper child {bounded_r:.1} us"
         );
     }
 }

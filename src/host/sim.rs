@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::real::RealHost;
 use super::{CmdOutput, Host, LockGuard};
@@ -159,6 +159,10 @@ pub enum ResetBehaviour {
     Hang,
     /// Works after this long (device lock held meanwhile, other devices unaffected).
     Slow(Duration),
+    /// Works once this many resets (of any devices) have been in progress at the same time,
+    /// or at the hang limit (device lock held meanwhile): resets that run in parallel meet,
+    /// serialised ones each wait out the limit. `reset_spans` shows which it was.
+    Together(usize),
 }
 
 /// PCIe link state (`current_link_*`, `max_link_*`).
@@ -852,6 +856,10 @@ struct State {
     busy: BTreeSet<Bdf>,
     hang_gen: u64,
     hang_limit: Duration,
+    /// Resets in progress now, the most at once so far, and when each one ran.
+    resetting: usize,
+    reset_peak: usize,
+    reset_spans: Vec<(Bdf, Instant, Instant)>,
     /// sysfs nodes beside the PCI model (block/net/drm class devices, dm holders...).
     extras: Vec<Extra>,
     /// Device nodes processes hold open (what /proc/*/fd would show).
@@ -896,6 +904,9 @@ impl State {
             busy: BTreeSet::new(),
             hang_gen: 0,
             hang_limit: DEFAULT_HANG_LIMIT,
+            resetting: 0,
+            reset_peak: 0,
+            reset_spans: Vec::new(),
             extras: Vec::new(),
             open_nodes: Vec::new(),
             addrs4: Vec::new(),
@@ -1842,7 +1853,7 @@ fn out(code: i32, stdout: &str, stderr: &str) -> CmdOutput {
 /// Effects of one reset on one device.
 fn reset_effect(d: &mut Dev, b: &ResetBehaviour) {
     match b {
-        ResetBehaviour::Ok | ResetBehaviour::Slow(_) => {
+        ResetBehaviour::Ok | ResetBehaviour::Slow(_) | ResetBehaviour::Together(_) => {
             d.wedged = false;
             if let Some(l) = d.s.link.as_mut() {
                 l.cur_width = l.max_width;
@@ -2418,6 +2429,12 @@ impl SimHost {
         self.st().ops.clear()
     }
 
+    /// Every reset that returned, in order of its end: the device and when it began and
+    /// ended in the simulated kernel.
+    pub fn reset_spans(&self) -> Vec<(Bdf, Instant, Instant)> {
+        self.st().reset_spans.clone()
+    }
+
     /// Number of `write` calls (any path).
     pub fn write_count(&self) -> usize {
         self.st()
@@ -2877,13 +2894,31 @@ impl SimHost {
             })
             .max()
             .unwrap_or_default();
-        if hang || !slow.is_zero() {
+        let together = effects
+            .iter()
+            .filter_map(|(_, b)| match b {
+                ResetBehaviour::Together(n) => Some(*n),
+                _ => None,
+            })
+            .max();
+        let start = Instant::now();
+        if hang || !slow.is_zero() || together.is_some() {
             for b in locked {
                 g.busy.insert(*b);
             }
             if hang {
                 let limit = g.hang_limit;
                 g = self.hang_wait(g, limit);
+            } else if let Some(n) = together {
+                g.resetting += 1;
+                g.reset_peak = g.reset_peak.max(g.resetting);
+                self.cv.notify_all();
+                let limit = g.hang_limit;
+                g = match self.cv.wait_timeout_while(g, limit, |s| s.reset_peak < n) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+                g.resetting -= 1;
             } else {
                 drop(g);
                 std::thread::sleep(slow);
@@ -2896,6 +2931,10 @@ impl SimHost {
             if hang {
                 return Err(err(libc::ETIMEDOUT));
             }
+        }
+        let end = Instant::now();
+        for (b, _) in &effects {
+            g.reset_spans.push((*b, start, end));
         }
         for (b, e) in effects {
             if let Some(d) = g.devices.get_mut(&b).filter(|d| d.present) {

@@ -116,9 +116,19 @@ pub fn read_device(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
         boot_vga: read_trim(host, &paths::dev(bdf, DevFile::BootVga)).map(|s| s == "1"),
         d3cold_allowed: read_trim(host, &paths::dev(bdf, DevFile::D3coldAllowed)),
         power_control: read_trim(host, &paths::dev(bdf, DevFile::PowerControl)),
-        link_speed: read_trim(host, &paths::dev(bdf, DevFile::CurrentLinkSpeed)),
-        link_width: read_trim(host, &paths::dev(bdf, DevFile::CurrentLinkWidth)),
+        link_speed: link_speed_of(host, bdf),
+        link_width: link_width_of(host, bdf),
     })
+}
+
+/// `current_link_speed` ("16.0 GT/s PCIe"), if the function has a link.
+pub fn link_speed_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
+    read_trim(host, &paths::dev(bdf, DevFile::CurrentLinkSpeed))
+}
+
+/// `current_link_width` ("16"), if the function has a link.
+pub fn link_width_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
+    read_trim(host, &paths::dev(bdf, DevFile::CurrentLinkWidth))
 }
 
 /// Every PCI function on the host (entries that are not valid BDFs are ignored).

@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Benchmark on the real-kernel test bed (not a test): boots the 6.12 kernel and prints the
-# BENCH figures: pt-hook's cycle vs raw shell writes vs a peer script with fixed sleeps,
-# resets of 1/2/3 devices in one call vs separate calls, per-step timings, start-up time.
+# Benchmark on the real-kernel test bed (not a test): boots the 6.12 kernel with
+# PT_HOOK_VM_BENCH_DEVICES extra NVMe controllers and prints the BENCH figures, all from one
+# run: a VM's cycle (NVMe + e1000e, pre-start + post-stop with the reset) by pt-hook against
+# the same sysfs writes by a shell, serial and per-device parallel; 8 NVMe/virtio functions
+# reset in one call against 8 calls; where pt-hook's time goes (its own timing breakdown and
+# step lines); start-up time. See tests/vm/bench-guest.sh for exactly what each variant does.
+#
+#   PT_HOOK_BIN=path        benchmark this static binary (e.g. an older build) instead of
+#                           building the tree
+#   PT_HOOK_BENCH_BEFORE=path  also run this (older) static build, as pt-hook-before, in the
+#                           same guest beside the current one: before/after from one run
+#   BENCH_CYCLES=9 BENCH_RESET_ROUNDS=3 BENCH_LOG_CYCLES=3   sizes (passed to the guest)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PT_HOOK_VM_SCENARIO=$HERE/bench-guest.sh
 export PT_HOOK_VM_KERNELS=${PT_HOOK_VM_KERNELS:-6.12}
 # Two guest CPUs (one kernel at a time here): parallel resets and unbinds can use them.
 export PT_HOOK_VM_SMP=${PT_HOOK_VM_SMP:-2}
+# NVMe 1 and 2, the virtio-net and five more NVMe controllers: the 8-function reset.
+export PT_HOOK_VM_BENCH_DEVICES=${PT_HOOK_VM_BENCH_DEVICES:-5}
 export PT_HOOK_VM_WORK=${PT_HOOK_VM_WORK:-${PT_HOOK_VM_CACHE:-$HOME/.cache/pt-hook-vm}/bench}
+# The sizes reach the guest as a line of assignments after the script's #! line.
+SCEN=$(mktemp)
+EXTRA_DIR=$(mktemp -d)
+trap 'rm -rf "$SCEN" "$EXTRA_DIR"' EXIT
+if [ -n "${PT_HOOK_BENCH_BEFORE:-}" ]; then
+    cp "$PT_HOOK_BENCH_BEFORE" "$EXTRA_DIR/pt-hook-before"
+    export PT_HOOK_VM_EXTRA="${PT_HOOK_VM_EXTRA:-} $EXTRA_DIR/pt-hook-before"
+fi
+{
+    head -n 1 "$HERE/bench-guest.sh"
+    echo "BENCH_CYCLES=${BENCH_CYCLES:-9} BENCH_RESET_ROUNDS=${BENCH_RESET_ROUNDS:-3} BENCH_LOG_CYCLES=${BENCH_LOG_CYCLES:-3}"
+    tail -n +2 "$HERE/bench-guest.sh"
+} >"$SCEN"
+export PT_HOOK_VM_SCENARIO=$SCEN
 bash "$HERE/run.sh" >/dev/null 2>&1 || true
 for log in "$PT_HOOK_VM_WORK"/*/console.log; do
     echo "== $(basename "$(dirname "$log")")"
     grep -a '^BENCH' "$log" | sed 's/^BENCH //'
+    grep -q '^SCENARIO-DONE' "$log" || echo "(the benchmark did not finish: see $log)"
 done
-B="$HERE/../../target/x86_64-unknown-linux-gnu/release/pt-hook"
+B=${PT_HOOK_BIN:-$HERE/../../target/x86_64-unknown-linux-gnu/release/pt-hook}
 echo "binary: $(stat -c %s "$B") bytes (static, stripped)"

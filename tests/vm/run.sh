@@ -17,6 +17,9 @@
 #   PT_HOOK_VM_SCENARIO=file   run this guest script instead of tests/vm/scenario.sh
 #   PT_HOOK_VM_SMP=n           guest CPUs (default 1; the two kernels already run side by side)
 #   PT_HOOK_VM_EXTRA="f ..."   more static programs to put in the guest's /usr/sbin (benchmarks)
+#   PT_HOOK_VM_BENCH_DEVICES=n benchmarks only: n more NVMe controllers (serial ptbenchN), each
+#                              behind its own pcie-root-port after the regular five, so the
+#                              regular layout (BDFs, IOMMU groups) stays as it is
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -270,6 +273,17 @@ boot_kernel() {
     local root=$1 initrd=$2 dir=$3 kernel
     kernel="$root/boot/vmlinuz-$(ls "$root/lib/modules")"
     truncate -s 16M "$dir/nvme1.img" "$dir/nvme2.img"
+    # Benchmark devices (PT_HOOK_VM_BENCH_DEVICES): root ports at 00:09.0 and up, so they
+    # enumerate after the regular ones (buses 06 and up) and change nothing before them.
+    local extra=() i n=${PT_HOOK_VM_BENCH_DEVICES:-0}
+    case "$n" in ''|*[!0-9]*) die "PT_HOOK_VM_BENCH_DEVICES=$n is not a number" ;; esac
+    [ "$n" -le 16 ] || die "PT_HOOK_VM_BENCH_DEVICES=$n: at most 16"
+    for i in $(seq 1 "$n"); do
+        truncate -s 1M "$dir/bench$i.img"
+        extra+=(-device "pcie-root-port,id=brp$i,chassis=$((5 + i)),slot=$((5 + i)),bus=pcie.0,addr=$(printf '0x%x' $((8 + i)))"
+            -drive "if=none,id=bnv$i,file=$dir/bench$i.img,format=raw"
+            -device "nvme,serial=ptbench$i,drive=bnv$i,bus=brp$i")
+    done
     local t0 t1 rc=0
     t0=$(date +%s.%N)
     timeout -k 10 "$QEMU_TIMEOUT" qemu-system-x86_64 \
@@ -297,6 +311,7 @@ boot_kernel() {
         -device virtio-net-pci,netdev=n0,bus=rp4,romfile=,disable-legacy=on,disable-modern=off \
         -netdev user,id=n1,restrict=on \
         -device e1000e,netdev=n1,bus=rp5,romfile= \
+        "${extra[@]}" \
         </dev/null >"$dir/console.raw" 2>"$dir/qemu.err" || rc=$?
     t1=$(date +%s.%N)
     tr -d '\r' <"$dir/console.raw" >"$dir/console.log"

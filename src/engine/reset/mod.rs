@@ -15,7 +15,7 @@ use crate::engine::state::VmState;
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, poll_until, write_with_deadline, Host};
-use crate::log::fmt_dur;
+use crate::log::{fmt_dur, Cat};
 use crate::pci::Bdf;
 use crate::sysfs::device::{self, DeviceInfo};
 
@@ -147,7 +147,7 @@ impl Ladder<'_, '_> {
     }
 
     fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
-        write_with_deadline(&self.ctx.host, rel, data, t).map_err(|e| {
+        self.kwrite(rel, data, t).map_err(|e| {
             Error::host(
                 what,
                 &format!("writing {data:?} to"),
@@ -157,9 +157,26 @@ impl Ladder<'_, '_> {
         })
     }
 
+    /// A kernel write of the ladder, timed.
+    fn kwrite(&self, rel: &str, data: &str, t: Duration) -> io::Result<()> {
+        let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(rel);
+        let _t = self
+            .ctx
+            .log
+            .span(Cat::Write, format!("{:?} > {short}", data.trim_end()));
+        write_with_deadline(&self.ctx.host, rel, data, t)
+    }
+
     /// The checks after every rung.
     fn verify(&self, before: &[Before]) -> std::result::Result<(), String> {
         let h = self.h();
+        let _t = self.ctx.log.span(
+            Cat::Verify,
+            format!(
+                "{}: config space, link, driver",
+                list(&before.iter().map(|b| b.info.bdf).collect::<Vec<_>>())
+            ),
+        );
         let t = self.budget(self.ctx.cfg.timeouts.driver_bind);
         for b in before {
             let bdf = &b.info.bdf;
@@ -175,23 +192,23 @@ impl Ladder<'_, '_> {
                 let why = device::config_healthy(h, bdf).unwrap_err();
                 return Err(format!("{bdf}: {why}"));
             }
-            let now_w = device::read_device(h, bdf);
-            if let Some(now) = &now_w {
-                if let (Some(w0), Some(w1)) = (&b.info.link_width, &now.link_width) {
-                    let (a, c) = (
-                        w0.parse::<u32>().unwrap_or(0),
-                        w1.parse::<u32>().unwrap_or(0),
-                    );
-                    if c < a {
-                        return Err(format!("{bdf}: link came back at x{c}, was x{a}"));
-                    }
+            // Only the link is compared with before: two attributes, not the whole device
+            // (its driver_override read is a bounded op of its own).
+            if let (Some(w0), Some(w1)) = (&b.info.link_width, device::link_width_of(h, bdf)) {
+                let (a, c) = (
+                    w0.parse::<u32>().unwrap_or(0),
+                    w1.parse::<u32>().unwrap_or(0),
+                );
+                if c < a {
+                    return Err(format!("{bdf}: link came back at x{c}, was x{a}"));
                 }
-                if b.info.link_speed.is_some()
-                    && link_rank(&now.link_speed) < link_rank(&b.info.link_speed)
-                {
+            }
+            if b.info.link_speed.is_some() {
+                let now = device::link_speed_of(h, bdf);
+                if link_rank(&now) < link_rank(&b.info.link_speed) {
                     return Err(format!(
                         "{bdf}: link speed {} after reset, was {}",
-                        now.link_speed.as_deref().unwrap_or("?"),
+                        now.as_deref().unwrap_or("?"),
                         b.info.link_speed.as_deref().unwrap_or("?")
                     ));
                 }
@@ -217,6 +234,24 @@ impl Ladder<'_, '_> {
         Ok(())
     }
 
+    /// Whether every function is present with healthy config space (polled like `verify`:
+    /// a function may still be coming out of an earlier reset).
+    fn healthy(&self, before: &[Before]) -> bool {
+        let h = self.h();
+        let _t = self.ctx.log.span(
+            Cat::Verify,
+            format!(
+                "{}: config space before the ladder",
+                list(&before.iter().map(|b| b.info.bdf).collect::<Vec<_>>())
+            ),
+        );
+        let t = self.budget(self.ctx.cfg.timeouts.driver_bind);
+        before.iter().all(|b| {
+            device::exists(h, &b.info.bdf)
+                && poll_until(t, || device::config_healthy(h, &b.info.bdf).ok()).is_some()
+        })
+    }
+
     /// Rung 1: the function's own reset methods.
     fn function_reset(&self, before: &[Before]) -> RungOutcome {
         let h = self.h();
@@ -233,7 +268,7 @@ impl Ladder<'_, '_> {
             let rm_rel = paths::dev(bdf, DevFile::ResetMethod);
             let old = device::reset_method_of(h, bdf);
             if let Some(m) = self.method {
-                if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, m, t) {
+                if let Err(e) = self.kwrite(&rm_rel, m, t) {
                     return RungOutcome::Untouched(format!(
                         "{bdf}: the kernel refuses reset method {m:?} ({}: {})",
                         h.display(&rm_rel),
@@ -241,11 +276,11 @@ impl Ladder<'_, '_> {
                     ));
                 }
             }
-            let r = write_with_deadline(&self.ctx.host, &paths::dev(bdf, DevFile::Reset), "1", t);
+            let r = self.kwrite(&paths::dev(bdf, DevFile::Reset), "1", t);
             if self.method.is_some() {
                 if let Some(old) = &old {
                     let data = device::reset_method_data(old);
-                    if let Err(e) = write_with_deadline(&self.ctx.host, &rm_rel, data, undo_t) {
+                    if let Err(e) = self.kwrite(&rm_rel, data, undo_t) {
                         self.ctx.log.error(&format!(
                             "{bdf}: restoring reset_method {old:?} in {}: {}",
                             h.display(&rm_rel),
@@ -341,17 +376,15 @@ impl Ladder<'_, '_> {
         if h.exists(&sub) {
             // EAGAIN: the bus lock is busy; poll until the deadline.
             let mut last: Option<io::Error> = None;
-            let ok = poll_until(t, || {
-                match write_with_deadline(&self.ctx.host, &sub, "1", t) {
-                    Ok(()) => Some(true),
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                        last = Some(e);
-                        None
-                    }
-                    Err(e) => {
-                        last = Some(e);
-                        Some(false)
-                    }
+            let ok = poll_until(t, || match self.kwrite(&sub, "1", t) {
+                Ok(()) => Some(true),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    last = Some(e);
+                    None
+                }
+                Err(e) => {
+                    last = Some(e);
+                    Some(false)
                 }
             });
             return match ok {
@@ -381,16 +414,15 @@ impl Ladder<'_, '_> {
         }
         let rm = paths::dev(first, DevFile::ResetMethod);
         let old = device::reset_method_of(h, first).unwrap_or_default();
-        if let Err(e) = write_with_deadline(&self.ctx.host, &rm, "bus", t) {
+        if let Err(e) = self.kwrite(&rm, "bus", t) {
             return RungOutcome::Untouched(format!(
                 "{first}: bus reset not offered ({}: {})",
                 h.display(&rm),
                 errno_text(&e)
             ));
         }
-        let r = write_with_deadline(&self.ctx.host, &paths::dev(first, DevFile::Reset), "1", t);
-        let _ = write_with_deadline(
-            &self.ctx.host,
+        let r = self.kwrite(&paths::dev(first, DevFile::Reset), "1", t);
+        let _ = self.kwrite(
             &rm,
             device::reset_method_data(&old),
             self.ctx.cfg.timeouts.bus_reset,
@@ -420,14 +452,16 @@ impl Ladder<'_, '_> {
                 }
             }
         }
-        if poll_until(t, || {
-            before
-                .iter()
-                .all(|b| !device::exists(h, &b.info.bdf))
-                .then_some(())
-        })
-        .is_none()
-        {
+        let gone = {
+            let _w = self.ctx.log.span(Cat::Wait, "functions gone after remove");
+            poll_until(t, || {
+                before
+                    .iter()
+                    .all(|b| !device::exists(h, &b.info.bdf))
+                    .then_some(())
+            })
+        };
+        if gone.is_none() {
             return RungOutcome::Failed("functions did not go away after remove".into());
         }
         let rescan = match bridge {
@@ -439,14 +473,16 @@ impl Ladder<'_, '_> {
         if let Err(e) = self.write(&first, &rescan, "1", t) {
             return RungOutcome::failed(&e, e.to_string());
         }
-        if poll_until(t, || {
-            before
-                .iter()
-                .all(|b| device::exists(h, &b.info.bdf))
-                .then_some(())
-        })
-        .is_none()
-        {
+        let back = {
+            let _w = self.ctx.log.span(Cat::Wait, "functions back after rescan");
+            poll_until(t, || {
+                before
+                    .iter()
+                    .all(|b| device::exists(h, &b.info.bdf))
+                    .then_some(())
+            })
+        };
+        if back.is_none() {
             let missing: Vec<Bdf> = before
                 .iter()
                 .map(|b| b.info.bdf)
@@ -663,10 +699,16 @@ impl Ladder<'_, '_> {
         let start = Instant::now();
         let h = self.h();
         let mut rungs = Vec::new();
-        let before: Vec<Before> = funcs
-            .iter()
-            .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
-            .collect();
+        let before: Vec<Before> = {
+            let _t = self.ctx.log.span(
+                Cat::Verify,
+                format!("{}: read before the ladder", list(funcs)),
+            );
+            funcs
+                .iter()
+                .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
+                .collect()
+        };
         let mut first: Option<&'static str> = None;
         let mut memory: Option<String> = None;
         let report = |verdict, rungs, message: String, first, memory| SlotReport {
@@ -692,8 +734,9 @@ impl Ladder<'_, '_> {
                 None,
             );
         }
-        // Was it healthy before we started? A refusal then leaves it healthy.
-        let healthy_before = self.verify(&before).is_ok();
+        // Was it healthy before we started? A refusal then leaves it healthy. (Its link and
+        // driver were just read into `before`: only config space is left to check.)
+        let healthy_before = self.healthy(&before);
         type RungFn<'x, 'y, 'z> = fn(&Ladder<'x, 'y>, &[Before]) -> RungOutcome;
         let mut ladder: Vec<(&'static str, RungFn)> = vec![
             ("function-reset", Ladder::function_reset),
@@ -928,6 +971,21 @@ pub fn reset_many(
     owned: &[Bdf],
     quirks: &LadderQuirks,
 ) -> Vec<SlotReport> {
+    reset_many_then(ctx, bdfs, method, mode, owned, quirks, &|_| {})
+}
+
+/// `reset_many`, running `then` with a bus's reports as soon as every slot on that bus is
+/// done (on that bus's thread, while other buses may still be resetting): what follows a
+/// reset of those functions (a post-stop's restore) need not wait for the slowest bus.
+pub fn reset_many_then(
+    ctx: &Ctx,
+    bdfs: &[Bdf],
+    method: Option<&str>,
+    mode: Mode,
+    owned: &[Bdf],
+    quirks: &LadderQuirks,
+    then: &(dyn Fn(&[SlotReport]) + Sync),
+) -> Vec<SlotReport> {
     type Slots = BTreeMap<(u16, u8, u8), Vec<Bdf>>;
     let mut by_bus: BTreeMap<(u16, u8), Slots> = BTreeMap::new();
     for b in bdfs {
@@ -969,14 +1027,16 @@ pub fn reset_many(
             .map(|slots| {
                 let ladder = &ladder;
                 s.spawn(move || {
-                    slots
+                    let r = slots
                         .values()
                         .map(|funcs| {
                             let mut f = funcs.clone();
                             f.sort();
                             ladder.run_slot(&f)
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    then(&r);
+                    r
                 })
             })
             .collect();
@@ -1025,6 +1085,10 @@ fn reset_record(r: &SlotReport, facts: &BTreeMap<Bdf, FunctionFacts>) -> health:
     }
 }
 
+/// What `post_stop_reset` runs for a bus's functions once they are done: the functions, and
+/// those of them that did not recover with why.
+pub type BusDone<'a> = dyn Fn(&[Bdf], &[(Bdf, String)]) + Sync + 'a;
+
 #[derive(Default)]
 pub struct Outcome {
     pub failed: Vec<(Bdf, String)>,
@@ -1033,11 +1097,14 @@ pub struct Outcome {
 /// post-stop: reset every device the VM had, with the VM as owner of all of them.
 /// `profiles`: the quirk profiles in force (the caller loaded them once for the phase).
 /// `skip`: functions already back on their host drivers, never reset.
+/// `then(functions, failed)`: run for the functions of each bus once they are done (see
+/// `reset_many_then`), with those of them that did not recover.
 pub fn post_stop_reset(
     ctx: &Ctx,
     st: &VmState,
     profiles: &[crate::engine::quirks::Profile],
     skip: &[Bdf],
+    then: &BusDone,
 ) -> Outcome {
     let mut o = Outcome::default();
     let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
@@ -1085,7 +1152,16 @@ pub fn post_stop_reset(
         }
         quirks.add(b, p, d.original.driver.as_deref());
     }
-    for r in reset_many(ctx, &bdfs, None, Mode::PostStop, &bdfs, &quirks) {
+    let bus_done = |reports: &[SlotReport]| {
+        let funcs: Vec<Bdf> = reports.iter().flat_map(|r| r.functions.clone()).collect();
+        let failed: Vec<(Bdf, String)> = reports
+            .iter()
+            .filter(|r| r.verdict == Verdict::Unrecovered)
+            .flat_map(|r| r.functions.iter().map(|b| (*b, r.message.clone())))
+            .collect();
+        then(&funcs, &failed);
+    };
+    for r in reset_many_then(ctx, &bdfs, None, Mode::PostStop, &bdfs, &quirks, &bus_done) {
         match r.verdict {
             Verdict::Unrecovered => {
                 for b in &r.functions {
