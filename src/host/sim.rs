@@ -555,12 +555,27 @@ pub enum PathMatch {
     Exact(String),
     Suffix(String),
     Contains(String),
+    /// A write of exactly `data` (trailing newline ignored) to `path`: one device's write to a
+    /// file all devices share (`drivers/*/unbind`, `drivers_probe`), whatever order parallel
+    /// steps write in. Reads and runs never match.
+    ExactWrite {
+        path: String,
+        data: String,
+    },
 }
 
 impl PathMatch {
     fn matches(&self, s: &str) -> bool {
+        self.matches_op(s, None)
+    }
+
+    /// `data`: what a write writes (None: not a write).
+    fn matches_op(&self, s: &str, data: Option<&str>) -> bool {
         match self {
             PathMatch::Any => true,
+            PathMatch::ExactWrite { path, data: want } => {
+                s == path && data.is_some_and(|d| strip_nl(d) == strip_nl(want))
+            }
             PathMatch::Exact(p) => s == p,
             PathMatch::Suffix(p) => s.ends_with(p.as_str()),
             PathMatch::Contains(p) => s.contains(p.as_str()),
@@ -2529,6 +2544,16 @@ impl SimHost {
     }
 
     fn take_fault(&self, class: OpClass<'_>, subject: &str) -> Option<Fault> {
+        self.take_fault_data(class, subject, None)
+    }
+
+    /// `take_fault` for a write of `data` (`PathMatch::ExactWrite` looks at it).
+    fn take_fault_data(
+        &self,
+        class: OpClass<'_>,
+        subject: &str,
+        data: Option<&str>,
+    ) -> Option<Fault> {
         let mut g = self.st();
         let mut fired = None;
         for f in g.faults.iter_mut() {
@@ -2537,7 +2562,7 @@ impl SimHost {
                 (FaultOp::Run(p), OpClass::Run(q)) => p == q,
                 _ => false,
             };
-            if f.spent || !kind_ok || !f.point.path.matches(subject) {
+            if f.spent || !kind_ok || !f.point.path.matches_op(subject, data) {
                 continue;
             }
             f.seen += 1;
@@ -2632,7 +2657,7 @@ impl SimHost {
     }
 
     fn do_write(&self, rel: &str, data: &str) -> io::Result<()> {
-        match self.take_fault(OpClass::Write, rel) {
+        match self.take_fault_data(OpClass::Write, rel, Some(data)) {
             Some(Fault::Errno(e)) => return Err(err(e)),
             Some(Fault::Exit(..)) => return Err(err(libc::EIO)),
             Some(Fault::SilentNoop) => return Ok(()),

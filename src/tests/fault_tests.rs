@@ -169,6 +169,8 @@ struct Case {
     phase: Phase,
     nth: usize,
     path: String,
+    /// What the write writes (the case is the nth write of this to `path`).
+    data: String,
     fault: Fault,
     name: &'static str,
 }
@@ -199,7 +201,13 @@ fn cases(p: Phase) -> Vec<Case> {
     assert!(!writes.is_empty(), "{p:?} made no writes");
     let mut v = Vec::new();
     for (i, (path, data)) in writes.iter().enumerate() {
-        let nth = writes[..=i].iter().filter(|(q, _)| q == path).count();
+        // The nth write of this very data to this file: in a faulted run parallel steps may
+        // write to a shared file (`vfio-pci/unbind`) in another order than the clean run did,
+        // and the case must still hit the device it was made for.
+        let nth = writes[..=i]
+            .iter()
+            .filter(|(q, d)| q == path && d == data)
+            .count();
         let mut fs = faults();
         if let Some(b) = device_of(path, data) {
             fs.push((Fault::vanish(b), "vanish"));
@@ -209,6 +217,7 @@ fn cases(p: Phase) -> Vec<Case> {
                 phase: p,
                 nth,
                 path: path.clone(),
+                data: data.clone(),
                 fault,
                 name,
             });
@@ -223,7 +232,10 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
     setup(&t, c.phase);
     let mid = t.devices();
     t.sim.inject(FaultPoint {
-        path: PathMatch::Exact(c.path.clone()),
+        path: PathMatch::ExactWrite {
+            path: c.path.clone(),
+            data: c.data.clone(),
+        },
         op: FaultOp::Write,
         nth: Some(c.nth),
         fault: c.fault.clone(),
@@ -234,7 +246,10 @@ fn check(c: &Case, tally: &Tally, vanish_recovery: bool) -> Result<(), String> {
     tally
         .max_ms
         .fetch_max(took.as_millis() as usize, Ordering::Relaxed);
-    let id = format!("{:?} write #{} to {} {}", c.phase, c.nth, c.path, c.name);
+    let id = format!(
+        "{:?} write #{} of {:?} to {} {}",
+        c.phase, c.nth, c.data, c.path, c.name
+    );
     if took > budget() {
         return Err(format!("{id}: took {took:?}"));
     }
