@@ -547,21 +547,7 @@ unsafe fn server_main(
             }
             libc::close(fd);
         } else {
-            let max = n.min(MAX_BOUNDED_READ);
-            while got < max {
-                let r = libc::read(fd, data.add(got).cast(), max - got);
-                if r < 0 {
-                    if errno() == libc::EINTR {
-                        continue;
-                    }
-                    status = errno();
-                    break;
-                }
-                if r == 0 {
-                    break;
-                }
-                got += r as usize;
-            }
+            (got, status) = read_raw(fd, data, n.min(MAX_BOUNDED_READ));
             libc::close(fd);
         }
         if status != 0 {
@@ -730,6 +716,32 @@ pub fn read_text(path: &Path, timeout: Duration) -> io::Result<String> {
 /// reset).
 pub fn read_can_block(rel: &str) -> bool {
     rel.starts_with("sys/") && (rel.ends_with("/driver_override") || rel.ends_with("/config"))
+}
+
+/// Reads `fd` into `buf` until end of file, `len` bytes or an error, retrying EINTR: (bytes
+/// read, errno or 0). Raw libc calls only, so a forked child may use it before it exits (the
+/// kio helpers and the pmxcfs walker in `tree`).
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes and `fd` an open descriptor.
+pub(super) unsafe fn read_raw(fd: i32, buf: *mut u8, len: usize) -> (usize, i32) {
+    let mut got = 0usize;
+    while got < len {
+        // SAFETY: buf + got .. buf + len is inside the caller's buffer.
+        let r = libc::read(fd, buf.add(got).cast(), len - got);
+        if r < 0 {
+            let e = *libc::__errno_location();
+            if e == libc::EINTR {
+                continue;
+            }
+            return (got, e);
+        }
+        if r == 0 {
+            break;
+        }
+        got += r as usize;
+    }
+    (got, 0)
 }
 
 #[cfg(test)]

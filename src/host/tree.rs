@@ -192,22 +192,7 @@ unsafe fn entry(
     }
     let room = out.cap - out.len;
     let want = (max_file + 1).min(room);
-    let mut n = 0usize;
-    let mut err = 0;
-    while n < want {
-        let r = libc::read(fd, out.buf.add(out.len + n).cast(), want - n);
-        if r < 0 {
-            if errno() == libc::EINTR {
-                continue;
-            }
-            err = errno();
-            break;
-        }
-        if r == 0 {
-            break;
-        }
-        n += r as usize;
-    }
+    let (mut n, err) = super::kio::read_raw(fd, out.buf.add(out.len), want);
     libc::close(fd);
     if err != 0 {
         // Rewrite the record as an error without data.
