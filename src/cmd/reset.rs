@@ -21,18 +21,21 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             )));
         }
     }
+    // Each device read once: the checks here and the quirk profiles use it.
+    let mut infos = Vec::new();
     for b in bdfs {
-        if !device::exists(&*ctx.host, b) {
+        let Some(info) = device::read_device(&*ctx.host, b) else {
             return Err(Error::Usage(format!(
                 "{b}: no such PCI device ({})",
                 ctx.host.display(&paths::dev_dir(b))
             )));
-        }
-        if device::read_device(&*ctx.host, b).is_some_and(|i| i.is_bridge()) {
+        };
+        if info.is_bridge() {
             return Err(Error::Usage(format!(
                 "{b} is a PCI bridge; name the device below it"
             )));
         }
+        infos.push(info);
     }
     // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
     // is not a user: resetting its devices is what this command is for.
@@ -66,48 +69,53 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     // The devices asked for, plus whatever a VM's state says belongs with them.
     let mut owned: Vec<Bdf> = bdfs.to_vec();
     let state_t = ctx.log.span(Cat::State, "VMs' state");
+    let states: Vec<crate::engine::state::VmState> = crate::engine::state::list(&*ctx.host)
+        .iter()
+        .filter_map(|vm| crate::engine::state::load(&*ctx.host, vm).ok().flatten())
+        .collect();
     for b in bdfs {
-        for vm in crate::engine::state::list(&*ctx.host) {
-            if let Ok(Some(st)) = crate::engine::state::load(&*ctx.host, &vm) {
-                if st.owns(b) {
-                    owned.extend(st.bdfs());
-                }
-            }
+        for st in states.iter().filter(|st| st.owns(b)) {
+            owned.extend(st.bdfs());
         }
     }
     drop(state_t);
     crate::engine::metrics::timed(ctx, crate::engine::health::Phase::Reset, || {
-        run(ctx, bdfs, method, json, &owned)
+        run(ctx, &infos, method, json, &owned)
     })
 }
 
 /// The ladder and its report (the checks above passed).
-fn run(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool, owned: &[Bdf]) -> Result<()> {
+fn run(
+    ctx: &Ctx,
+    infos: &[device::DeviceInfo],
+    method: Option<&str>,
+    json: bool,
+    owned: &[Bdf],
+) -> Result<()> {
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
+    let bdfs: Vec<Bdf> = infos.iter().map(|i| i.bdf).collect();
     let quirks_t = ctx.log.span(Cat::Quirks, "load and match");
     let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
     let mut quirks = reset::LadderQuirks::default();
     if method.is_none() {
-        for b in bdfs {
-            if let Some(info) = device::read_device(&*ctx.host, b) {
-                if let Some(p) = crate::engine::quirks::find(&all, &info) {
-                    quirks.add(*b, p, None);
-                }
+        for info in infos {
+            if let Some(p) = crate::engine::quirks::find(&all, info) {
+                quirks.add(info.bdf, p, None);
             }
         }
     }
     drop(quirks_t);
-    let reports = reset::reset_many(ctx, bdfs, method, Mode::Manual, owned, &quirks);
-    // Each device's health as the memory has it now (this reset included).
+    let reports = reset::reset_many(ctx, &bdfs, method, Mode::Manual, owned, &quirks);
+    // Each device's health as the memory has it now (this reset included); the model is the
+    // one read before the ladder.
+    let health_t = ctx.log.span(Cat::State, "reset memory: health");
     let memory = crate::engine::health::Memory::load(&*ctx.host);
     let health: Vec<crate::engine::health::DeviceHealth> = reports
         .iter()
-        .flat_map(|r| r.functions.iter())
-        .filter_map(|b| {
-            let info = device::read_device(&*ctx.host, b)?;
-            memory.device_health(b, &crate::engine::health::ModelKey::of(&info))
-        })
+        .flat_map(|r| r.facts.iter())
+        .filter_map(|f| memory.device_health(&f.bdf, &f.model))
         .collect();
+    drop(health_t);
     if json {
         // `timing`: where this call's time went so far (see `log::Timing`).
         println!(

@@ -306,6 +306,7 @@ struct ClassDev {
 }
 
 /// Host facts read once per scan.
+#[derive(Default)]
 struct Facts {
     class: Vec<ClassDev>,
     /// major:minor → (mount point, fstype); and source path → the same.
@@ -594,10 +595,58 @@ struct Scanner<'a> {
     opts: &'a Opts<'a>,
     facts: Facts,
     procs: BTreeMap<u32, Process>,
+    /// Each asked function's driver, read once at the start of the scan.
+    drivers: BTreeMap<Bdf, Option<String>>,
+    memo: BTreeMap<Bdf, OwnNodes>,
+    /// Proxmox's PCI reservations, read once (None: not read yet).
+    reservations: Option<String>,
+    others: Option<state::Others>,
+}
+
+/// What `Scanner::own_nodes` found for a function.
+struct OwnNodes {
+    blocks: Vec<String>,
+    chars: Vec<(String, (u32, u32))>,
+    group: Option<u32>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(host: &'a dyn Host, opts: &'a Opts<'a>, notes: &mut Vec<String>) -> Scanner<'a> {
+    fn new(
+        host: &'a dyn Host,
+        opts: &'a Opts<'a>,
+        notes: &mut Vec<String>,
+        bdfs: &[Bdf],
+    ) -> Scanner<'a> {
+        // Block devices, character nodes of other classes and network interfaces below a
+        // function are made by its host driver: a function on vfio-pci (whose own nodes are
+        // found without the class tables) or on no driver has none, and the host's storage and
+        // network facts are not needed. A post-stop's scan (every function on vfio-pci) reads
+        // only what can hold such a function: the open fds, the reservations, the state files.
+        let drivers: BTreeMap<Bdf, Option<String>> = bdfs
+            .iter()
+            .map(|b| (*b, crate::sysfs::device::driver_of(host, b)))
+            .collect();
+        let host_driver = drivers
+            .values()
+            .any(|d| d.as_deref().is_some_and(|d| d != crate::engine::plan::VFIO));
+        let mut sc = Scanner {
+            host,
+            opts,
+            facts: Facts::default(),
+            procs: BTreeMap::new(),
+            drivers,
+            memo: BTreeMap::new(),
+            reservations: None,
+            others: None,
+        };
+        if host_driver {
+            sc.facts = Scanner::host_facts(host, opts, notes);
+        }
+        sc
+    }
+
+    /// The class tables, mounts, swaps, ZFS pools, routes and addresses, corosync's links.
+    fn host_facts(host: &dyn Host, opts: &Opts, notes: &mut Vec<String>) -> Facts {
         let mut class = Vec::new();
         for c in std::iter::once("block").chain(NODE_CLASSES).chain(["net"]) {
             let dir = format!("sys/class/{c}");
@@ -674,24 +723,39 @@ impl<'a> Scanner<'a> {
             .read("etc/pve/corosync.conf")
             .map(|t| parse_corosync(&t, opts.node))
             .unwrap_or_default();
-        Scanner {
-            host,
-            opts,
-            facts: Facts {
-                class,
-                mounts_by_dev,
-                mounts_by_source,
-                swaps,
-                zfs,
-                nodes: None,
-                routes4,
-                inet6,
-                default6,
-                addrs4,
-                corosync,
-            },
-            procs: BTreeMap::new(),
+        Facts {
+            class,
+            mounts_by_dev,
+            mounts_by_source,
+            swaps,
+            zfs,
+            nodes: None,
+            routes4,
+            inet6,
+            default6,
+            addrs4,
+            corosync,
         }
+    }
+
+    fn driver(&self, bdf: &Bdf) -> Option<String> {
+        match self.drivers.get(bdf) {
+            Some(d) => d.clone(),
+            None => crate::sysfs::device::driver_of(self.host, bdf),
+        }
+    }
+
+    /// The function's block devices and character nodes, found once per scan.
+    fn own_nodes(&mut self, bdf: &Bdf) -> &OwnNodes {
+        if !self.memo.contains_key(bdf) {
+            let n = OwnNodes {
+                blocks: self.block_devices(bdf),
+                chars: self.char_nodes(bdf),
+                group: crate::sysfs::device::iommu_group_of(self.host, bdf),
+            };
+            self.memo.insert(*bdf, n);
+        }
+        &self.memo[bdf]
     }
 
     fn nodes(&mut self) -> &[OpenNode] {
@@ -722,11 +786,9 @@ impl<'a> Scanner<'a> {
     fn scan_processes(&mut self, bdfs: &[Bdf]) {
         let mut q = crate::host::NodeQuery::default();
         for bdf in bdfs {
-            let mut todo: Vec<(String, u32)> = self
-                .block_devices(bdf)
-                .into_iter()
-                .map(|n| (n, 0))
-                .collect();
+            let own = self.own_nodes(bdf);
+            let (blocks, chars, group) = (own.blocks.clone(), own.chars.clone(), own.group);
+            let mut todo: Vec<(String, u32)> = blocks.into_iter().map(|n| (n, 0)).collect();
             while let Some((name, depth)) = todo.pop() {
                 if depth > 4 || !paths::safe_name(&name) {
                     continue;
@@ -743,11 +805,11 @@ impl<'a> Scanner<'a> {
                         .map(|h| (h, depth + 1)),
                 );
             }
-            for (node, rdev) in self.char_nodes(bdf) {
+            for (node, rdev) in chars {
                 q.paths.insert(node);
                 q.rdevs.insert(rdev);
             }
-            if let Some(g) = crate::sysfs::device::iommu_group_of(self.host, bdf) {
+            if let Some(g) = group {
                 q.paths.insert(format!("/dev/vfio/{g}"));
                 if let Some(r) = read_trim(self.host, &format!("sys/class/vfio/{g}/dev"))
                     .and_then(|d| parse_rdev(&d))
@@ -755,9 +817,7 @@ impl<'a> Scanner<'a> {
                     q.rdevs.insert(r);
                 }
                 // Device fds name no device: wanted whenever a function may have one.
-                if crate::sysfs::device::driver_of(self.host, bdf).as_deref()
-                    == Some(crate::engine::plan::VFIO)
-                {
+                if self.driver(bdf).as_deref() == Some(crate::engine::plan::VFIO) {
                     q.vfio_fds = true;
                 }
             }
@@ -983,13 +1043,12 @@ impl<'a> Scanner<'a> {
     }
 
     fn node_uses(&mut self, bdf: &Bdf, out: &mut Vec<Use>) {
-        let chars = self.char_nodes(bdf);
-        let group = crate::sysfs::device::iommu_group_of(self.host, bdf);
+        let own = self.own_nodes(bdf);
+        let (chars, group) = (own.chars.clone(), own.group);
         let group_dev = group.and_then(|g| {
             read_trim(self.host, &format!("sys/class/vfio/{g}/dev")).and_then(|d| parse_rdev(&d))
         });
-        let on_vfio = crate::sysfs::device::driver_of(self.host, bdf).as_deref()
-            == Some(crate::engine::plan::VFIO);
+        let on_vfio = self.driver(bdf).as_deref() == Some(crate::engine::plan::VFIO);
         let b = bdf.to_string();
         let mut hits: Vec<(String, u32)> = Vec::new();
         let mut unattributed: BTreeSet<u32> = BTreeSet::new();
@@ -1195,12 +1254,16 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn vm_uses(&self, bdf: &Bdf, out: &mut Vec<Use>) {
+    fn vm_uses(&mut self, bdf: &Bdf, out: &mut Vec<Use>) {
         let me_vmid = match self.opts.me {
             Some(VmKey::Pve(v)) => Some(*v),
             _ => None,
         };
-        if let Ok(text) = self.host.read(paths::RESERVATIONS) {
+        if self.reservations.is_none() {
+            self.reservations = Some(self.host.read(paths::RESERVATIONS).unwrap_or_default());
+        }
+        let text = self.reservations.clone().unwrap_or_default();
+        if !text.is_empty() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -1225,7 +1288,10 @@ impl<'a> Scanner<'a> {
         }
         let probe = VmKey::Pve(u32::MAX);
         let except = self.opts.me.unwrap_or(&probe);
-        if let Some(owner) = state::owner_of(self.host, bdf, except) {
+        let others = self
+            .others
+            .get_or_insert_with(|| state::Others::load(self.host, except));
+        if let Some(owner) = others.owner_of(bdf) {
             out.push(Use::State {
                 file: self.host.display(&owner.state_file()),
                 owner: owner.to_string(),
@@ -1238,7 +1304,7 @@ impl<'a> Scanner<'a> {
 pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
-    let mut sc = Scanner::new(host, opts, &mut notes);
+    let mut sc = Scanner::new(host, opts, &mut notes, bdfs);
     sc.scan_processes(bdfs);
     let mut findings = Vec::new();
     let mut seen = BTreeSet::new();
@@ -1247,7 +1313,7 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
             continue;
         }
         let mut uses = Vec::new();
-        for name in sc.block_devices(bdf) {
+        for name in sc.own_nodes(bdf).blocks.clone() {
             let mut u = Vec::new();
             sc.block_uses(&name, None, 0, &mut u);
             uses.extend(u);

@@ -204,23 +204,46 @@ pub fn list(host: &dyn Host) -> Vec<VmKey> {
 /// The other VM or domain whose state holds `bdf`, if any. A damaged state file of another
 /// VM or domain counts as unknown, not as free.
 pub fn owner_of(host: &dyn Host, bdf: &Bdf, except: &VmKey) -> Option<VmKey> {
-    let same = |a: &VmKey, b: &VmKey| match (a, b) {
-        (VmKey::Pve(x), VmKey::Pve(y)) => x == y,
-        (VmKey::Libvirt(x), VmKey::Libvirt(y)) => x.uuid == y.uuid,
-        _ => false,
-    };
-    for k in list(host) {
-        if same(&k, except) {
-            continue;
+    Others::load(host, except).owner_of(bdf)
+}
+
+/// Every other VM's or domain's state, read once: asked for many functions, the state files
+/// are listed and parsed one time (the guard asks per function).
+pub struct Others {
+    states: Vec<(VmKey, Option<VmState>)>,
+}
+
+impl Others {
+    /// The state of every VM or domain but `except`; `None` for a file that could not be
+    /// read or parsed (it may hold anything).
+    pub fn load(host: &dyn Host, except: &VmKey) -> Others {
+        let same = |a: &VmKey, b: &VmKey| match (a, b) {
+            (VmKey::Pve(x), VmKey::Pve(y)) => x == y,
+            (VmKey::Libvirt(x), VmKey::Libvirt(y)) => x.uuid == y.uuid,
+            _ => false,
+        };
+        let mut states = Vec::new();
+        for k in list(host) {
+            if same(&k, except) {
+                continue;
+            }
+            match load(host, &k) {
+                Ok(Some(st)) => states.push((k, Some(st))),
+                Ok(None) => {}
+                // Unreadable or damaged: it may hold the device; refusing is the safe answer.
+                Err(_) => states.push((k, None)),
+            }
         }
-        match load(host, &k) {
-            Ok(Some(st)) if st.owns(bdf) => return Some(k),
-            Ok(_) => {}
-            // Unreadable or damaged: it may hold the device; refusing is the safe answer.
-            Err(_) => return Some(k),
-        }
+        Others { states }
     }
-    None
+
+    /// The first of them whose state holds `bdf` (or that could not be read).
+    pub fn owner_of(&self, bdf: &Bdf) -> Option<VmKey> {
+        self.states
+            .iter()
+            .find(|(_, st)| st.as_ref().is_none_or(|st| st.owns(bdf)))
+            .map(|(k, _)| k.clone())
+    }
 }
 
 /// Whether the VM or domain is running: Proxmox's pid file, or for libvirt a QEMU process

@@ -62,11 +62,13 @@ impl Host for RealHost {
         if kio::read_can_block(rel) {
             return kio::read_text(&self.path(rel), kio::read_timeout());
         }
-        let mut s = String::new();
-        fs::File::open(self.path(rel))?
-            .take(1 << 20)
-            .read_to_string(&mut s)?;
-        Ok(s)
+        let v = read_file(&self.path(rel), rel.starts_with("sys/"), 1 << 20)?;
+        String::from_utf8(v).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        })
     }
 
     /// `config` (and `driver_override`) bounded like `read`.
@@ -74,11 +76,7 @@ impl Host for RealHost {
         if kio::read_can_block(rel) {
             return kio::read(&self.path(rel), max, kio::read_timeout());
         }
-        let mut v = Vec::new();
-        fs::File::open(self.path(rel))?
-            .take(max as u64)
-            .read_to_end(&mut v)?;
-        Ok(v)
+        read_file(&self.path(rel), rel.starts_with("sys/"), max)
     }
 
     fn write(&self, rel: &str, data: &str) -> io::Result<()> {
@@ -585,6 +583,31 @@ impl Host for RealHost {
         }
         Ok(v)
     }
+}
+
+/// A file's bytes (at most `max`), read with one page-sized read first. A sysfs attribute
+/// (`sysfs`) is one `show()` of at most a page, returned whole by the first read when it fits:
+/// a shorter read is the end, without the read that returns 0 (a third of the system calls
+/// of reading an attribute, the most common thing pt-hook does). Anything else is read to its
+/// end.
+fn read_file(path: &Path, sysfs: bool, max: usize) -> io::Result<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let mut f = fs::File::open(path)?;
+    let first = PAGE.min(max);
+    let mut v = vec![0u8; first];
+    let n = loop {
+        match f.read(&mut v) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    v.truncate(n);
+    if n == 0 || (sysfs && n < first) || n >= max {
+        return Ok(v);
+    }
+    f.take((max - n) as u64).read_to_end(&mut v)?;
+    Ok(v)
 }
 
 /// Device nodes every process has and that no PCI function provides: skipped without a

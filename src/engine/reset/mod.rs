@@ -59,6 +59,10 @@ pub struct SlotReport {
     pub start: Option<&'static str>,
     /// Why the ladder started where it did, when the reset memory chose it.
     pub memory: Option<String>,
+    /// Each function's model and serials as read before the ladder (for the reset memory;
+    /// the physical slot is filled in once every bus is done).
+    #[serde(skip)]
+    pub facts: Vec<FunctionFacts>,
 }
 
 /// What a function looked like before the ladder: the reference for every check.
@@ -131,8 +135,6 @@ struct Ladder<'a, 'b> {
     deadline: Instant,
     /// The reset memory, when the ladder chooses its own first rung (no `--method`).
     memory: Option<&'a Memory>,
-    /// Each function's model and place, read before the ladder.
-    facts: &'a BTreeMap<Bdf, FunctionFacts>,
 }
 
 impl Ladder<'_, '_> {
@@ -659,12 +661,14 @@ impl Ladder<'_, '_> {
     /// profile forbids, one the slot does not have (host-rebind without a profile, a bus
     /// reset without a parent bridge), nor remove+rescan itself (only for a device the reset
     /// rungs left broken: a model it recovered starts at the rung before it).
-    fn memory_start(&self, funcs: &[Bdf], ladder: &[&'static str]) -> Option<(usize, String)> {
+    fn memory_start(
+        &self,
+        funcs: &[Bdf],
+        facts: &[FunctionFacts],
+        ladder: &[&'static str],
+    ) -> Option<(usize, String)> {
         let mem = self.memory?;
-        let models: Vec<health::ModelKey> = funcs
-            .iter()
-            .filter_map(|b| self.facts.get(b).map(|f| f.model.clone()))
-            .collect();
+        let models: Vec<health::ModelKey> = facts.iter().map(|f| f.model.clone()).collect();
         let (rung, why) = mem.start_rung(&models)?;
         let mut i = ladder.iter().position(|n| *n == rung.name());
         if rung == RungName::RemoveRescan {
@@ -709,6 +713,13 @@ impl Ladder<'_, '_> {
                 .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
                 .collect()
         };
+        // Model and serials for the reset memory, read while the device is as it was (a
+        // device the ladder leaves broken may no longer show its serial). The physical slot
+        // is named after the ladder (`reset_many_then`).
+        let facts: Vec<FunctionFacts> = before
+            .iter()
+            .map(|b| FunctionFacts::read(h, &b.info, &[]))
+            .collect();
         let mut first: Option<&'static str> = None;
         let mut memory: Option<String> = None;
         let report = |verdict, rungs, message: String, first, memory| SlotReport {
@@ -719,6 +730,7 @@ impl Ladder<'_, '_> {
             ms: start.elapsed().as_millis() as u64,
             start: first,
             memory,
+            facts: facts.clone(),
         };
         if before.len() != funcs.len() {
             let missing: Vec<Bdf> = funcs
@@ -753,7 +765,7 @@ impl Ladder<'_, '_> {
         // here at all, the ladder runs from the top (that rung's outcome is reused, not tried
         // again).
         let names: Vec<&'static str> = ladder.iter().map(|(n, _)| *n).collect();
-        let mem_start = self.memory_start(funcs, &names);
+        let mem_start = self.memory_start(funcs, &facts, &names);
         let mut order: Vec<usize> = match &mem_start {
             Some((i, why)) => {
                 first = Some(names[*i]);
@@ -999,16 +1011,12 @@ pub fn reset_many_then(
         }
     }
     // The reset memory: read once (no lock), consulted per slot, written once at the end.
-    let memory = Memory::load(ctx.h());
+    let memory = ctx
+        .log
+        .timed(Cat::State, "reset memory", || Memory::load(ctx.h()));
     if let Some(w) = &memory.warning {
         ctx.log.warn(w);
     }
-    let places = health::physical_slots(ctx.h());
-    let facts: BTreeMap<Bdf, FunctionFacts> = bdfs
-        .iter()
-        .filter_map(|b| device::read_device(ctx.h(), b))
-        .map(|info| (info.bdf, FunctionFacts::read(ctx.h(), &info, &places)))
-        .collect();
     let ladder = Ladder {
         ctx,
         mode,
@@ -1018,10 +1026,12 @@ pub fn reset_many_then(
         kept: std::sync::Mutex::new(Vec::new()),
         deadline: Instant::now() + ctx.cfg.timeouts.phase,
         memory: method.is_none().then_some(&memory),
-        facts: &facts,
     };
     let mut out = Vec::new();
+    let mut places = Vec::new();
     std::thread::scope(|s| {
+        // The physical slots are only named in the record: found beside the resets.
+        let slots = s.spawn(|| health::physical_slots(ctx.h()));
         let handles: Vec<_> = by_bus
             .values()
             .map(|slots| {
@@ -1045,23 +1055,29 @@ pub fn reset_many_then(
                 out.extend(r);
             }
         }
+        places = slots.join().unwrap_or_default();
     });
+    for r in &mut out {
+        for f in &mut r.facts {
+            f.physical_slot = places
+                .iter()
+                .find(|(k, _)| *k == (f.bdf.domain, f.bdf.bus, f.bdf.dev))
+                .map(|(_, n)| n.clone());
+        }
+    }
     if !ctx.dry_run {
-        let records: Vec<health::ResetRecord> =
-            out.iter().map(|r| reset_record(r, &facts)).collect();
-        health::record_resets(ctx.h(), ctx.log, &records, method.is_none());
+        let records: Vec<health::ResetRecord> = out.iter().map(reset_record).collect();
+        ctx.log.timed(Cat::State, "reset memory: record", || {
+            health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
+        });
     }
     out
 }
 
 /// A slot's report as the reset memory keeps it.
-fn reset_record(r: &SlotReport, facts: &BTreeMap<Bdf, FunctionFacts>) -> health::ResetRecord {
+fn reset_record(r: &SlotReport) -> health::ResetRecord {
     health::ResetRecord {
-        functions: r
-            .functions
-            .iter()
-            .filter_map(|b| facts.get(b).cloned())
-            .collect(),
+        functions: r.facts.clone(),
         outcome: match r.verdict {
             Verdict::Reset => health::Outcome::Reset,
             Verdict::Refused => health::Outcome::Refused,
