@@ -95,7 +95,8 @@ fn run(
     let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
     let bdfs: Vec<Bdf> = infos.iter().map(|i| i.bdf).collect();
     let quirks_t = ctx.log.span(Cat::Quirks, "load and match");
-    let all = crate::engine::quirks::load_all(&*ctx.host, ctx.cfg)?;
+    let vendors: Vec<u16> = infos.iter().map(|i| i.vendor).collect();
+    let all = crate::engine::quirks::load_for(&*ctx.host, ctx.cfg, &vendors)?;
     let mut quirks = reset::LadderQuirks::default();
     if method.is_none() {
         for info in infos {

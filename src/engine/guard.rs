@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io;
 
 use serde::Serialize;
 
@@ -650,14 +651,14 @@ impl<'a> Scanner<'a> {
         let mut class = Vec::new();
         for c in std::iter::once("block").chain(NODE_CLASSES).chain(["net"]) {
             let dir = format!("sys/class/{c}");
-            for name in host.list(&dir).unwrap_or_default() {
+            for (name, link) in host.list_links(&dir).unwrap_or_default() {
                 if !paths::safe_name(&name) {
                     continue;
                 }
                 // sysfs makes class entries links into the device tree; a class directory
                 // with a `device` link (older layouts, hand-made hosts) points at its parent.
-                let t = host
-                    .link_target(&format!("{dir}/{name}"))
+                let t = link
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
                     .or_else(|_| host.link_target(&format!("{dir}/{name}/device")))
                     .or_else(|e| {
                         // A virtual device (bridge, dm) as a plain directory: below nothing.

@@ -115,29 +115,44 @@ struct Guarded {
 
 /// The host guard applied to a plan: which users refuse the start, which the plan itself
 /// releases (units the console handoff stops; containers with `release_containers`).
+/// The functions of a plan the guard checks (those pt-hook moves).
+fn guarded_bdfs(devices: &[PlannedDevice]) -> Vec<Bdf> {
+    devices
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.info.bdf)
+        .collect()
+}
+
+fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
+    ctx.log.timed(Cat::Guard, "scan", || {
+        guard::scan(
+            ctx.h(),
+            bdfs,
+            &guard::Opts {
+                me: Some(key),
+                node: &ctx.node,
+            },
+        )
+    })
+}
+
+/// `early`: a scan of `scanned` made beside the quirk profiles; used when the plan's
+/// functions are still those (a profile may add companions: then they are scanned again).
 fn guard_plan(
     ctx: &Ctx,
     key: &VmKey,
     vmid: u32,
     devices: &[PlannedDevice],
     handoff: &[Step],
+    early: Option<(Vec<Bdf>, guard::Report)>,
 ) -> Guarded {
     let h = ctx.h();
-    let bdfs: Vec<Bdf> = devices
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.info.bdf)
-        .collect();
-    let users = ctx.log.timed(Cat::Guard, "scan", || {
-        guard::scan(
-            h,
-            &bdfs,
-            &guard::Opts {
-                me: Some(key),
-                node: &ctx.node,
-            },
-        )
-    });
+    let bdfs = guarded_bdfs(devices);
+    let users = match early {
+        Some((scanned, r)) if scanned == bdfs => r,
+        _ => guard_scan(ctx, key, &bdfs),
+    };
     ctx.log.debug(&format!(
         "host guard: {} function(s), {} open fd(s) on their nodes, {} user(s), {}",
         bdfs.len(),
@@ -282,16 +297,28 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
                 crate::engine::identity::check(ctx.h(), key, &named, &mut id_warnings)
             })
         });
-        let planned = (|| -> Result<(Vec<Step>, Guarded)> {
+        // The guard's scan of the named functions (only reads) runs beside the profiles too.
+        let scanned = guarded_bdfs(&named);
+        let early = sc.spawn(move || {
+            let r = guard_scan(ctx, key, &scanned);
+            (scanned, r)
+        });
+        let planned = (|| -> Result<Vec<Step>> {
             ctx.log.timed(Cat::Quirks, "load and match", || {
                 crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)
             })?;
             let plan_t = ctx.log.span(Cat::Plan, "console handoff");
             let handoff = crate::engine::handoff::plan(ctx, vmid, &devices, &mut warnings)?;
             drop(plan_t);
-            let g = guard_plan(ctx, key, vmid, &devices, &handoff);
-            Ok((handoff, g))
+            Ok(handoff)
         })();
+        let early = early
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let planned = planned.map(|handoff| {
+            let g = guard_plan(ctx, key, vmid, &devices, &handoff, Some(early));
+            (handoff, g)
+        });
         let identity = id.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (identity, planned)
     });

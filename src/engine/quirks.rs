@@ -195,41 +195,124 @@ pub fn builtin() -> Vec<Profile> {
     v
 }
 
+/// One built-in `[[quirk]]` block as text, with its `name` and `vendor` lines read off it
+/// (None when a line is missing or not the plain `key = "value"` form).
+struct Block<'a> {
+    text: &'a str,
+    name: Option<&'a str>,
+    vendor: Option<u16>,
+}
+
+fn builtin_blocks() -> Vec<Block<'static>> {
+    let mut starts: Vec<usize> = BUILTIN
+        .match_indices("\n[[quirk]]\n")
+        .map(|(i, _)| i + 1)
+        .collect();
+    starts.push(BUILTIN.len());
+    starts
+        .windows(2)
+        .map(|w| {
+            let text = &BUILTIN[w[0]..w[1]];
+            let value = |key: &str| {
+                text.lines().find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then_some(())?;
+                    v.trim().strip_prefix('"')?.strip_suffix('"')
+                })
+            };
+            Block {
+                text,
+                name: value("name"),
+                vendor: value("vendor").and_then(|v| u16::from_str_radix(v, 16).ok()),
+            }
+        })
+        .collect()
+}
+
+/// The built-in profiles that can match a device of one of `vendors`: only their blocks are
+/// parsed (a phase's devices rarely have a profile; parsing every built-in profile was most
+/// of the quirk step's time under emulation). Every built-in profile names its vendor, and a
+/// profile only matches that vendor's devices; a block whose vendor line cannot be read is
+/// parsed anyway. In the order of `builtin()`.
+pub fn builtin_for(vendors: &[u16]) -> Vec<Profile> {
+    let text: String = builtin_blocks()
+        .into_iter()
+        .filter(|b| b.vendor.is_none_or(|v| vendors.contains(&v)))
+        .map(|b| b.text)
+        .collect();
+    let mut v = parse_file(&text, "built-in").expect("built-in quirks.toml is valid");
+    for p in &mut v {
+        p.source = "built-in".into();
+    }
+    v
+}
+
+/// `load_all` for devices of `vendors` only (the hook's phases, `reset`): the built-ins that
+/// cannot match them are not parsed. The same answer for those devices as `load_all`: when a
+/// configured profile replaces a built-in left out here (its place in the list decides between
+/// two profiles that match), every built-in is parsed.
+pub fn load_for(host: &dyn Host, cfg: &Config, vendors: &[u16]) -> Result<Vec<Profile>> {
+    let blocks = builtin_blocks();
+    let left_out: Vec<&str> = blocks
+        .iter()
+        .filter(|b| b.vendor.is_some_and(|v| !vendors.contains(&v)))
+        .filter_map(|b| b.name)
+        .collect();
+    let replaced = !left_out.is_empty()
+        && configured(cfg)?
+            .iter()
+            .any(|p| left_out.contains(&p.name.as_str()));
+    if replaced {
+        return load_all(host, cfg);
+    }
+    merge_configured(builtin_for(vendors), cfg)
+}
+
+/// The profiles of the config's quirk sources, in their order.
+fn configured(cfg: &Config) -> Result<Vec<Profile>> {
+    let mut out = Vec::new();
+    for src in &cfg.quirks {
+        match src {
+            QuirkSource::File { name, text } => out.extend(parse_file(text, name)?),
+            QuirkSource::Tables { name, tables } => {
+                for v in tables {
+                    let p: Profile = v.clone().try_into().map_err(|e: toml::de::Error| {
+                        Error::Config(format!("{name}: [[quirk]]: {e}"))
+                    })?;
+                    p.validate(name).map_err(Error::Config)?;
+                    out.push(Profile {
+                        source: name.clone(),
+                        ..p
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `all` with the configured profiles merged in: a later profile with the same name replaces
+/// the earlier one in place, a new name goes first.
+fn merge_configured(mut all: Vec<Profile>, cfg: &Config) -> Result<Vec<Profile>> {
+    if cfg.quirks.is_empty() {
+        return Ok(all);
+    }
+    for p in configured(cfg)? {
+        match all.iter_mut().find(|q| q.name == p.name) {
+            Some(q) => *q = p,
+            None => all.insert(0, p),
+        }
+    }
+    Ok(all)
+}
+
 /// All profiles: the built-ins, then the config's quirk sources in their order (cluster
 /// quirks.d, cluster `[[quirk]]`, its `[node.NAME]`, then the same locally: see
 /// `parse::config`); a later profile with the same name replaces the earlier one in place.
 pub fn load_all(host: &dyn Host, cfg: &Config) -> Result<Vec<Profile>> {
     // The files were read (and trusted) by the config load; the host is not needed any more.
     let _ = host;
-    let mut all = builtin();
-    let mut merge = |ps: Vec<Profile>| {
-        for p in ps {
-            match all.iter_mut().find(|q| q.name == p.name) {
-                Some(q) => *q = p,
-                None => all.insert(0, p),
-            }
-        }
-    };
-    for src in &cfg.quirks {
-        match src {
-            QuirkSource::File { name, text } => merge(parse_file(text, name)?),
-            QuirkSource::Tables { name, tables } => {
-                let mut ps = Vec::new();
-                for v in tables {
-                    let p: Profile = v.clone().try_into().map_err(|e: toml::de::Error| {
-                        Error::Config(format!("{name}: [[quirk]]: {e}"))
-                    })?;
-                    p.validate(name).map_err(Error::Config)?;
-                    ps.push(Profile {
-                        source: name.clone(),
-                        ..p
-                    });
-                }
-                merge(ps);
-            }
-        }
-    }
-    Ok(all)
+    merge_configured(builtin(), cfg)
 }
 
 /// The profile for a device: user profiles come first in `all`, so they win over built-ins;
@@ -312,7 +395,13 @@ pub fn apply_profiles(
     devices: &mut Vec<PlannedDevice>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let all = load_all(host, cfg)?;
+    // A display function brings its slot's companions, of any vendor: every profile then.
+    let all = if devices.iter().any(|d| !d.keep && d.info.is_display()) {
+        load_all(host, cfg)?
+    } else {
+        let vendors: Vec<u16> = devices.iter().map(|d| d.info.vendor).collect();
+        load_for(host, cfg, &vendors)?
+    };
     add_companions(host, &all, devices, warnings);
     for d in devices.iter_mut().filter(|d| !d.keep) {
         let Some(p) = find(&all, &d.info) else {
@@ -359,6 +448,52 @@ pub fn apply_profiles(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn builtin_for_parses_only_the_vendors_blocks_in_builtin_order() {
+        let all = builtin();
+        let vendors: Vec<u16> = all
+            .iter()
+            .map(|p| u16::from_str_radix(&p.vendor, 16).unwrap())
+            .collect();
+        // Every built-in block's vendor line is read off its text.
+        assert!(builtin_blocks()
+            .iter()
+            .skip(1)
+            .all(|b| b.vendor.is_some() && b.name.is_some()));
+        assert_eq!(builtin_for(&vendors), all);
+        for v in &vendors {
+            let want: Vec<Profile> = all
+                .iter()
+                .filter(|p| u16::from_str_radix(&p.vendor, 16).ok() == Some(*v))
+                .cloned()
+                .collect();
+            assert_eq!(builtin_for(&[*v]), want);
+        }
+        assert!(builtin_for(&[0x1b36]).is_empty());
+    }
+
+    #[test]
+    fn load_for_agrees_with_load_all_when_a_left_out_builtin_is_replaced() {
+        let host = crate::host::sim::SimHost::new();
+        let name = builtin()[0].name.clone();
+        let text = format!(
+            "[[quirk]]\nname = \"{name}\"\nvendor = \"8086\"\ndevices = [\"10d3\"]\nreset_method = [\"pm\"]\n"
+        );
+        let cfg = Config {
+            quirks: vec![QuirkSource::File {
+                name: "/etc/pt-hook/quirks.d/x.toml".into(),
+                text,
+            }],
+            ..Config::default()
+        };
+        let all = load_all(&host, &cfg).unwrap();
+        assert_eq!(load_for(&host, &cfg, &[0x8086]).unwrap(), all);
+        // Without the replacement: only what can match, the configured profile first.
+        let cfg = Config::default();
+        assert!(load_for(&host, &cfg, &[0x8086]).unwrap().is_empty());
+    }
+
     use super::*;
     use crate::pci::Bdf;
 

@@ -93,6 +93,18 @@ pub trait Host: Send + Sync + 'static {
     }
     /// Names in a directory, sorted.
     fn list(&self, rel: &str) -> io::Result<Vec<String>>;
+    /// Names in a directory, sorted, each with its symlink target (None: not a symlink, or
+    /// it could not be read). One directory walk instead of a path lookup per entry.
+    fn list_links(&self, rel: &str) -> io::Result<Vec<(String, Option<String>)>> {
+        Ok(self
+            .list(rel)?
+            .into_iter()
+            .map(|n| {
+                let t = self.link_target(&format!("{rel}/{n}")).ok();
+                (n, t)
+            })
+            .collect())
+    }
     fn exists(&self, rel: &str) -> bool;
     /// Creates a regular file atomically (write temp + rename), creating parents, mode 0600.
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()>;

@@ -135,6 +135,36 @@ impl Host for RealHost {
         Ok(v)
     }
 
+    /// Each entry's target by readlinkat(2) relative to the directory's descriptor.
+    fn list_links(&self, rel: &str) -> io::Result<Vec<(String, Option<String>)>> {
+        use nix::fcntl::{readlinkat, OFlag};
+        use nix::sys::stat::Mode;
+        let mut d = nix::dir::Dir::open(
+            &self.path(rel),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let dfd = d.as_raw_fd();
+        let names: Vec<std::ffi::CString> = d
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        let mut v: Vec<(String, Option<String>)> = names
+            .into_iter()
+            .filter_map(|n| {
+                let t = readlinkat(Some(dfd), n.as_c_str())
+                    .ok()
+                    .and_then(|t| t.into_string().ok());
+                Some((n.into_string().ok()?, t))
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn exists(&self, rel: &str) -> bool {
         fs::symlink_metadata(self.path(rel)).is_ok()
     }

@@ -121,6 +121,36 @@ pub fn read_device(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
     })
 }
 
+/// What the reset ladder compares and chooses by, read right before it: `read_device`
+/// without `driver_override` (a read that can block, so a round trip to a helper process),
+/// the IOMMU group, `boot_vga`, `d3cold_allowed` and `power/control`, which a reset does not
+/// change and the ladder does not use (those fields are None here).
+pub fn read_for_ladder(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
+    if !exists(host, bdf) {
+        return None;
+    }
+    let vendor = read_hex(host, bdf, DevFile::Vendor)? as u16;
+    let device = read_hex(host, bdf, DevFile::Device)? as u16;
+    Some(DeviceInfo {
+        bdf: *bdf,
+        vendor,
+        device,
+        subsystem_vendor: read_hex(host, bdf, DevFile::SubsystemVendor).map(|v| v as u16),
+        subsystem_device: read_hex(host, bdf, DevFile::SubsystemDevice).map(|v| v as u16),
+        class: read_hex(host, bdf, DevFile::Class).unwrap_or(0),
+        driver: driver_of(host, bdf),
+        driver_override: None,
+        iommu_group: None,
+        reset_method: reset_method_of(host, bdf),
+        has_reset: host.exists(&paths::dev(bdf, DevFile::Reset)),
+        boot_vga: None,
+        d3cold_allowed: None,
+        power_control: None,
+        link_speed: link_speed_of(host, bdf),
+        link_width: link_width_of(host, bdf),
+    })
+}
+
 /// `current_link_speed` ("16.0 GT/s PCIe"), if the function has a link.
 pub fn link_speed_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
     read_trim(host, &paths::dev(bdf, DevFile::CurrentLinkSpeed))

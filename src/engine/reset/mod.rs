@@ -65,7 +65,9 @@ pub struct SlotReport {
     pub facts: Vec<FunctionFacts>,
 }
 
-/// What a function looked like before the ladder: the reference for every check.
+/// What a function looked like before the ladder: the reference for every check
+/// (`device::read_for_ladder`: no `driver_override`, which only remove+rescan needs and reads
+/// itself before the remove).
 #[derive(Debug, Clone)]
 struct Before {
     info: DeviceInfo,
@@ -445,6 +447,12 @@ impl Ladder<'_, '_> {
         let t = self.budget(self.ctx.cfg.timeouts.rescan);
         let first = before[0].info.bdf;
         let bridge = device::parent_bridge(h, &first);
+        // The overrides to put back (the ladder's view of a device leaves them out: they do not
+        // change before this rung, and this is the only rung that loses them).
+        let overrides: Vec<(Bdf, Option<String>)> = before
+            .iter()
+            .map(|b| (b.info.bdf, device::override_of(h, &b.info.bdf)))
+            .collect();
         // Highest function first, function 0 last, like a hot-unplug.
         for b in before.iter().rev() {
             let bdf = &b.info.bdf;
@@ -506,8 +514,12 @@ impl Ladder<'_, '_> {
                     let _ = self.write(bdf, &paths::dev(bdf, DevFile::ResetMethod), data, step_t);
                 }
             }
-            if device::override_of(h, bdf) != b.info.driver_override {
-                let data = b.info.driver_override.as_deref().unwrap_or("\n");
+            let had = overrides
+                .iter()
+                .find(|(x, _)| x == bdf)
+                .and_then(|(_, o)| o.clone());
+            if device::override_of(h, bdf) != had {
+                let data = had.as_deref().unwrap_or("\n");
                 let _ = self.write(bdf, &paths::dev(bdf, DevFile::DriverOverride), data, step_t);
             }
             let now = device::driver_of(h, bdf);
@@ -710,7 +722,7 @@ impl Ladder<'_, '_> {
             );
             funcs
                 .iter()
-                .filter_map(|b| device::read_device(h, b).map(|info| Before { info }))
+                .filter_map(|b| device::read_for_ladder(h, b).map(|info| Before { info }))
                 .collect()
         };
         // Model and serials for the reset memory, read while the device is as it was (a
@@ -1028,14 +1040,36 @@ pub fn reset_many_then(
         memory: method.is_none().then_some(&memory),
     };
     let mut out = Vec::new();
-    let mut places = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<SlotReport>>();
+    let buses = by_bus.len();
     std::thread::scope(|s| {
-        // The physical slots are only named in the record: found beside the resets.
-        let slots = s.spawn(|| health::physical_slots(ctx.h()));
+        // The reset memory's record is written as soon as every bus's ladder is done, beside
+        // what `then` does with them (a post-stop's restore waits for drivers to bind); the
+        // physical slots it names are found beside the resets.
+        let record = s.spawn(move || {
+            let places = health::physical_slots(ctx.h());
+            let mut reports: Vec<SlotReport> = rx.iter().take(buses).flatten().collect();
+            if ctx.dry_run {
+                return;
+            }
+            for r in &mut reports {
+                for f in &mut r.facts {
+                    f.physical_slot = places
+                        .iter()
+                        .find(|(k, _)| *k == (f.bdf.domain, f.bdf.bus, f.bdf.dev))
+                        .map(|(_, n)| n.clone());
+                }
+            }
+            let records: Vec<health::ResetRecord> = reports.iter().map(reset_record).collect();
+            ctx.log.timed(Cat::State, "reset memory: record", || {
+                health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
+            });
+        });
         let handles: Vec<_> = by_bus
             .values()
             .map(|slots| {
                 let ladder = &ladder;
+                let tx = tx.clone();
                 s.spawn(move || {
                     let r = slots
                         .values()
@@ -1045,32 +1079,20 @@ pub fn reset_many_then(
                             ladder.run_slot(&f)
                         })
                         .collect::<Vec<_>>();
+                    let _ = tx.send(r.clone());
                     then(&r);
                     r
                 })
             })
             .collect();
+        drop(tx);
         for h in handles {
             if let Ok(r) = h.join() {
                 out.extend(r);
             }
         }
-        places = slots.join().unwrap_or_default();
+        let _ = record.join();
     });
-    for r in &mut out {
-        for f in &mut r.facts {
-            f.physical_slot = places
-                .iter()
-                .find(|(k, _)| *k == (f.bdf.domain, f.bdf.bus, f.bdf.dev))
-                .map(|(_, n)| n.clone());
-        }
-    }
-    if !ctx.dry_run {
-        let records: Vec<health::ResetRecord> = out.iter().map(reset_record).collect();
-        ctx.log.timed(Cat::State, "reset memory: record", || {
-            health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
-        });
-    }
     out
 }
 
