@@ -363,8 +363,16 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             }
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
+            // The phases that take or give back devices start the guard's walk of /proc now,
+            // beside the config and state reads (see `guard::PreWalk`).
+            let prewalk = if matches!(phase.as_str(), "pre-start" | "post-stop") {
+                crate::engine::guard::PreWalk::start(Arc::clone(&host))
+            } else {
+                crate::engine::guard::PreWalk::none()
+            };
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
-            let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
+            let mut ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
+            ctx.prewalk = prewalk;
             let start = std::time::Instant::now();
             let r = crate::engine::phase::pve(&ctx, vmid, phase);
             if r.is_ok() {
@@ -518,5 +526,6 @@ fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: 
         cfg,
         log,
         dry_run,
+        prewalk: crate::engine::guard::PreWalk::none(),
     }
 }

@@ -95,7 +95,9 @@ impl Logger {
         };
         let line = self.line(level, msg);
         if shown {
-            let _ = writeln!(std::io::stderr(), "pt-hook: {line}");
+            // One write(2) per line (stderr is unbuffered: `writeln!` would make three),
+            // so lines of parallel steps never interleave either.
+            let _ = std::io::stderr().write_all(format!("pt-hook: {line}\n").as_bytes());
         }
         if level <= Level::Info {
             if let Ok(mut g) = self.syslog.lock() {

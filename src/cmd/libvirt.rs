@@ -126,6 +126,7 @@ pub fn command(
         cfg: &cfg,
         log,
         dry_run,
+        prewalk: crate::engine::guard::PreWalk::none(),
     };
     let key = VmKey::Libvirt(Domain {
         uuid: dom.uuid.clone(),

@@ -24,7 +24,7 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     // Each device read once: the checks here and the quirk profiles use it.
     let mut infos = Vec::new();
     for b in bdfs {
-        let Some(info) = device::read_device(&*ctx.host, b) else {
+        let Some(info) = device::read_for_ladder(&*ctx.host, b) else {
             return Err(Error::Usage(format!(
                 "{b}: no such PCI device ({})",
                 ctx.host.display(&paths::dev_dir(b))

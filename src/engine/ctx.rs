@@ -14,6 +14,8 @@ pub struct Ctx<'a> {
     pub log: &'a Logger,
     pub dry_run: bool,
     pub node: String,
+    /// The hook phases' early walk of /proc for the guard (see `guard::PreWalk`).
+    pub prewalk: crate::engine::guard::PreWalk,
 }
 
 impl<'a> Ctx<'a> {

@@ -784,7 +784,8 @@ impl<'a> Scanner<'a> {
 
     /// One walk of /proc/*/fd for every node any of `bdfs` has (block devices and what is
     /// stacked on them, character nodes, the vfio group): skipped when there is none.
-    fn scan_processes(&mut self, bdfs: &[Bdf]) {
+    /// `walked`: an `all` walk made beside the class tables (None: walk now for the query).
+    fn scan_processes(&mut self, bdfs: &[Bdf], walked: Option<std::io::Result<Vec<OpenNode>>>) {
         let mut q = crate::host::NodeQuery::default();
         for bdf in bdfs {
             let own = self.own_nodes(bdf);
@@ -825,6 +826,11 @@ impl<'a> Scanner<'a> {
         }
         self.facts.nodes = Some(if q.is_empty() {
             Vec::new()
+        } else if let Some(all) = walked {
+            all.unwrap_or_default()
+                .into_iter()
+                .filter(|n| q.matches(n))
+                .collect()
         } else {
             self.host.open_nodes(&q).unwrap_or_default()
         });
@@ -1303,10 +1309,75 @@ impl<'a> Scanner<'a> {
 
 /// Who uses each of `bdfs` (functions without users are left out).
 pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
+    scan_with(host, bdfs, opts, None)
+}
+
+/// A walk of every process's fds (`NodeQuery::all`) started when a hook phase starts, before
+/// its config, state and devices are read: the walk is half of the guard's time and needs
+/// none of them. The phase's first scan takes it (`take`), filters it with its own query and
+/// reads everything else then; a later scan (a wait for a holder to let go, a rescan with
+/// companions) walks again. A process that opens a node between the walk and the step after
+/// the scan is missed, as one that opens it between any scan and that step is.
+#[derive(Default)]
+pub struct PreWalk(std::sync::Mutex<Option<std::thread::JoinHandle<io::Result<Vec<OpenNode>>>>>);
+
+impl PreWalk {
+    pub fn none() -> PreWalk {
+        PreWalk::default()
+    }
+
+    pub fn start(host: std::sync::Arc<dyn Host>) -> PreWalk {
+        let h = std::thread::Builder::new()
+            .name("guard-walk".into())
+            .spawn(move || {
+                host.open_nodes(&crate::host::NodeQuery {
+                    all: true,
+                    ..Default::default()
+                })
+            })
+            .ok();
+        PreWalk(std::sync::Mutex::new(h))
+    }
+
+    /// The walk, once (None: none was started, or it was taken).
+    pub fn take(&self) -> Option<io::Result<Vec<OpenNode>>> {
+        let h = self.0.lock().ok()?.take()?;
+        Some(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    }
+}
+
+/// `scan`, with `walked`: the fds of every process (an `all` walk, `PreWalk`) to use instead
+/// of walking /proc.
+pub fn scan_with(
+    host: &dyn Host,
+    bdfs: &[Bdf],
+    opts: &Opts,
+    walked: Option<io::Result<Vec<OpenNode>>>,
+) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
-    let mut sc = Scanner::new(host, opts, &mut notes, bdfs);
-    sc.scan_processes(bdfs);
+    // With a host driver on some function the class tables and host facts are read first,
+    // and the walk of /proc (the other half of the scan's time) runs beside them, taking every
+    // fd that can be a device node; the query built from the tables then filters it.
+    let host_driver = walked.is_none()
+        && bdfs.iter().any(|b| {
+            crate::sysfs::device::driver_of(host, b).is_some_and(|d| d != crate::engine::plan::VFIO)
+        });
+    let mut sc = std::thread::scope(|s| {
+        let walk = host_driver.then(|| {
+            s.spawn(|| {
+                host.open_nodes(&crate::host::NodeQuery {
+                    all: true,
+                    ..Default::default()
+                })
+            })
+        });
+        let mut sc = Scanner::new(host, opts, &mut notes, bdfs);
+        let walked = walked
+            .or_else(|| walk.map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+        sc.scan_processes(bdfs, walked);
+        sc
+    });
     let mut findings = Vec::new();
     let mut seen = BTreeSet::new();
     for bdf in bdfs {
@@ -1344,15 +1415,18 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
 }
 
 /// Polls `scan` until nothing holds `bdfs` or `timeout` passes; returns the last report.
+/// The first scan uses `walked` (see `scan_with`).
 pub fn wait_free(
     host: &dyn Host,
     bdfs: &[Bdf],
     opts: &Opts,
     timeout: std::time::Duration,
+    walked: Option<io::Result<Vec<OpenNode>>>,
 ) -> Report {
     let mut last = Report::default();
+    let mut walked = walked;
     let got = crate::host::poll_until(timeout, || {
-        last = scan(host, bdfs, opts);
+        last = scan_with(host, bdfs, opts, walked.take());
         last.is_clear().then_some(())
     });
     if got.is_some() {

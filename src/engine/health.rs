@@ -199,13 +199,15 @@ pub fn physical_slots(host: &dyn Host) -> Vec<((u16, u8, u8), String)> {
 }
 
 impl FunctionFacts {
-    /// Reads the function's serial (config space and NVMe) and names its physical slot.
-    pub fn read(
+    /// The function's model, its serial (from `config`, its config space as read, None when
+    /// unreadable, and NVMe's own) and its physical slot.
+    pub fn read_with(
         host: &dyn Host,
         info: &DeviceInfo,
         slots: &[((u16, u8, u8), String)],
+        config: Option<&[u8]>,
     ) -> FunctionFacts {
-        let id = crate::engine::identity::function_id(host, info, "");
+        let id = crate::engine::identity::function_id_with(host, info, "", config);
         let b = info.bdf;
         FunctionFacts {
             bdf: b,

@@ -161,13 +161,6 @@ pub fn parse_dsn(config: &[u8]) -> Option<String> {
     None
 }
 
-fn dsn(host: &dyn Host, bdf: &Bdf) -> Option<String> {
-    let cfg = host
-        .read_bytes(&paths::dev(bdf, DevFile::Config), CONFIG_BYTES)
-        .ok()?;
-    parse_dsn(&cfg)
-}
-
 /// A serial as the kernel shows it (space-padded): trimmed, printable ASCII only, bounded.
 fn clean_serial(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?.trim();
@@ -195,6 +188,18 @@ fn nvme_serial(host: &dyn Host, bdf: &Bdf) -> Option<String> {
 
 /// What the function at `info.bdf` is, with its serials read from the host.
 pub fn function_id(host: &dyn Host, info: &DeviceInfo, origin: &str) -> FunctionId {
+    let config = config_bytes(host, &info.bdf);
+    function_id_with(host, info, origin, config.as_deref())
+}
+
+/// `function_id` with the function's config space already read (`config_bytes`; None: it
+/// could not be read).
+pub fn function_id_with(
+    host: &dyn Host,
+    info: &DeviceInfo,
+    origin: &str,
+    config: Option<&[u8]>,
+) -> FunctionId {
     FunctionId {
         origin: origin.to_string(),
         bdf: info.bdf,
@@ -204,9 +209,15 @@ pub fn function_id(host: &dyn Host, info: &DeviceInfo, origin: &str) -> Function
             _ => None,
         },
         class: info.class_hex(),
-        serial: dsn(host, &info.bdf),
+        serial: config.and_then(parse_dsn),
         nvme_serial: nvme_serial(host, &info.bdf),
     }
+}
+
+/// The bytes of config space `function_id` reads (the extended capabilities, for the DSN).
+pub fn config_bytes(host: &dyn Host, bdf: &Bdf) -> Option<Vec<u8>> {
+    host.read_bytes(&paths::dev(bdf, DevFile::Config), CONFIG_BYTES)
+        .ok()
 }
 
 /// The functions a plan's VM names, as they are now.

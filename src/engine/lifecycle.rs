@@ -124,15 +124,18 @@ fn guarded_bdfs(devices: &[PlannedDevice]) -> Vec<Bdf> {
         .collect()
 }
 
+/// The guard's scan of `bdfs`; the phase's first one uses its early walk of /proc.
 fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
+    let walked = ctx.prewalk.take();
     ctx.log.timed(Cat::Guard, "scan", || {
-        guard::scan(
+        guard::scan_with(
             ctx.h(),
             bdfs,
             &guard::Opts {
                 me: Some(key),
                 node: &ctx.node,
             },
+            walked,
         )
     })
 }
@@ -909,6 +912,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
                 exec.deadline
                     .saturating_duration_since(std::time::Instant::now()),
             ),
+            ctx.prewalk.take(),
         );
         if !left.is_clear() {
             st.phase = "held".into();

@@ -393,17 +393,23 @@ pub struct NodeQuery {
     /// Also every `anon_inode:[vfio-device]` fd, and every vfio group fd (`/dev/vfio/N`: the
     /// groups a device fd's owner has open tell which group the device fd belongs to).
     pub vfio_fds: bool,
+    /// Every fd that can be one of the above for any query (every node under a /dev, with
+    /// its number, and every vfio fd): a walk made before the query is known, filtered with
+    /// `matches` afterwards (the guard walks /proc while it reads the class tables).
+    pub all: bool,
 }
 
 impl NodeQuery {
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.rdevs.is_empty() && !self.vfio_fds
+        self.paths.is_empty() && self.rdevs.is_empty() && !self.vfio_fds && !self.all
     }
 
-    /// Whether an open node (as the host found it) is one asked for (the simulator's filter;
-    /// the real walk decides per fd before it stats).
-    #[cfg(test)]
+    /// Whether an open node (as the host found it) is one asked for: the filter of an `all`
+    /// walk and the simulator's (the real walk decides per fd before it stats).
     pub fn matches(&self, n: &OpenNode) -> bool {
+        if self.all {
+            return true;
+        }
         self.paths.contains(&n.path)
             || n.rdev.is_some_and(|r| self.rdevs.contains(&r))
             || (self.vfio_fds && (n.path == VFIO_DEVICE_FD || is_vfio_group_path(&n.path)))

@@ -4,7 +4,6 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -127,9 +126,10 @@ impl Host for RealHost {
     }
 
     fn list(&self, rel: &str) -> io::Result<Vec<String>> {
-        let mut v: Vec<String> = fs::read_dir(self.path(rel))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
+        let mut v: Vec<String> = RawDir::open(&self.path(rel))?
+            .names()?
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
             .collect();
         v.sort();
         Ok(v)
@@ -137,25 +137,13 @@ impl Host for RealHost {
 
     /// Each entry's target by readlinkat(2) relative to the directory's descriptor.
     fn list_links(&self, rel: &str) -> io::Result<Vec<(String, Option<String>)>> {
-        use nix::fcntl::{readlinkat, OFlag};
-        use nix::sys::stat::Mode;
-        let mut d = nix::dir::Dir::open(
-            &self.path(rel),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)?;
-        let dfd = d.as_raw_fd();
-        let names: Vec<std::ffi::CString> = d
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-            .collect();
-        let mut v: Vec<(String, Option<String>)> = names
+        use nix::fcntl::readlinkat;
+        let d = RawDir::open(&self.path(rel))?;
+        let mut v: Vec<(String, Option<String>)> = d
+            .names()?
             .into_iter()
             .filter_map(|n| {
-                let t = readlinkat(Some(dfd), n.as_c_str())
+                let t = readlinkat(Some(d.raw()), n.as_c_str())
                     .ok()
                     .and_then(|t| t.into_string().ok());
                 Some((n.into_string().ok()?, t))
@@ -558,9 +546,10 @@ impl Host for RealHost {
         }
         let proc_dir = self.path("proc");
         let me = std::process::id();
-        let pids: Vec<u32> = fs::read_dir(&proc_dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        let pids: Vec<u32> = RawDir::open(&proc_dir)?
+            .names_procfs()?
+            .iter()
+            .filter_map(|n| n.to_str().ok()?.parse::<u32>().ok())
             .filter(|p| *p != me)
             .collect();
         // /proc/PID/fd is walked per process; on a host with thousands of processes the walk
@@ -612,6 +601,103 @@ impl Host for RealHost {
             });
         }
         Ok(v)
+    }
+}
+
+/// An open directory read with getdents64(2) directly: open, the reads until one returns 0,
+/// close (glibc's opendir and nix's `Dir` add an fstat, fcntls and a rewinding lseek per
+/// directory; the guard lists one directory per process on the host).
+struct RawDir {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawDir {
+    fn open(path: &Path) -> io::Result<RawDir> {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned at once.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a descriptor we just opened and nothing else owns.
+        Ok(RawDir {
+            fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        })
+    }
+
+    fn raw(&self) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Every name but `.` and `..`, in the order the kernel gives them.
+    fn names(&self) -> io::Result<Vec<std::ffi::CString>> {
+        self.read_names(false)
+    }
+
+    /// `names` of a procfs directory (`/proc`, `/proc/PID/fd`): procfs fills a getdents64
+    /// buffer until it has no entry left or the next one does not fit, so a read that leaves
+    /// room for a longest entry is the last one, without the read that returns 0 (the guard
+    /// reads one such directory per process on the host).
+    fn names_procfs(&self) -> io::Result<Vec<std::ffi::CString>> {
+        self.read_names(true)
+    }
+
+    fn read_names(&self, procfs: bool) -> io::Result<Vec<std::ffi::CString>> {
+        // d_ino (8), d_off (8), d_reclen (2), d_type (1), then the NUL-terminated name.
+        const NAME_AT: usize = 19;
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: getdents64 writes at most buf.len() bytes into buf, which we own.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    self.raw(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let n = n as usize;
+            if n == 0 {
+                return Ok(out);
+            }
+            // A longest entry: the header and a 255-byte name with its NUL, 8-byte aligned.
+            const LONGEST: usize = (NAME_AT + 256).div_ceil(8) * 8;
+            let last = procfs && n + LONGEST <= buf.len();
+            let mut at = 0;
+            while at + NAME_AT <= n {
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen < NAME_AT || at + reclen > n {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "bad dirent"));
+                }
+                let name = &buf[at + NAME_AT..at + reclen];
+                let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                let name = &name[..len];
+                if name != b"." && name != b".." {
+                    if let Ok(c) = std::ffi::CString::new(name) {
+                        out.push(c);
+                    }
+                }
+                at += reclen;
+            }
+            if last {
+                return Ok(out);
+            }
+        }
     }
 }
 
@@ -674,21 +760,17 @@ fn pseudo_node(path: &str) -> bool {
 /// The fds of process `pid` that `want` asks for. A process that exits meanwhile simply
 /// yields nothing. Every lookup is relative to the fd directory's own descriptor.
 fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
-    use nix::fcntl::{readlinkat, OFlag};
-    use nix::sys::stat::{fstatat, Mode, SFlag};
+    use nix::fcntl::readlinkat;
+    use nix::sys::stat::{fstatat, SFlag};
     let dir = proc_dir.join(pid.to_string()).join("fd");
-    let Ok(mut d) = nix::dir::Dir::open(
-        &dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
+    let Ok(d) = RawDir::open(&dir) else {
         return Vec::new();
     };
-    let dfd = d.as_raw_fd();
+    let dfd = d.raw();
     let names: Vec<std::ffi::CString> = d
-        .iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_owned())
+        .names_procfs()
+        .unwrap_or_default()
+        .into_iter()
         .filter(|n| n.as_bytes().first().is_some_and(|b| b.is_ascii_digit()))
         .collect();
     let mut v = Vec::new();
@@ -698,7 +780,7 @@ fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
         };
         let Some(text) = t.to_str() else { continue };
         if text == super::VFIO_DEVICE_FD {
-            if want.vfio_fds {
+            if want.vfio_fds || want.all {
                 let fdinfo = proc_dir
                     .join(pid.to_string())
                     .join("fdinfo")
@@ -718,7 +800,11 @@ fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
             }
             continue;
         }
-        if want.paths.contains(text) || (want.vfio_fds && super::is_vfio_group_path(text)) {
+        let dev_node = text.starts_with('/') && text.contains("/dev/");
+        if want.paths.contains(text)
+            || ((want.vfio_fds || want.all) && super::is_vfio_group_path(text))
+            || (want.all && dev_node && pseudo_node(text))
+        {
             v.push(OpenNode {
                 pid,
                 path: text.to_string(),
@@ -730,11 +816,7 @@ fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
         }
         // Device nodes live under a /dev (the host's, or a container's); sockets, pipes,
         // anonymous inodes and regular files are not device nodes.
-        if want.rdevs.is_empty()
-            || !text.starts_with('/')
-            || !text.contains("/dev/")
-            || pseudo_node(text)
-        {
+        if (want.rdevs.is_empty() && !want.all) || !dev_node || pseudo_node(text) {
             continue;
         }
         let Ok(st) = fstatat(Some(dfd), name.as_c_str(), nix::fcntl::AtFlags::empty()) else {
@@ -746,7 +828,7 @@ fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
             continue;
         }
         let rdev = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
-        if want.rdevs.contains(&rdev) {
+        if want.all || want.rdevs.contains(&rdev) {
             v.push(OpenNode {
                 pid,
                 path: text.to_string(),

@@ -121,7 +121,8 @@ pub fn read_device(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
     })
 }
 
-/// What the reset ladder compares and chooses by, read right before it: `read_device`
+/// What the reset ladder compares and chooses by (and `pt-hook reset` checks and matches quirk
+/// profiles with), read right before it: `read_device`
 /// without `driver_override` (a read that can block, so a round trip to a helper process),
 /// the IOMMU group, `boot_vga`, `d3cold_allowed` and `power/control`, which a reset does not
 /// change and the ladder does not use (those fields are None here).
@@ -194,7 +195,20 @@ pub fn config_vendor(host: &dyn Host, bdf: &Bdf) -> Option<u16> {
 }
 
 pub fn config_healthy(host: &dyn Host, bdf: &Bdf) -> Result<(), String> {
-    match config_vendor(host, bdf) {
+    vendor_healthy(config_vendor(host, bdf))
+}
+
+/// `config_healthy` of config space bytes already read (None: not readable).
+pub fn config_bytes_healthy(config: Option<&[u8]>) -> Result<(), String> {
+    vendor_healthy(
+        config
+            .filter(|b| b.len() >= 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]])),
+    )
+}
+
+fn vendor_healthy(vendor: Option<u16>) -> Result<(), String> {
+    match vendor {
         None => Err("config space not readable".into()),
         Some(0xffff) => Err("config space reads 0xffff (device gone from the bus)".into()),
         Some(0x0001) => Err("config space reads 0x0001 (device still initialising)".into()),

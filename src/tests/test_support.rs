@@ -111,6 +111,7 @@ impl T {
             log: &self.log,
             dry_run,
             node: "pve1".into(),
+            prewalk: crate::engine::guard::PreWalk::none(),
         }
     }
 

@@ -728,9 +728,14 @@ impl Ladder<'_, '_> {
         // Model and serials for the reset memory, read while the device is as it was (a
         // device the ladder leaves broken may no longer show its serial). The physical slot
         // is named after the ladder (`reset_many_then`).
+        let configs: Vec<Option<Vec<u8>>> = before
+            .iter()
+            .map(|b| crate::engine::identity::config_bytes(h, &b.info.bdf))
+            .collect();
         let facts: Vec<FunctionFacts> = before
             .iter()
-            .map(|b| FunctionFacts::read(h, &b.info, &[]))
+            .zip(&configs)
+            .map(|(b, c)| FunctionFacts::read_with(h, &b.info, &[], c.as_deref()))
             .collect();
         let mut first: Option<&'static str> = None;
         let mut memory: Option<String> = None;
@@ -760,7 +765,12 @@ impl Ladder<'_, '_> {
         }
         // Was it healthy before we started? A refusal then leaves it healthy. (Its link and
         // driver were just read into `before`: only config space is left to check.)
-        let healthy_before = self.healthy(&before);
+        // The config space just read for the serials answers at once when it is healthy;
+        // otherwise it is polled (a function may still be coming out of an earlier reset).
+        let healthy_before = configs
+            .iter()
+            .all(|c| device::config_bytes_healthy(c.as_deref()).is_ok())
+            || self.healthy(&before);
         type RungFn<'x, 'y, 'z> = fn(&Ladder<'x, 'y>, &[Before]) -> RungOutcome;
         let mut ladder: Vec<(&'static str, RungFn)> = vec![
             ("function-reset", Ladder::function_reset),
