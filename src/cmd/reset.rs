@@ -69,12 +69,11 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
     // The devices asked for, plus whatever a VM's state says belongs with them.
     let mut owned: Vec<Bdf> = bdfs.to_vec();
     let state_t = ctx.log.span(Cat::State, "VMs' state");
-    let states: Vec<crate::engine::state::VmState> = crate::engine::state::list(&*ctx.host)
-        .iter()
-        .filter_map(|vm| crate::engine::state::load(&*ctx.host, vm).ok().flatten())
-        .collect();
+    // Every VM's state (a key no VM has excludes none).
+    let states =
+        crate::engine::state::Others::load(&*ctx.host, &crate::engine::state::VmKey::Pve(u32::MAX));
     for b in bdfs {
-        for st in states.iter().filter(|st| st.owns(b)) {
+        for st in states.readable().filter(|st| st.owns(b)) {
             owned.extend(st.bdfs());
         }
     }

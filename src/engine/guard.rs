@@ -600,7 +600,7 @@ struct Scanner<'a> {
     drivers: BTreeMap<Bdf, Option<String>>,
     memo: BTreeMap<Bdf, OwnNodes>,
     /// Proxmox's PCI reservations, read once (None: not read yet).
-    reservations: Option<String>,
+    reservations: Option<Vec<crate::parse::pve::mapping::Reservation>>,
     others: Option<state::Others>,
 }
 
@@ -612,24 +612,14 @@ struct OwnNodes {
 }
 
 impl<'a> Scanner<'a> {
+    /// `drivers`: each asked function's driver, read once by `scan_with`.
     fn new(
         host: &'a dyn Host,
         opts: &'a Opts<'a>,
         notes: &mut Vec<String>,
-        bdfs: &[Bdf],
+        drivers: BTreeMap<Bdf, Option<String>>,
     ) -> Scanner<'a> {
-        // Block devices, character nodes of other classes and network interfaces below a
-        // function are made by its host driver: a function on vfio-pci (whose own nodes are
-        // found without the class tables) or on no driver has none, and the host's storage and
-        // network facts are not needed. A post-stop's scan (every function on vfio-pci) reads
-        // only what can hold such a function: the open fds, the reservations, the state files.
-        let drivers: BTreeMap<Bdf, Option<String>> = bdfs
-            .iter()
-            .map(|b| (*b, crate::sysfs::device::driver_of(host, b)))
-            .collect();
-        let host_driver = drivers
-            .values()
-            .any(|d| d.as_deref().is_some_and(|d| d != crate::engine::plan::VFIO));
+        let host_driver = any_host_driver(&drivers);
         let mut sc = Scanner {
             host,
             opts,
@@ -740,10 +730,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn driver(&self, bdf: &Bdf) -> Option<String> {
-        match self.drivers.get(bdf) {
-            Some(d) => d.clone(),
-            None => crate::sysfs::device::driver_of(self.host, bdf),
-        }
+        self.drivers.get(bdf).cloned().flatten()
     }
 
     /// The function's block devices and character nodes, found once per scan.
@@ -1266,25 +1253,28 @@ impl<'a> Scanner<'a> {
             Some(VmKey::Pve(v)) => Some(*v),
             _ => None,
         };
-        if self.reservations.is_none() {
-            self.reservations = Some(self.host.read(paths::RESERVATIONS).unwrap_or_default());
-        }
-        let text = self.reservations.clone().unwrap_or_default();
-        if !text.is_empty() {
+        let host = self.host;
+        let reservations = self.reservations.get_or_insert_with(|| {
+            host.read(paths::RESERVATIONS)
+                .map(|t| parse_reservations(&t))
+                .unwrap_or_default()
+        });
+        if !reservations.is_empty() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            for r in parse_reservations(&text) {
+            for r in reservations.iter() {
                 if r.bdf != *bdf || Some(r.vmid) == me_vmid {
                     continue;
                 }
                 match r.holder {
-                    ReservationHolder::Pid(p) if self.host.exists(&format!("proc/{p}")) => out
-                        .push(Use::Reserved {
+                    ReservationHolder::Pid(p) if host.exists(&format!("proc/{p}")) => {
+                        out.push(Use::Reserved {
                             vmid: r.vmid,
                             pid: Some(p),
-                        }),
+                        })
+                    }
                     ReservationHolder::Time(t) if t > now => out.push(Use::Reserved {
                         vmid: r.vmid,
                         pid: None,
@@ -1305,6 +1295,26 @@ impl<'a> Scanner<'a> {
             });
         }
     }
+}
+
+/// Whether a function has a driver of the host's (not vfio-pci, not none). Block devices,
+/// character nodes of other classes and network interfaces below a function are made by
+/// its host driver: without one (vfio-pci's own nodes are found without the class tables)
+/// the class tables and the host's storage and network facts are not needed. A post-stop's
+/// scan (every function on vfio-pci) reads only what can hold such a function: the open
+/// fds, the reservations, the state files.
+fn any_host_driver(drivers: &BTreeMap<Bdf, Option<String>>) -> bool {
+    drivers
+        .values()
+        .any(|d| d.as_deref().is_some_and(|d| d != crate::engine::plan::VFIO))
+}
+
+/// Every process's fds that can be a device node of any function (`NodeQuery::all`).
+fn walk_all(host: &dyn Host) -> io::Result<Vec<OpenNode>> {
+    host.open_nodes(&crate::host::NodeQuery {
+        all: true,
+        ..Default::default()
+    })
 }
 
 /// Who uses each of `bdfs` (functions without users are left out).
@@ -1329,12 +1339,7 @@ impl PreWalk {
     pub fn start(host: std::sync::Arc<dyn Host>) -> PreWalk {
         let h = std::thread::Builder::new()
             .name("guard-walk".into())
-            .spawn(move || {
-                host.open_nodes(&crate::host::NodeQuery {
-                    all: true,
-                    ..Default::default()
-                })
-            })
+            .spawn(move || walk_all(&*host))
             .ok();
         PreWalk(std::sync::Mutex::new(h))
     }
@@ -1356,23 +1361,17 @@ pub fn scan_with(
 ) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
+    let drivers: BTreeMap<Bdf, Option<String>> = bdfs
+        .iter()
+        .map(|b| (*b, crate::sysfs::device::driver_of(host, b)))
+        .collect();
     // With a host driver on some function the class tables and host facts are read first,
     // and the walk of /proc (the other half of the scan's time) runs beside them, taking every
     // fd that can be a device node; the query built from the tables then filters it.
-    let host_driver = walked.is_none()
-        && bdfs.iter().any(|b| {
-            crate::sysfs::device::driver_of(host, b).is_some_and(|d| d != crate::engine::plan::VFIO)
-        });
+    let walk_beside = walked.is_none() && any_host_driver(&drivers);
     let mut sc = std::thread::scope(|s| {
-        let walk = host_driver.then(|| {
-            s.spawn(|| {
-                host.open_nodes(&crate::host::NodeQuery {
-                    all: true,
-                    ..Default::default()
-                })
-            })
-        });
-        let mut sc = Scanner::new(host, opts, &mut notes, bdfs);
+        let walk = walk_beside.then(|| s.spawn(|| walk_all(host)));
+        let mut sc = Scanner::new(host, opts, &mut notes, drivers);
         let walked = walked
             .or_else(|| walk.map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
         sc.scan_processes(bdfs, walked);

@@ -199,24 +199,16 @@ pub fn physical_slots(host: &dyn Host) -> Vec<((u16, u8, u8), String)> {
 }
 
 impl FunctionFacts {
-    /// The function's model, its serial (from `config`, its config space as read, None when
-    /// unreadable, and NVMe's own) and its physical slot.
-    pub fn read_with(
-        host: &dyn Host,
-        info: &DeviceInfo,
-        slots: &[((u16, u8, u8), String)],
-        config: Option<&[u8]>,
-    ) -> FunctionFacts {
+    /// The function's model and its serial (from `config`, its config space as read, None
+    /// when unreadable, and NVMe's own); the physical slot is named by the caller
+    /// (`physical_slots`).
+    pub fn read(host: &dyn Host, info: &DeviceInfo, config: Option<&[u8]>) -> FunctionFacts {
         let id = crate::engine::identity::function_id_with(host, info, "", config);
-        let b = info.bdf;
         FunctionFacts {
-            bdf: b,
+            bdf: info.bdf,
             model: ModelKey::of(info),
             serial: id.serial.or(id.nvme_serial).map(|s| clip_name(&s)),
-            physical_slot: slots
-                .iter()
-                .find(|(k, _)| *k == (b.domain, b.bus, b.dev))
-                .map(|(_, n)| n.clone()),
+            physical_slot: None,
         }
     }
 }

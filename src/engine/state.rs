@@ -237,6 +237,11 @@ impl Others {
         Others { states }
     }
 
+    /// The states that could be read.
+    pub fn readable(&self) -> impl Iterator<Item = &VmState> {
+        self.states.iter().filter_map(|(_, st)| st.as_ref())
+    }
+
     /// The first of them whose state holds `bdf` (or that could not be read).
     pub fn owner_of(&self, bdf: &Bdf) -> Option<VmKey> {
         self.states

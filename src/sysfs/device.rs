@@ -95,30 +95,13 @@ pub fn iommu_group_of(host: &dyn Host, bdf: &Bdf) -> Option<u32> {
 
 /// Reads everything pt-hook needs to know about one function. None when it does not exist.
 pub fn read_device(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
-    if !exists(host, bdf) {
-        return None;
-    }
-    let vendor = read_hex(host, bdf, DevFile::Vendor)? as u16;
-    let device = read_hex(host, bdf, DevFile::Device)? as u16;
-    let class = read_hex(host, bdf, DevFile::Class).unwrap_or(0);
-    Some(DeviceInfo {
-        bdf: *bdf,
-        vendor,
-        device,
-        subsystem_vendor: read_hex(host, bdf, DevFile::SubsystemVendor).map(|v| v as u16),
-        subsystem_device: read_hex(host, bdf, DevFile::SubsystemDevice).map(|v| v as u16),
-        class,
-        driver: driver_of(host, bdf),
-        driver_override: override_of(host, bdf),
-        iommu_group: iommu_group_of(host, bdf),
-        reset_method: reset_method_of(host, bdf),
-        has_reset: host.exists(&paths::dev(bdf, DevFile::Reset)),
-        boot_vga: read_trim(host, &paths::dev(bdf, DevFile::BootVga)).map(|s| s == "1"),
-        d3cold_allowed: read_trim(host, &paths::dev(bdf, DevFile::D3coldAllowed)),
-        power_control: read_trim(host, &paths::dev(bdf, DevFile::PowerControl)),
-        link_speed: link_speed_of(host, bdf),
-        link_width: link_width_of(host, bdf),
-    })
+    let mut info = read_for_ladder(host, bdf)?;
+    info.driver_override = override_of(host, bdf);
+    info.iommu_group = iommu_group_of(host, bdf);
+    info.boot_vga = read_trim(host, &paths::dev(bdf, DevFile::BootVga)).map(|s| s == "1");
+    info.d3cold_allowed = read_trim(host, &paths::dev(bdf, DevFile::D3coldAllowed));
+    info.power_control = read_trim(host, &paths::dev(bdf, DevFile::PowerControl));
+    Some(info)
 }
 
 /// What the reset ladder compares and chooses by (and `pt-hook reset` checks and matches quirk
@@ -188,10 +171,12 @@ pub fn group_members(host: &dyn Host, group: u32) -> Vec<Bdf> {
 /// Config space health: vendor id readable and not 0xffff (gone) / 0x0001 (initialising).
 pub fn config_vendor(host: &dyn Host, bdf: &Bdf) -> Option<u16> {
     let b = host.read_bytes(&paths::dev(bdf, DevFile::Config), 4).ok()?;
-    if b.len() < 2 {
-        return None;
-    }
-    Some(u16::from_le_bytes([b[0], b[1]]))
+    vendor_in(&b)
+}
+
+/// The vendor id at the start of config space bytes (None: fewer than two).
+fn vendor_in(config: &[u8]) -> Option<u16> {
+    (config.len() >= 2).then(|| u16::from_le_bytes([config[0], config[1]]))
 }
 
 pub fn config_healthy(host: &dyn Host, bdf: &Bdf) -> Result<(), String> {
@@ -200,11 +185,7 @@ pub fn config_healthy(host: &dyn Host, bdf: &Bdf) -> Result<(), String> {
 
 /// `config_healthy` of config space bytes already read (None: not readable).
 pub fn config_bytes_healthy(config: Option<&[u8]>) -> Result<(), String> {
-    vendor_healthy(
-        config
-            .filter(|b| b.len() >= 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]])),
-    )
+    vendor_healthy(config.and_then(vendor_in))
 }
 
 fn vendor_healthy(vendor: Option<u16>) -> Result<(), String> {

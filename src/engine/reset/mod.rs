@@ -735,7 +735,7 @@ impl Ladder<'_, '_> {
         let facts: Vec<FunctionFacts> = before
             .iter()
             .zip(&configs)
-            .map(|(b, c)| FunctionFacts::read_with(h, &b.info, &[], c.as_deref()))
+            .map(|(b, c)| FunctionFacts::read(h, &b.info, c.as_deref()))
             .collect();
         let mut first: Option<&'static str> = None;
         let mut memory: Option<String> = None;
