@@ -1112,6 +1112,11 @@ impl State {
             }
         }
         if let Some(d) = self.devices.get_mut(&bdf) {
+            // vfio-pci lets an idle function runtime-suspend: its probe allows runtime PM
+            // (vfio_pci_core_register_device), so power/control reads "auto".
+            if name == "vfio-pci" {
+                d.s.power_control = "auto".to_string();
+            }
             d.s.driver = Some(name);
         }
         Ok(())
@@ -1149,6 +1154,10 @@ impl State {
 
     fn detach(&mut self, bdf: Bdf) {
         if let Some(d) = self.devices.get_mut(&bdf) {
+            // ...and its remove forbids it again, whatever power/control read before.
+            if d.s.driver.as_deref() == Some("vfio-pci") {
+                d.s.power_control = "on".to_string();
+            }
             d.s.driver = None;
         }
     }
@@ -2297,6 +2306,12 @@ impl SimHost {
                 s.ensure_driver(x);
             }
             if let Some(d) = s.devices.get_mut(&bdf) {
+                // As a bind would have left it (see `probe` and `detach`).
+                if driver == Some("vfio-pci") {
+                    d.s.power_control = "auto".to_string();
+                } else if d.s.driver.as_deref() == Some("vfio-pci") {
+                    d.s.power_control = "on".to_string();
+                }
                 d.s.driver = driver.map(str::to_string);
             }
         })

@@ -44,6 +44,94 @@ fn full_cycle_moves_devices_to_vfio_and_back_exactly() {
     assert!(!t.has_state(100));
 }
 
+fn power_of(t: &T, b: &str) -> String {
+    t.sim.snapshot().device(b).unwrap().power_control.clone()
+}
+
+/// vfio-pci allows runtime PM (power/control "auto"); post-stop holds the functions at D0
+/// ("on") from before the reset until vfio-pci's unbind, which leaves "on" as the host had it.
+#[test]
+fn post_stop_holds_the_functions_at_d0_through_the_reset() {
+    let t = T::new();
+    lifecycle::pre_start(&t.ctx(), 100).unwrap();
+    assert_eq!(
+        power_of(&t, NVME),
+        "auto",
+        "vfio-pci lets it runtime-suspend"
+    );
+    t.sim.clear_ops();
+    lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
+    let ops: Vec<(String, String)> = t.sim.ops().into_iter().map(|o| (o.path, o.data)).collect();
+    for b in [NVME, VNET] {
+        let at = |suffix: &str, data: Option<&str>| {
+            ops.iter()
+                .position(|(p, d)| {
+                    p.ends_with(&format!("{b}/{suffix}")) && data.is_none_or(|x| d.trim() == x)
+                })
+                .unwrap_or_else(|| panic!("{b}: no {suffix} write in {ops:?}"))
+        };
+        let hold = at("power/control", Some("on"));
+        let reset = at("reset", None);
+        let unbind = ops
+            .iter()
+            .position(|(p, d)| p.ends_with("vfio-pci/unbind") && d.trim() == b)
+            .expect("unbind");
+        assert!(hold < reset && reset < unbind, "{b}: {ops:?}");
+        assert!(
+            !ops.iter()
+                .any(|(p, d)| p.ends_with(&format!("{b}/power/control")) && d.trim() == "auto"),
+            "{b}: {ops:?}"
+        );
+        assert_eq!(power_of(&t, b), "on", "{b}");
+    }
+}
+
+/// A function that does not recover stays on vfio-pci and gets runtime PM back.
+#[test]
+fn an_unrecovered_function_gets_its_runtime_pm_back() {
+    let t = T::new();
+    lifecycle::pre_start(&t.ctx(), 100).unwrap();
+    t.sim
+        .set_reset_behaviour(NVME, "flr", ResetBehaviour::Wedge);
+    t.sim
+        .set_reset_behaviour(NVME, "bus", ResetBehaviour::Wedge);
+    t.sim
+        .set_subordinate_error(bdf("0000:00:1c.1"), Some(libc::EIO));
+    t.sim
+        .inject(FaultPoint::write_suffix("/rescan", Fault::Errno(libc::EIO)));
+    let e = lifecycle::post_stop(&t.ctx(), 100, true).unwrap_err();
+    assert_eq!(e.exit_code(), 3, "{e}");
+    assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
+    assert_eq!(power_of(&t, NVME), "auto");
+    assert_eq!(power_of(&t, VNET), "on");
+}
+
+/// A function whose host driver is vfio-pci itself stays there after post-stop: it is not
+/// held (nothing would put "auto" back after a crash).
+#[test]
+fn a_function_that_stays_on_vfio_pci_is_not_held() {
+    let t = T::new();
+    t.sim.set_driver(NVME, Some("vfio-pci"));
+    t.sim.set_driver_override(NVME, Some("vfio-pci"));
+    lifecycle::pre_start(&t.ctx(), 100).unwrap();
+    t.sim.clear_ops();
+    lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
+    assert!(
+        !t.sim
+            .ops()
+            .iter()
+            .any(|o| o.path.ends_with(&format!("{NVME}/power/control"))),
+        "{:?}",
+        t.sim.ops()
+    );
+    assert!(t
+        .sim
+        .ops()
+        .iter()
+        .any(|o| o.path.ends_with(&format!("{NVME}/reset"))));
+    assert_eq!(power_of(&t, NVME), "auto");
+}
+
 #[test]
 fn vfio_unavailable_refuses_start_and_changes_nothing() {
     let t = T::new();

@@ -250,7 +250,7 @@ fn the_memory_never_starts_at_a_rung_the_slot_may_not_or_cannot_run() {
     // A profile that forbids the bus reset for this card.
     let q = LadderQuirks {
         skip: vec![(bdf(NVME), vec!["bus-reset".to_string()])],
-        rebind: Vec::new(),
+        ..LadderQuirks::default()
     };
     t.sim.clear_ops();
     let r = reset_with(&t, NVME, &q);

@@ -39,6 +39,7 @@ drv() { # BDF -> driver name or "none"
 }
 ovr() { cat "$SYS/$1/driver_override" 2>/dev/null || echo missing; }
 rmeth() { cat "$SYS/$1/reset_method" 2>/dev/null || echo "<no file>"; }
+pwr() { cat "$SYS/$1/power/control" 2>/dev/null || echo missing; }
 group() { basename "$(readlink "$SYS/$1/iommu_group" 2>/dev/null)"; }
 
 drv_is() { # BDF NAME (polls up to ~3 s: probes may finish asynchronously)
@@ -555,8 +556,11 @@ fi
 if section lifecycle; then
     RM_NVME1=$(rmeth $NVME1)
     RM_VNET=$(rmeth $VNET)
+    PC_NVME1=$(pwr $NVME1) PC_VNET=$(pwr $VNET)
     hook 100 pre-start
     check life.pre-start-exit-0 rc_is 0
+    # vfio-pci's probe allows runtime PM: what post-stop holds at D0 through the reset.
+    check life.vfio-allows-runtime-pm eq "$(pwr $NVME1)" auto
     info "pre-start 100 (nvme + virtio-net, loads vfio-pci) took $HOOK_SECS s"
     check life.vfio-pci-loaded-by-hook module_loaded vfio_pci
     check life.nvme-on-vfio drv_now_is $NVME1 vfio-pci
@@ -582,6 +586,9 @@ if section lifecycle; then
     check life.virtio-override-cleared ovr_is $VNET "(null)"
     check life.nvme-reset_method-restored rmeth_is $NVME1 "$RM_NVME1"
     check life.virtio-reset_method-restored rmeth_is $VNET "$RM_VNET"
+    # The hold ends with vfio-pci's unbind: power/control is as the host had it.
+    check life.nvme-power-control-as-before eq "$(pwr $NVME1)" "$PC_NVME1"
+    check life.virtio-power-control-as-before eq "$(pwr $VNET)" "$PC_VNET"
     check life.nvme-blockdev-back has_blockdev $NVME1
     check life.virtio-netdev-back has_netdev $VNET
     check life.state-file-gone state_gone 100

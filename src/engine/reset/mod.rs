@@ -101,6 +101,9 @@ pub struct LadderQuirks {
     pub skip: Vec<(Bdf, Vec<String>)>,
     /// Functions whose profile adds the host-rebind rung.
     pub rebind: Vec<(Bdf, HostRebind)>,
+    /// post-stop: functions the restore moves from vfio-pci back to a host driver, which the
+    /// ladder holds at D0 while it runs (see `Ladder::hold_d0`).
+    pub hold_d0: Vec<Bdf>,
 }
 
 impl LadderQuirks {
@@ -711,7 +714,66 @@ impl Ladder<'_, '_> {
         Some((i, why))
     }
 
+    /// Runs the ladder on one slot's functions, holding them at D0 meanwhile (`hold_d0`).
     fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
+        let held = self.hold_d0(funcs);
+        let report = self.ladder_slot(funcs);
+        if report.verdict == Verdict::Unrecovered {
+            // They stay on vfio-pci: let them idle in D3hot again as vfio-pci had them.
+            self.release_d0(&held);
+        }
+        report
+    }
+
+    /// post-stop: vfio-pci lets an idle function runtime-suspend (power/control "auto"), so
+    /// around a reset the kernel resumes it (the reset), suspends it again (a config read
+    /// right after waits for that) and resumes it once more (the unbind): tens of
+    /// milliseconds for nothing. With power/control "on" for the ladder's run the function
+    /// stays at D0 throughout. Only for functions the restore then unbinds from vfio-pci:
+    /// vfio-pci's remove sets power/control to "on" whatever it was, so the host ends as it
+    /// would have anyway, a crash included (the next restore unbinds them too). A function
+    /// that does not recover stays on vfio-pci and gets "auto" back. A write that fails only
+    /// means the ladder runs without the hold.
+    fn hold_d0(&self, funcs: &[Bdf]) -> Vec<Bdf> {
+        if self.mode != Mode::PostStop {
+            return Vec::new();
+        }
+        let h = self.h();
+        let mut held = Vec::new();
+        for b in funcs.iter().filter(|b| self.quirks.hold_d0.contains(b)) {
+            let rel = paths::dev(b, DevFile::PowerControl);
+            if device::driver_of(h, b).as_deref() != Some(VFIO)
+                || h.read(&rel).ok().as_deref().map(str::trim) != Some("auto")
+            {
+                continue;
+            }
+            match self.kwrite(&rel, "on", self.budget(self.ctx.cfg.timeouts.step)) {
+                Ok(()) => held.push(*b),
+                Err(e) => self.ctx.log.warn(&format!(
+                    "{b}: could not hold it at D0 for the reset ({}: {}); resetting it as it is",
+                    h.display(&rel),
+                    errno_text(&e)
+                )),
+            }
+        }
+        held
+    }
+
+    /// Gives functions `hold_d0` held back to runtime PM ("auto").
+    fn release_d0(&self, held: &[Bdf]) {
+        for b in held {
+            let rel = paths::dev(b, DevFile::PowerControl);
+            if let Err(e) = self.kwrite(&rel, "auto", self.ctx.cfg.timeouts.step) {
+                self.ctx.log.warn(&format!(
+                    "{b}: power/control stays \"on\" ({}: {})",
+                    self.h().display(&rel),
+                    errno_text(&e)
+                ));
+            }
+        }
+    }
+
+    fn ladder_slot(&self, funcs: &[Bdf]) -> SlotReport {
         let start = Instant::now();
         let h = self.h();
         let mut rungs = Vec::new();
@@ -1200,6 +1262,12 @@ pub fn post_stop_reset(
         }
         quirks.add(b, p, d.original.driver.as_deref());
     }
+    quirks.hold_d0 = st
+        .devices
+        .iter()
+        .filter(|d| d.original.driver.as_deref().is_some_and(|o| o != VFIO))
+        .map(|d| d.original.bdf)
+        .collect();
     let bus_done = |reports: &[SlotReport]| {
         let funcs: Vec<Bdf> = reports.iter().flat_map(|r| r.functions.clone()).collect();
         let failed: Vec<(Bdf, String)> = reports
