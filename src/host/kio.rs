@@ -6,23 +6,25 @@
 //! a `driver_override` read (Linux 6.1) or a `config` read can wait behind it. Doing that on a
 //! helper thread bounds the caller's wait but not the process: exit_group waits for every
 //! thread, so the hook would never be reaped and the pipes Proxmox waits on would stay open.
-//! Here the operation runs in a forked helper child that owns nothing of ours (0-2 on
-//! /dev/null, every other descriptor closed except its two pipes); on timeout the caller
-//! closes its ends of those pipes and returns ETIMEDOUT, and the helper is left behind to
-//! finish in the kernel on its own time. A fork (not a re-exec of /proc/self/exe) because it
-//! is cheaper (no exec, no start-up, no argument passing) and the child runs only
-//! async-signal-safe system calls prepared before the fork: no allocation, no locks.
+//! Here the operation runs in a helper child that owns nothing of ours (0-2 on /dev/null,
+//! every other descriptor closed except its two pipes); on timeout the caller closes its ends
+//! of those pipes and returns ETIMEDOUT, and the helper is left behind to finish in the kernel
+//! on its own time. Not a re-exec of /proc/self/exe (an exec and a start-up per helper), and,
+//! on x86_64, not a fork either: the helper shares our address space (clone with CLONE_VM, on
+//! a stack of its own, see `start_helper`), so starting one copies no page tables and makes
+//! none of our pages copy-on-write; it runs only raw system calls on buffers of its own stack,
+//! with every signal blocked (`server_main`, `sys`). Elsewhere it is forked.
 //!
-//! A fork costs far more than the op it guards (a `driver_override` write is microseconds; a
-//! fork of pt-hook is hundreds of microseconds on hardware and milliseconds under emulation),
-//! and a phase makes dozens of these ops, so a helper is not forked per op. A helper loops:
-//! it reads a request (`[u8 op][u32 path length][path][u32 n]`, then for a write the `n`
+//! A new process costs far more than the op it guards (a `driver_override` write is
+//! microseconds; a fork of pt-hook is hundreds of microseconds on hardware and milliseconds
+//! under emulation), and a phase makes dozens of these ops, so a helper is not started per op.
+//! A helper loops: it reads a request (`[u8 op][u32 path length][path][u32 n]`, then for a write the `n`
 //! bytes) from its request pipe into stack buffers, does one open + read of at most `n` bytes
 //! or one open + one write(2), and writes `[i32 errno (0: done)][u32 length][bytes]` on its
 //! report pipe; it exits when the request pipe reaches end of file (we exited or left it).
-//! Idle helpers wait in a pool: an op takes one (or forks one when none is idle: another
+//! Idle helpers wait in a pool: an op takes one (or starts one when none is idle: another
 //! thread's op, possibly stuck in the kernel, is using every helper there is), waits for the
-//! report with poll(2) until its timeout, and puts the helper back. So a phase forks one helper
+//! report with poll(2) until its timeout, and puts the helper back. So a phase starts one helper
 //! per op it ran at the same time (parallel steps of a batch, slots reset in parallel), not one
 //! per op. On timeout the helper is left behind like any stuck child (its pipes closed, its pid
 //! kept for `reap`) and the next op takes another.
@@ -156,6 +158,9 @@ pub fn reap() {
         let mut st = 0;
         // SAFETY: waitpid on a child this module forked; WNOHANG never blocks.
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            free_stack(pid);
+        }
         r == 0
     });
 }
@@ -339,16 +344,12 @@ impl Pool {
         set_nonblock(&req_tx)?;
         set_nonblock(&rep_rx)?;
         let (a, b) = (req_rx.as_raw_fd(), rep_tx.as_raw_fd());
-        // SAFETY: the child runs only async-signal-safe system calls on its stack and ends
-        // with _exit; the parent only records the pid.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: see above; this never returns.
-            unsafe { server_main(null, a, b, maxfd) }
-        }
+        let pid = start_helper(ChildArgs {
+            null,
+            req: a,
+            report: b,
+            maxfd,
+        })?;
         #[cfg(test)]
         {
             self.forks.fetch_add(1, Ordering::SeqCst);
@@ -447,128 +448,397 @@ impl Server {
         drop(self.report);
         let mut st = 0;
         // SAFETY: waitpid on our own child; WNOHANG never blocks.
-        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == 0 {
-            lock(&PENDING).push(pid);
+        match unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } {
+            0 => lock(&PENDING).push(pid),
+            r if r == pid => free_stack(pid),
+            _ => {}
         }
     }
 }
 
-/// A helper child: 0-2 on /dev/null, the request pipe on 3, the report pipe on 4, nothing
-/// else of the parent's; then one report per request (one open + read, or one open + one
-/// write(2)) until the request pipe ends. Stack buffers and system calls only.
-unsafe fn server_main(
+/// What a helper starts with (see `server_main`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ChildArgs {
     null: libc::c_int,
     req: libc::c_int,
     report: libc::c_int,
     maxfd: libc::c_int,
-) -> ! {
-    for fd in 0..3 {
-        libc::dup2(null, fd);
+}
+
+/// The stack a helper runs on: its buffers (`REQ_MAX` + a report) and a margin.
+#[cfg(target_arch = "x86_64")]
+const HELPER_STACK: usize = 512 * 1024;
+
+/// The stacks of helpers that share our memory, by pid: unmapped once the helper is reaped
+/// (never while it may still run on it).
+#[cfg(target_arch = "x86_64")]
+static STACKS: Mutex<Vec<(libc::pid_t, usize)>> = Mutex::new(Vec::new());
+
+fn free_stack(pid: libc::pid_t) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut g = lock(&STACKS);
+        if let Some(i) = g.iter().position(|(p, _)| *p == pid) {
+            let (_, base) = g.swap_remove(i);
+            // SAFETY: the mapping `start_helper` made for this helper, which has exited.
+            unsafe { libc::munmap(base as *mut libc::c_void, HELPER_STACK) };
+        }
     }
-    // Both are at 5 or above: neither overwrites the other.
-    libc::dup2(req, 3);
-    libc::dup2(report, 4);
-    if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
-        for fd in 5..maxfd {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = pid;
+}
+
+/// Starts a helper running `server_main`. On x86_64 it shares our memory (clone with
+/// CLONE_VM, like the first half of posix_spawn) on a stack of its own: no page tables are
+/// copied and none of our pages becomes copy-on-write, which under emulation is most of a
+/// fork's cost, paid again by every thread that writes memory afterwards. It has its own
+/// descriptor table (a copy, which it closes down to its pipes) and signal handlers, runs
+/// with every signal blocked and makes only raw system calls (`sys`), so it touches no
+/// thread-local of ours (errno included) and no memory but its stack; when we exit, it
+/// keeps the address space alive until it finishes on its own time. Elsewhere: fork.
+fn start_helper(args: ChildArgs) -> io::Result<libc::pid_t> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: a fresh private mapping; its lowest page becomes the guard page.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                HELPER_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the first page of the mapping just made.
+        unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) };
+        // The arguments at the top of the child's stack (16-byte aligned), the stack below.
+        let top = (base as usize + HELPER_STACK - 64) & !15;
+        // SAFETY: `top` is inside the mapping, aligned, with room for ChildArgs.
+        unsafe { std::ptr::write(top as *mut ChildArgs, args) };
+        // SAFETY: the child runs `helper_entry` on its own stack and only makes raw system
+        // calls (see above); glibc's clone wrapper switches stacks and touches nothing else.
+        let pid = unsafe {
+            libc::clone(
+                helper_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::SIGCHLD,
+                top as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: no child uses the mapping.
+            unsafe { libc::munmap(base, HELPER_STACK) };
+            return Err(e);
+        }
+        lock(&STACKS).push((pid, base as usize));
+        Ok(pid)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: the child runs only async-signal-safe system calls on its stack and ends
+        // with _exit; the parent only records the pid.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; this never returns.
+            unsafe { server_main(args) }
+        }
+        Ok(pid)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" fn helper_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs `start_helper` wrote on this helper's own stack.
+    unsafe { server_main(std::ptr::read(arg as *const ChildArgs)) }
+}
+
+/// The system calls of a helper. On x86_64 the helper shares our memory, so these are raw
+/// `syscall` instructions that return -errno and never touch errno (a thread-local of the
+/// thread that started the helper); elsewhere (a forked helper) libc's wrappers.
+mod sys {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn call(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let r: isize;
+        // SAFETY: the caller passes a valid system call; the kernel clobbers rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => r,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack)
+            );
+        }
+        r
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn ret(r: isize) -> isize {
+        if r < 0 {
+            // SAFETY: errno of this (forked, single-threaded) helper.
+            -(unsafe { *libc::__errno_location() } as isize)
+        } else {
+            r
+        }
+    }
+
+    /// read(2): bytes or -errno.
+    pub unsafe fn read(fd: i32, buf: *mut u8, n: usize) -> isize {
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { call(libc::SYS_read, fd as usize, buf as usize, n, 0) };
+        #[cfg(not(target_arch = "x86_64"))]
+        return ret(unsafe { libc::read(fd, buf.cast(), n) });
+    }
+
+    /// write(2): bytes or -errno.
+    pub unsafe fn write(fd: i32, buf: *const u8, n: usize) -> isize {
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { call(libc::SYS_write, fd as usize, buf as usize, n, 0) };
+        #[cfg(not(target_arch = "x86_64"))]
+        return ret(unsafe { libc::write(fd, buf.cast(), n) });
+    }
+
+    /// open(2) of a NUL-terminated path: a descriptor or -errno.
+    pub unsafe fn open(path: *const u8, flags: i32) -> isize {
+        #[cfg(target_arch = "x86_64")]
+        return unsafe {
+            call(
+                libc::SYS_openat,
+                libc::AT_FDCWD as isize as usize,
+                path as usize,
+                flags as usize,
+                0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        return ret(unsafe { libc::open(path.cast(), flags) } as isize);
+    }
+
+    pub unsafe fn close(fd: i32) {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            call(libc::SYS_close, fd as usize, 0, 0, 0);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
             libc::close(fd);
         }
     }
-    let errno = || *libc::__errno_location();
-    let mut rq = [0u8; REQ_MAX];
-    let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
-    loop {
-        // The request (see REQ_HDR): the header, then the path and n, then a write's bytes.
-        let mut have = 0usize;
-        let mut need = 5usize;
-        let mut stage = 0;
+
+    pub unsafe fn dup2(from: i32, to: i32) {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            call(libc::SYS_dup2, from as usize, to as usize, 0, 0);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
+            libc::dup2(from, to);
+        }
+    }
+
+    /// close_range(from, ~0, 0): 0 or -errno.
+    pub unsafe fn close_from(from: u32) -> isize {
+        #[cfg(target_arch = "x86_64")]
+        return unsafe {
+            call(
+                libc::SYS_close_range,
+                from as usize,
+                u32::MAX as usize,
+                0,
+                0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        return ret(unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) } as isize);
+    }
+
+    /// Blocks every signal that can be blocked: no handler of ours runs in a helper.
+    pub unsafe fn block_signals() {
+        let all: u64 = !0;
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            call(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &all as *const u64 as usize,
+                0,
+                8,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                0usize,
+                8usize,
+            );
+        }
+    }
+
+    pub unsafe fn exit(code: i32) -> ! {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            call(libc::SYS_exit_group, code as usize, 0, 0, 0);
+        }
+        // SAFETY: exit_group does not return; this is only reached off x86_64.
+        unsafe { libc::_exit(code) }
+    }
+}
+
+/// A helper: 0-2 on /dev/null, the request pipe on 3, the report pipe on 4, nothing else of
+/// ours; then one report per request (one open + read, or one open + one write(2)) until the
+/// request pipe ends. Stack buffers and `sys` calls only.
+unsafe fn server_main(args: ChildArgs) -> ! {
+    let ChildArgs {
+        null,
+        req,
+        report,
+        maxfd,
+    } = args;
+    // SAFETY (the whole body): raw system calls on descriptors and stack buffers of this
+    // helper.
+    unsafe {
+        sys::block_signals();
+        for fd in 0..3 {
+            sys::dup2(null, fd);
+        }
+        // Both are at 5 or above: neither overwrites the other.
+        sys::dup2(req, 3);
+        sys::dup2(report, 4);
+        if sys::close_from(5) != 0 {
+            for fd in 5..maxfd {
+                sys::close(fd);
+            }
+        }
+        let mut rq = [0u8; REQ_MAX];
+        let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
         loop {
-            if stage == 0 && have >= 5 {
-                let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
-                if plen == 0 || plen >= READ_PATH_MAX {
-                    libc::_exit(1);
-                }
-                need = REQ_HDR + plen;
-                stage = 1;
-            }
-            if stage == 1 && have >= need {
-                let m = need - 4;
-                let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
-                if rq[0] == OP_WRITE {
-                    if n > MAX_BOUNDED_WRITE {
-                        libc::_exit(1);
+            // The request (see REQ_HDR): the header, then the path and n, then a write's bytes.
+            let mut have = 0usize;
+            let mut need = 5usize;
+            let mut stage = 0;
+            loop {
+                if stage == 0 && have >= 5 {
+                    let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+                    if plen == 0 || plen >= READ_PATH_MAX {
+                        sys::exit(1);
                     }
-                    need += n;
+                    need = REQ_HDR + plen;
+                    stage = 1;
                 }
-                stage = 2;
+                if stage == 1 && have >= need {
+                    let m = need - 4;
+                    let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
+                    if rq[0] == OP_WRITE {
+                        if n > MAX_BOUNDED_WRITE {
+                            sys::exit(1);
+                        }
+                        need += n;
+                    }
+                    stage = 2;
+                }
+                if stage == 2 && have >= need {
+                    break;
+                }
+                let r = sys::read(3, rq.as_mut_ptr().add(have), REQ_MAX - have);
+                if r == 0 {
+                    sys::exit(0);
+                }
+                if r < 0 {
+                    if r == -(libc::EINTR as isize) {
+                        continue;
+                    }
+                    sys::exit(0);
+                }
+                have += r as usize;
             }
-            if stage == 2 && have >= need {
-                break;
+            if have != need {
+                sys::exit(1);
             }
-            let r = libc::read(3, rq.as_mut_ptr().add(have).cast(), REQ_MAX - have);
-            if r == 0 {
-                libc::_exit(0);
+            let write = rq[0] == OP_WRITE;
+            let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+            let m = 5 + plen;
+            let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
+            rq[m] = 0;
+            let mut status: i32 = 0;
+            let mut got: usize = 0;
+            let data = out.as_mut_ptr().add(REPORT_HDR);
+            let flags = if write {
+                libc::O_WRONLY
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = sys::open(rq.as_ptr().add(5), flags | libc::O_CLOEXEC | libc::O_NOCTTY);
+            if fd < 0 {
+                status = -fd as i32;
+            } else if write {
+                let r = sys::write(fd as i32, rq.as_ptr().add(m + 4), n);
+                if r < 0 {
+                    status = -r as i32;
+                } else if r as usize != n {
+                    status = SHORT_WRITE;
+                }
+                sys::close(fd as i32);
+            } else {
+                (got, status) = read_all(fd as i32, data, n.min(MAX_BOUNDED_READ));
+                sys::close(fd as i32);
             }
-            if r < 0 {
-                if errno() == libc::EINTR {
+            if status != 0 {
+                got = 0;
+            }
+            out[..4].copy_from_slice(&status.to_ne_bytes());
+            out[4..8].copy_from_slice(&(got as u32).to_ne_bytes());
+            let total = REPORT_HDR + got;
+            let mut off = 0;
+            while off < total {
+                let r = sys::write(4, out.as_ptr().add(off), total - off);
+                if r == -(libc::EINTR as isize) {
                     continue;
                 }
-                libc::_exit(0);
+                if r <= 0 {
+                    // Nobody reads the reports any more.
+                    sys::exit(0);
+                }
+                off += r as usize;
             }
-            have += r as usize;
-        }
-        if have != need {
-            libc::_exit(1);
-        }
-        let write = rq[0] == OP_WRITE;
-        let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
-        let m = 5 + plen;
-        let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
-        rq[m] = 0;
-        let mut status: i32 = 0;
-        let mut got: usize = 0;
-        let data = out.as_mut_ptr().add(REPORT_HDR);
-        let flags = if write {
-            libc::O_WRONLY
-        } else {
-            libc::O_RDONLY
-        };
-        let fd = libc::open(
-            rq.as_ptr().add(5).cast(),
-            flags | libc::O_CLOEXEC | libc::O_NOCTTY,
-        );
-        if fd < 0 {
-            status = errno();
-        } else if write {
-            let r = libc::write(fd, rq.as_ptr().add(m + 4).cast(), n);
-            if r < 0 {
-                status = errno();
-            } else if r as usize != n {
-                status = SHORT_WRITE;
-            }
-            libc::close(fd);
-        } else {
-            (got, status) = read_raw(fd, data, n.min(MAX_BOUNDED_READ));
-            libc::close(fd);
-        }
-        if status != 0 {
-            got = 0;
-        }
-        out[..4].copy_from_slice(&status.to_ne_bytes());
-        out[4..8].copy_from_slice(&(got as u32).to_ne_bytes());
-        let total = REPORT_HDR + got;
-        let mut off = 0;
-        while off < total {
-            let r = libc::write(4, out.as_ptr().add(off).cast(), total - off);
-            if r < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            if r <= 0 {
-                // Nobody reads the reports any more.
-                libc::_exit(0);
-            }
-            off += r as usize;
         }
     }
+}
+
+/// A helper's read of a whole attribute: (bytes, errno or 0), with `sys` calls.
+unsafe fn read_all(fd: i32, buf: *mut u8, len: usize) -> (usize, i32) {
+    let mut got = 0usize;
+    while got < len {
+        // SAFETY: buf + got .. buf + len is inside the caller's buffer.
+        let r = unsafe { sys::read(fd, buf.add(got), len - got) };
+        if r < 0 {
+            if r == -(libc::EINTR as isize) {
+                continue;
+            }
+            return (got, -r as i32);
+        }
+        if r == 0 {
+            break;
+        }
+        got += r as usize;
+    }
+    (got, 0)
 }
 
 /// A pipe, both ends close-on-exec: (read end, write end).
@@ -720,7 +990,7 @@ pub fn read_can_block(rel: &str) -> bool {
 
 /// Reads `fd` into `buf` until end of file, `len` bytes or an error, retrying EINTR: (bytes
 /// read, errno or 0). Raw libc calls only, so a forked child may use it before it exits (the
-/// kio helpers and the pmxcfs walker in `tree`).
+/// pmxcfs walker in `tree`).
 ///
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes and `fd` an open descriptor.
@@ -851,6 +1121,61 @@ mod tests {
     /// A helper left behind by a write blocked in open(2) holds /dev/null on 0-2 and its two
     /// pipes, nothing else: not a pipe the test made without CLOEXEC, not the test's
     /// stdout/stderr; it is not waited for, and our ends of its pipes are closed.
+    #[test]
+    fn a_helper_shares_our_memory_blocks_every_signal_and_its_stack_goes_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let pool = Pool::new();
+        let (pid, e) = pool.write(&fifo, b"1", Duration::from_millis(200));
+        assert_eq!(e.unwrap_err().raw_os_error(), Some(libc::ETIMEDOUT));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        // Every signal but SIGKILL and SIGSTOP (which cannot be blocked) is blocked.
+        let blocked = field("SigBlk:");
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGPIPE,
+            libc::SIGUSR1,
+        ] {
+            assert_ne!(blocked & (1 << (sig - 1)), 0, "signal {sig}: {blocked:x}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // One address space: the helper's mm is ours (same /proc/PID/maps), and its stack
+            // is a mapping of ours until it is reaped.
+            let maps = |p: u32| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap();
+            let base = lock(&STACKS)
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map(|(_, b)| *b)
+                .expect("the helper's stack is recorded");
+            let start = format!("{base:x}-");
+            assert!(maps(std::process::id()).contains(&start));
+            assert!(maps(pid as u32).contains(&start));
+            release_fifo(&fifo, true);
+            wait_reaped(pid);
+            assert!(!lock(&STACKS).iter().any(|(p, _)| *p == pid));
+            assert!(
+                !maps(std::process::id()).contains(&start),
+                "unmapped once reaped"
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            release_fifo(&fifo, true);
+            wait_reaped(pid);
+        }
+    }
+
     #[test]
     fn blocked_child_holds_no_descriptor_of_the_parent() {
         let dir = tempfile::tempdir().unwrap();
