@@ -311,16 +311,24 @@ impl<'a> Exec<'a> {
             Step::Bind { bdf, driver } => self.bind(bdf, driver),
             Step::SetOverride { bdf, to, .. } => {
                 let rel = paths::dev(bdf, DevFile::DriverOverride);
-                if self.check(bdf, "driver_override", || device::override_of(h, bdf)) == *to {
-                    return Ok(());
-                }
+                // No read first: writing the value it already has changes nothing, and the
+                // read-back below is the check either way (one bounded read, not two). A
+                // write that fails is fine when the value is already there (an undo of a
+                // write that never landed, a function that is gone and has none).
                 let data = to.as_deref().unwrap_or("\n");
                 if let Some(t) = to {
                     if !paths::safe_name(t) {
                         return Err(Error::Config(format!("bad driver name {t:?}")));
                     }
                 }
-                self.write(bdf, &rel, data, self.t.step)?;
+                if let Err(e) = self.write(bdf, &rel, data, self.t.step) {
+                    if !e.timed_out()
+                        && self.check(bdf, "driver_override", || device::override_of(h, bdf)) == *to
+                    {
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
                 if !self.dry_run
                     && self.check(bdf, "driver_override", || device::override_of(h, bdf)) != *to
                 {

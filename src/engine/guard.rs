@@ -772,7 +772,11 @@ impl<'a> Scanner<'a> {
     /// One walk of /proc/*/fd for every node any of `bdfs` has (block devices and what is
     /// stacked on them, character nodes, the vfio group): skipped when there is none.
     /// `walked`: an `all` walk made beside the class tables (None: walk now for the query).
-    fn scan_processes(&mut self, bdfs: &[Bdf], walked: Option<std::io::Result<Vec<OpenNode>>>) {
+    fn scan_processes(
+        &mut self,
+        bdfs: &[Bdf],
+        walked: impl FnOnce() -> Option<std::io::Result<Vec<OpenNode>>>,
+    ) {
         let mut q = crate::host::NodeQuery::default();
         for bdf in bdfs {
             let own = self.own_nodes(bdf);
@@ -813,7 +817,7 @@ impl<'a> Scanner<'a> {
         }
         self.facts.nodes = Some(if q.is_empty() {
             Vec::new()
-        } else if let Some(all) = walked {
+        } else if let Some(all) = walked() {
             all.unwrap_or_default()
                 .into_iter()
                 .filter(|n| q.matches(n))
@@ -1349,16 +1353,25 @@ impl PreWalk {
         let h = self.0.lock().ok()?.take()?;
         Some(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     }
+
+    /// Whether a walk is there to take.
+    fn pending(&self) -> bool {
+        self.0.lock().is_ok_and(|g| g.is_some())
+    }
+
+    /// Leaves a walk the first scan did not need (nothing to look for) to end on its own: a
+    /// later scan walks again.
+    fn discard(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            g.take();
+        }
+    }
 }
 
-/// `scan`, with `walked`: the fds of every process (an `all` walk, `PreWalk`) to use instead
-/// of walking /proc.
-pub fn scan_with(
-    host: &dyn Host,
-    bdfs: &[Bdf],
-    opts: &Opts,
-    walked: Option<io::Result<Vec<OpenNode>>>,
-) -> Report {
+/// `scan`, with `walked`: the phase's early walk of every process's fds (`PreWalk`), used
+/// instead of walking /proc when it is still there to take. It is taken (joined) only once
+/// the query is built from the class tables, so those are read while it finishes.
+pub fn scan_with(host: &dyn Host, bdfs: &[Bdf], opts: &Opts, walked: Option<&PreWalk>) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
     let drivers: BTreeMap<Bdf, Option<String>> = bdfs
@@ -1368,15 +1381,21 @@ pub fn scan_with(
     // With a host driver on some function the class tables and host facts are read first,
     // and the walk of /proc (the other half of the scan's time) runs beside them, taking every
     // fd that can be a device node; the query built from the tables then filters it.
+    let walked = walked.filter(|w| w.pending());
     let walk_beside = walked.is_none() && any_host_driver(&drivers);
     let mut sc = std::thread::scope(|s| {
         let walk = walk_beside.then(|| s.spawn(|| walk_all(host)));
         let mut sc = Scanner::new(host, opts, &mut notes, drivers);
-        let walked = walked
-            .or_else(|| walk.map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
-        sc.scan_processes(bdfs, walked);
+        sc.scan_processes(bdfs, || {
+            walked
+                .and_then(PreWalk::take)
+                .or_else(|| walk.map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
+        });
         sc
     });
+    if let Some(w) = walked {
+        w.discard();
+    }
     let mut findings = Vec::new();
     let mut seen = BTreeSet::new();
     for bdf in bdfs {
@@ -1420,12 +1439,11 @@ pub fn wait_free(
     bdfs: &[Bdf],
     opts: &Opts,
     timeout: std::time::Duration,
-    walked: Option<io::Result<Vec<OpenNode>>>,
+    walked: Option<&PreWalk>,
 ) -> Report {
     let mut last = Report::default();
-    let mut walked = walked;
     let got = crate::host::poll_until(timeout, || {
-        last = scan_with(host, bdfs, opts, walked.take());
+        last = scan_with(host, bdfs, opts, walked);
         last.is_clear().then_some(())
     });
     if got.is_some() {

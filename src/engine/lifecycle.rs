@@ -126,7 +126,6 @@ fn guarded_bdfs(devices: &[PlannedDevice]) -> Vec<Bdf> {
 
 /// The guard's scan of `bdfs`; the phase's first one uses its early walk of /proc.
 fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
-    let walked = ctx.prewalk.take();
     ctx.log.timed(Cat::Guard, "scan", || {
         guard::scan_with(
             ctx.h(),
@@ -135,7 +134,7 @@ fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
                 me: Some(key),
                 node: &ctx.node,
             },
-            walked,
+            Some(&ctx.prewalk),
         )
     })
 }
@@ -625,9 +624,22 @@ pub fn post_stop(ctx: &Ctx, vmid: u32, with_reset: bool) -> Result<()> {
 }
 
 pub fn post_stop_key(ctx: &Ctx, key: &VmKey, with_reset: bool) -> Result<()> {
-    let loaded = ctx
-        .log
-        .timed(Cat::State, "read", || state::load(ctx.h(), key));
+    post_stop_loaded(ctx, key, load_state(ctx, key), with_reset)
+}
+
+/// The VM's state, read (and timed) once for a post-stop.
+pub fn load_state(ctx: &Ctx, key: &VmKey) -> Result<Option<VmState>> {
+    ctx.log
+        .timed(Cat::State, "read", || state::load(ctx.h(), key))
+}
+
+/// `post_stop_key` with the state already read (`load_state`).
+pub fn post_stop_loaded(
+    ctx: &Ctx,
+    key: &VmKey,
+    loaded: Result<Option<VmState>>,
+    with_reset: bool,
+) -> Result<()> {
     let Some(st) = loaded? else {
         ctx.log
             .info(&format!("no pt-hook state for {key}: nothing to restore"));
@@ -912,7 +924,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
                 exec.deadline
                     .saturating_duration_since(std::time::Instant::now()),
             ),
-            ctx.prewalk.take(),
+            Some(&ctx.prewalk),
         );
         if !left.is_clear() {
             st.phase = "held".into();

@@ -71,12 +71,13 @@ pub fn pre_start(
 
 /// post-stop: give the devices back, then run the user hooks.
 pub fn post_stop(ctx: &Ctx, key: &VmKey) -> Result<()> {
-    let devices = ctx
-        .log
-        .timed(Cat::State, "read (devices for the hooks)", || {
-            userhooks::held_devices(ctx, key)
-        });
-    let r = lifecycle::post_stop_key(ctx, key, true);
+    // One read of the state: its devices for the user hooks, all of it for the restore.
+    let loaded = lifecycle::load_state(ctx, key);
+    let devices = match &loaded {
+        Ok(Some(st)) => st.bdfs(),
+        _ => Vec::new(),
+    };
+    let r = lifecycle::post_stop_loaded(ctx, key, loaded, true);
     let (_, h) = hooks(ctx, key, "post-stop", &devices, false);
     match (r, h) {
         (Err(e), Err(h)) => {

@@ -156,6 +156,19 @@ while [ $i -lt $R ]; do
     i=$((i + 1))
 done
 echo "BENCH reset total devices=$n rounds=$R one-call=${ONE}s separate-calls=${SEP}s ratio=$(ratio $ONE $SEP) (floor 1/$n = $(awk -v n=$n 'BEGIN{printf "%.3f", 1/n}'))$([ -x $HB ] && echo " before-one-call=${BONE}s before-ratio=$(ratio $BONE $SEP)")"
+# The kernel's own floor for that ratio: the same 8 resets by a shell (`1 > reset`, the rung
+# the ladder uses first), one after another against all at once; R rounds, interleaved.
+KS=0 KP=0
+i=0
+while [ $i -lt $R ]; do
+    t=$(now); for d in $SET; do echo 1 >$SYS/$d/reset; done; s=$(since "$t")
+    t=$(now); for d in $SET; do echo 1 >$SYS/$d/reset & done; wait; p=$(since "$t")
+    echo "BENCH reset-shell-round $((i + 1)) devices=$n serial=${s}s parallel=${p}s ratio=$(ratio $p $s)"
+    KS=$(awk -v a=$KS -v b=$s 'BEGIN{print a + b}')
+    KP=$(awk -v a=$KP -v b=$p 'BEGIN{print a + b}')
+    i=$((i + 1))
+done
+echo "BENCH reset kernel-floor devices=$n rounds=$R shell-serial=${KS}s shell-parallel=${KP}s ratio=$(ratio $KP $KS) (pt-hook one call / 8 calls cannot go below this on this machine)"
 # Where one 8-device call spends its time.
 $H -v reset $SET 2>&1 | grep -v '^pt-hook: reset: timing +' | sed 's/^/BENCH reset-log /'
 $H reset --json $SET 2>/dev/null | grep -A14 '"timing"' | sed 's/^/BENCH reset-json /'
