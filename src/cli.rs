@@ -366,7 +366,7 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             // The phases that take or give back devices start the guard's walk of /proc now,
             // beside the config and state reads (see `guard::PreWalk`).
             let prewalk = if matches!(phase.as_str(), "pre-start" | "post-stop") {
-                crate::engine::guard::PreWalk::start(Arc::clone(&host))
+                crate::engine::guard::PreWalk::start(Arc::clone(&host), phase == "pre-start")
             } else {
                 crate::engine::guard::PreWalk::none()
             };

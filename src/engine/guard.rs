@@ -298,6 +298,57 @@ const NODE_CLASSES: [&str; 11] = [
     "misc",
 ];
 
+/// The class tables the guard reads, split in two for `Scanner::host_facts`: these on the
+/// scan's thread...
+const CLASSES_FIRST: [&str; 7] = [
+    "block",
+    "net",
+    "nvme",
+    "nvme-generic",
+    "drm",
+    "sound",
+    "hidraw",
+];
+/// ...and these (the long ones) beside them.
+const CLASSES_BESIDE: [&str; 6] = [
+    "tty",
+    "misc",
+    "input",
+    "usbmisc",
+    "video4linux",
+    "infiniband_verbs",
+];
+
+/// Every class table, in the order of `Facts::class`.
+const CLASSES_ALL: [&str; 13] = [
+    "block",
+    "drm",
+    "sound",
+    "nvme",
+    "nvme-generic",
+    "hidraw",
+    "input",
+    "tty",
+    "usbmisc",
+    "video4linux",
+    "infiniband_verbs",
+    "misc",
+    "net",
+];
+
+/// Where a class table comes in the one table of `Facts::class`: `block`, then
+/// `NODE_CLASSES` in their order, then `net`.
+fn class_rank(c: &str) -> usize {
+    match c {
+        "block" => 0,
+        "net" => NODE_CLASSES.len() + 1,
+        _ => NODE_CLASSES
+            .iter()
+            .position(|n| *n == c)
+            .map_or(usize::MAX, |i| i + 1),
+    }
+}
+
 /// A class device: its sysfs path (the link target) and node.
 #[derive(Debug, Clone)]
 struct ClassDev {
@@ -618,6 +669,7 @@ impl<'a> Scanner<'a> {
         opts: &'a Opts<'a>,
         notes: &mut Vec<String>,
         drivers: BTreeMap<Bdf, Option<String>>,
+        classes: Option<Vec<ClassDev>>,
     ) -> Scanner<'a> {
         let host_driver = any_host_driver(&drivers);
         let mut sc = Scanner {
@@ -631,15 +683,15 @@ impl<'a> Scanner<'a> {
             others: None,
         };
         if host_driver {
-            sc.facts = Scanner::host_facts(host, opts, notes);
+            sc.facts = Scanner::host_facts(host, opts, notes, classes);
         }
         sc
     }
 
-    /// The class tables, mounts, swaps, ZFS pools, routes and addresses, corosync's links.
-    fn host_facts(host: &dyn Host, opts: &Opts, notes: &mut Vec<String>) -> Facts {
+    /// The entries of class tables `classes`, each with the device it belongs to.
+    fn class_devs(host: &dyn Host, classes: &[&'static str]) -> Vec<ClassDev> {
         let mut class = Vec::new();
-        for c in std::iter::once("block").chain(NODE_CLASSES).chain(["net"]) {
+        for &c in classes {
             let dir = format!("sys/class/{c}");
             for (name, link) in host.list_links(&dir).unwrap_or_default() {
                 if !paths::safe_name(&name) {
@@ -665,6 +717,39 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
+        class
+    }
+
+    /// The class tables, mounts, swaps, ZFS pools, routes and addresses, corosync's links.
+    /// The class tables (hundreds of links on a desktop-class host: tty alone has dozens) are
+    /// read on two threads beside the rest.
+    /// `read`: the class tables, already read (`PreWalk`).
+    fn host_facts(
+        host: &dyn Host,
+        opts: &Opts,
+        notes: &mut Vec<String>,
+        read: Option<Vec<ClassDev>>,
+    ) -> Facts {
+        if let Some(class) = read {
+            return Facts {
+                class,
+                ..Scanner::host_files(host, opts, notes)
+            };
+        }
+        let (mut class, rest) = std::thread::scope(|s| {
+            let big = s.spawn(|| Scanner::class_devs(host, &CLASSES_BESIDE));
+            let mut class = Scanner::class_devs(host, &CLASSES_FIRST);
+            let rest = Scanner::host_files(host, opts, notes);
+            class.extend(big.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (class, rest)
+        });
+        // The order `block`, the node classes, `net`, as one table.
+        class.sort_by_key(|c| class_rank(c.class));
+        Facts { class, ..rest }
+    }
+
+    /// Mounts, swaps, ZFS pools, routes and addresses, corosync's links (no class tables).
+    fn host_files(host: &dyn Host, opts: &Opts, notes: &mut Vec<String>) -> Facts {
         let (mounts_by_dev, mounts_by_source) = match host.read("proc/self/mountinfo") {
             Ok(t) => parse_mountinfo(&t),
             // Without mountinfo (a hand-made host), /proc/mounts still names the sources.
@@ -715,7 +800,7 @@ impl<'a> Scanner<'a> {
             .map(|t| parse_corosync(&t, opts.node))
             .unwrap_or_default();
         Facts {
-            class,
+            class: Vec::new(),
             mounts_by_dev,
             mounts_by_source,
             swaps,
@@ -1328,49 +1413,101 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
 
 /// A walk of every process's fds (`NodeQuery::all`) started when a hook phase starts, before
 /// its config, state and devices are read: the walk is half of the guard's time and needs
-/// none of them. The phase's first scan takes it (`take`), filters it with its own query and
-/// reads everything else then; a later scan (a wait for a holder to let go, a rescan with
-/// companions) walks again. A process that opens a node between the walk and the step after
-/// the scan is missed, as one that opens it between any scan and that step is.
+/// none of them. In a pre-start (functions on host drivers) the class tables are read beside
+/// it, for the same reason. The phase's first scan takes them (`take`), filters the walk with
+/// its own query and reads everything else then; a later scan (a wait for a holder to let go,
+/// a rescan with companions) reads again. A process that opens a node between the walk and
+/// the step after the scan is missed, as one that opens it between any scan and that step is;
+/// a class device that appears in between is missed as well (the same window).
 #[derive(Default)]
-pub struct PreWalk(std::sync::Mutex<Option<std::thread::JoinHandle<io::Result<Vec<OpenNode>>>>>);
+pub struct PreWalk {
+    walk: std::sync::Mutex<Option<std::thread::JoinHandle<Walked>>>,
+    /// pre-start: the class tables, read beside the walk (the functions are on host drivers
+    /// then, so the first scan needs them).
+    classes: std::sync::Mutex<Option<std::thread::JoinHandle<Vec<ClassDev>>>>,
+    /// When the taken walk ran (for the timing breakdown).
+    ran: std::sync::Mutex<Option<(std::time::Instant, std::time::Instant)>>,
+}
+
+type Walked = (
+    io::Result<Vec<OpenNode>>,
+    std::time::Instant,
+    std::time::Instant,
+);
 
 impl PreWalk {
     pub fn none() -> PreWalk {
         PreWalk::default()
     }
 
-    pub fn start(host: std::sync::Arc<dyn Host>) -> PreWalk {
+    /// `with_classes`: read the class tables too (a pre-start).
+    pub fn start(host: std::sync::Arc<dyn Host>, with_classes: bool) -> PreWalk {
+        let classes = with_classes
+            .then(|| {
+                let host = std::sync::Arc::clone(&host);
+                std::thread::Builder::new()
+                    .name("guard-classes".into())
+                    .spawn(move || Scanner::class_devs(&*host, &CLASSES_ALL))
+                    .ok()
+            })
+            .flatten();
         let h = std::thread::Builder::new()
             .name("guard-walk".into())
-            .spawn(move || walk_all(&*host))
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let r = walk_all(&*host);
+                (r, t, std::time::Instant::now())
+            })
             .ok();
-        PreWalk(std::sync::Mutex::new(h))
+        PreWalk {
+            walk: std::sync::Mutex::new(h),
+            classes: std::sync::Mutex::new(classes),
+            ran: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The class tables read beside the walk, once.
+    fn take_classes(&self) -> Option<Vec<ClassDev>> {
+        let h = self.classes.lock().ok()?.take()?;
+        h.join().ok()
     }
 
     /// The walk, once (None: none was started, or it was taken).
     pub fn take(&self) -> Option<io::Result<Vec<OpenNode>>> {
-        let h = self.0.lock().ok()?.take()?;
-        Some(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        let h = self.walk.lock().ok()?.take()?;
+        let (r, t0, t1) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        if let Ok(mut g) = self.ran.lock() {
+            *g = Some((t0, t1));
+        }
+        Some(r)
+    }
+
+    /// When the walk a scan took ran, once.
+    pub fn ran(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.ran.lock().ok()?.take()
     }
 
     /// Whether a walk is there to take.
     fn pending(&self) -> bool {
-        self.0.lock().is_ok_and(|g| g.is_some())
+        self.walk.lock().is_ok_and(|g| g.is_some())
     }
 
     /// Leaves a walk the first scan did not need (nothing to look for) to end on its own: a
     /// later scan walks again.
     fn discard(&self) {
-        if let Ok(mut g) = self.0.lock() {
+        if let Ok(mut g) = self.walk.lock() {
+            g.take();
+        }
+        if let Ok(mut g) = self.classes.lock() {
             g.take();
         }
     }
 }
 
 /// `scan`, with `walked`: the phase's early walk of every process's fds (`PreWalk`), used
-/// instead of walking /proc when it is still there to take. It is taken (joined) only once
-/// the query is built from the class tables, so those are read while it finishes.
+/// instead of walking /proc when it is still there to take, with the class tables it read
+/// beside (a pre-start). The walk is taken (joined) only once the query is built from the
+/// class tables, so the rest is read while it finishes.
 pub fn scan_with(host: &dyn Host, bdfs: &[Bdf], opts: &Opts, walked: Option<&PreWalk>) -> Report {
     let start = std::time::Instant::now();
     let mut notes = Vec::new();
@@ -1385,7 +1522,10 @@ pub fn scan_with(host: &dyn Host, bdfs: &[Bdf], opts: &Opts, walked: Option<&Pre
     let walk_beside = walked.is_none() && any_host_driver(&drivers);
     let mut sc = std::thread::scope(|s| {
         let walk = walk_beside.then(|| s.spawn(|| walk_all(host)));
-        let mut sc = Scanner::new(host, opts, &mut notes, drivers);
+        let classes = any_host_driver(&drivers)
+            .then(|| walked.and_then(PreWalk::take_classes))
+            .flatten();
+        let mut sc = Scanner::new(host, opts, &mut notes, drivers, classes);
         sc.scan_processes(bdfs, || {
             walked
                 .and_then(PreWalk::take)
@@ -1477,6 +1617,25 @@ pub fn wait_unheld(host: &dyn Host, bdfs: &[Bdf], timeout: std::time::Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_two_halves_of_the_class_tables_are_every_table_once() {
+        let mut split: Vec<&str> = CLASSES_FIRST
+            .iter()
+            .chain(&CLASSES_BESIDE)
+            .copied()
+            .collect();
+        let mut all: Vec<&str> = std::iter::once("block")
+            .chain(NODE_CLASSES)
+            .chain(["net"])
+            .collect();
+        assert_eq!(all, CLASSES_ALL);
+        let ranks: Vec<usize> = all.iter().map(|c| class_rank(c)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
+        split.sort();
+        all.sort();
+        assert_eq!(split, all);
+    }
 
     #[test]
     fn cgroup_scopes() {

@@ -126,7 +126,7 @@ fn guarded_bdfs(devices: &[PlannedDevice]) -> Vec<Bdf> {
 
 /// The guard's scan of `bdfs`; the phase's first one uses its early walk of /proc.
 fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
-    ctx.log.timed(Cat::Guard, "scan", || {
+    let r = ctx.log.timed(Cat::Guard, "scan", || {
         guard::scan_with(
             ctx.h(),
             bdfs,
@@ -136,7 +136,17 @@ fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
             },
             Some(&ctx.prewalk),
         )
-    })
+    });
+    record_prewalk(ctx);
+    r
+}
+
+/// The early /proc walk a scan used, in the timing breakdown (it ran beside the phase).
+fn record_prewalk(ctx: &Ctx) {
+    if let Some((t0, t1)) = ctx.prewalk.ran() {
+        ctx.log
+            .record(Cat::Guard, "early walk of /proc (beside the phase)", t0, t1);
+    }
 }
 
 /// `early`: a scan of `scanned` made beside the quirk profiles; used when the plan's
@@ -558,54 +568,64 @@ pub fn prepare(
         return Ok(());
     }
     save(ctx, &st)?;
-    // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
-    // idempotent, so undoing a step that never ran is harmless.
-    for batch in plan::batches(&p.steps) {
-        st.journal.extend(batch.iter().cloned());
-        let r = save(ctx, &st).and_then(|_| {
-            crash_point()?;
-            exec.apply_batch(&batch)?;
-            crash_point()
-        });
-        if let Err(e) = r {
-            #[cfg(test)]
-            if matches!(&e, Error::SimulatedCrash) {
-                // The process "died" here: no rollback, the state file is all that is left.
-                return Err(e);
-            }
-            ctx.log
-                .error(&format!("pre-start failed: {e}; rolling back"));
-            // A write that timed out is still pending in the kernel and may take effect after
-            // the rollback: keep the record so `cleanup` can undo it then.
-            let pending = matches!(&e, Error::Host { err, .. } if err.raw_os_error() == Some(libc::ETIMEDOUT));
-            let keep = pending.then(|| st.clone());
-            match restore(ctx, st, false) {
-                Ok(()) if keep.is_some() => {
-                    let mut k = keep.expect("checked");
-                    k.phase = "rollback-pending".into();
-                    save(ctx, &k)?;
-                    return Err(Error::Failed(format!(
+    // What the addresses hold is remembered beside the kernel's work (the identity check
+    // passed above; it is the hardware as it is, whatever the start's outcome).
+    let steps = |st: &mut VmState| -> Result<()> {
+        // Write-ahead: a batch is in the journal before any of its steps runs; every inverse is
+        // idempotent, so undoing a step that never ran is harmless.
+        for batch in plan::batches(&p.steps) {
+            st.journal.extend(batch.iter().cloned());
+            let r = save(ctx, st).and_then(|_| {
+                crash_point()?;
+                exec.apply_batch(&batch)?;
+                crash_point()
+            });
+            if let Err(e) = r {
+                #[cfg(test)]
+                if matches!(&e, Error::SimulatedCrash) {
+                    // The process "died" here: no rollback, the state file is all that is left.
+                    return Err(e);
+                }
+                ctx.log
+                    .error(&format!("pre-start failed: {e}; rolling back"));
+                // A write that timed out is still pending in the kernel and may take effect after
+                // the rollback: keep the record so `cleanup` can undo it then.
+                let pending = matches!(&e, Error::Host { err, .. } if err.raw_os_error() == Some(libc::ETIMEDOUT));
+                let keep = pending.then(|| st.clone());
+                match restore(ctx, st.clone(), false) {
+                    Ok(()) if keep.is_some() => {
+                        let mut k = keep.expect("checked");
+                        k.phase = "rollback-pending".into();
+                        save(ctx, &k)?;
+                        return Err(Error::Failed(format!(
                         "{e}; rolled back, but the timed-out write may still complete in the kernel: state kept in {}; run `{}` once the device responds",
                         ctx.h().display(&key.state_file()),
                         key.cleanup_hint()
                     )));
+                    }
+                    Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
+                    Err(re) => {
+                        return Err(Error::Failed(format!(
+                            "{e}; rollback incomplete: {re}; run `{}`",
+                            key.cleanup_hint()
+                        )))
+                    }
                 }
-                Ok(()) => ctx.log.info("rollback complete: the host is as it was"),
-                Err(re) => {
-                    return Err(Error::Failed(format!(
-                        "{e}; rollback incomplete: {re}; run `{}`",
-                        key.cleanup_hint()
-                    )))
-                }
+                return Err(e);
             }
-            return Err(e);
         }
-    }
+        Ok(())
+    };
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            ctx.log.timed(Cat::Identity, "remember", || {
+                crate::engine::identity::remember(ctx, key, &p.identity)
+            })
+        });
+        steps(&mut st)
+    })?;
     st.phase = "prepared".into();
     save(ctx, &st)?;
-    ctx.log.timed(Cat::Identity, "remember", || {
-        crate::engine::identity::remember(ctx, key, &p.identity)
-    });
     ctx.log.info(&format!(
         "{} device(s) on vfio-pci: {}",
         bdfs.len(),
@@ -926,6 +946,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
             ),
             Some(&ctx.prewalk),
         );
+        record_prewalk(ctx);
         if !left.is_clear() {
             st.phase = "held".into();
             save(ctx, st)?;

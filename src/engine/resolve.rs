@@ -88,6 +88,8 @@ pub fn resolve(
     let mut out: Vec<Resolved> = Vec::new();
     let mut seen: BTreeSet<Bdf> = BTreeSet::new();
     let mut mappings: Option<MappingFile> = None;
+    // The functions in order, with where they came from: (function, origin, keep, line).
+    let mut want: Vec<(Bdf, String, bool, String)> = Vec::new();
     let reservations = host
         .read(paths::RESERVATIONS)
         .map(|t| parse_reservations(&t))
@@ -176,27 +178,45 @@ pub fn resolve(
             }
         };
         for b in bdfs {
-            if !seen.insert(b) {
-                continue;
+            if seen.insert(b) {
+                want.push((b, origin.clone(), keep, what.clone()));
             }
-            let info = device::read_device(host, &b).ok_or_else(|| {
-                Error::Config(format!("{what}: PCI device {b} vanished while reading it"))
-            })?;
-            if info.is_bridge() {
-                return Err(Error::Config(format!(
-                    "{what}: {b} is a PCI bridge; bridges cannot be passed through"
-                )));
-            }
-            out.push(Resolved {
-                info,
-                origin: origin.clone(),
-                keep,
-            });
         }
+    }
+    // Each function's sysfs attributes, the functions side by side (a bounded read of
+    // driver_override each, a round trip to a helper).
+    let infos = read_devices(host, &want.iter().map(|w| w.0).collect::<Vec<_>>());
+    for ((b, origin, keep, what), info) in want.into_iter().zip(infos) {
+        let info = info.ok_or_else(|| {
+            Error::Config(format!("{what}: PCI device {b} vanished while reading it"))
+        })?;
+        if info.is_bridge() {
+            return Err(Error::Config(format!(
+                "{what}: {b} is a PCI bridge; bridges cannot be passed through"
+            )));
+        }
+        out.push(Resolved { info, origin, keep });
     }
 
     add_group_members(host, &mut out, &mut seen);
     Ok(out)
+}
+
+/// `device::read_device` of each of `bdfs`, on a thread each (one alone: on this one).
+fn read_devices(host: &dyn Host, bdfs: &[Bdf]) -> Vec<Option<device::DeviceInfo>> {
+    if bdfs.len() < 2 {
+        return bdfs.iter().map(|b| device::read_device(host, b)).collect();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bdfs
+            .iter()
+            .map(|b| s.spawn(move || device::read_device(host, b)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// An explicit list of functions (libvirt `<hostdev>`s), each with where it came from. Every

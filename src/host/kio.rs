@@ -1163,11 +1163,9 @@ mod tests {
             assert!(maps(pid as u32).contains(&start));
             release_fifo(&fifo, true);
             wait_reaped(pid);
+            // Reaped: its stack is given back (another test's mapping may take the address
+            // at once, so the record is what is checked).
             assert!(!lock(&STACKS).iter().any(|(p, _)| *p == pid));
-            assert!(
-                !maps(std::process::id()).contains(&start),
-                "unmapped once reaped"
-            );
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
