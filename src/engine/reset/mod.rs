@@ -1117,10 +1117,12 @@ pub fn reset_many_then(
     std::thread::scope(|s| {
         // The reset memory's record is written as soon as every bus's ladder is done, beside
         // what `then` does with them (a post-stop's restore waits for drivers to bind); the
-        // physical slots it names are found beside the resets.
+        // physical slots it names are found beside the slower buses' resets.
         let record = s.spawn(move || {
+            // Once the first bus is done: until then the ladders' own reads have the CPUs.
+            let mut reports: Vec<SlotReport> = rx.recv().unwrap_or_default();
             let places = health::physical_slots(ctx.h());
-            let mut reports: Vec<SlotReport> = rx.iter().take(buses).flatten().collect();
+            reports.extend(rx.iter().take(buses.saturating_sub(1)).flatten());
             if ctx.dry_run {
                 return;
             }
