@@ -298,6 +298,16 @@ impl<'a> Exec<'a> {
                 }
                 self.write(bdf, &rel, to, self.t.step)
             }
+            Step::HoldD0 { bdf } => {
+                let rel = paths::dev(bdf, DevFile::PowerControl);
+                let now = self.check(bdf, "power/control", || {
+                    h.read(&rel).map(|s| s.trim().to_string()).ok()
+                });
+                if now.as_deref() == Some("on") {
+                    return Ok(());
+                }
+                self.write(bdf, &rel, "on", self.t.step)
+            }
             Step::Unbind { bdf, driver } => {
                 let now = self.check(bdf, "driver", || device::driver_of(h, bdf));
                 if now.as_deref() != Some(driver.as_str()) {

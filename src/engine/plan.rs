@@ -37,6 +37,12 @@ pub enum Step {
         from: String,
         to: String,
     },
+    /// power/control "on" once the function is on vfio-pci, whose probe allowed runtime PM
+    /// whatever was pinned before it. No inverse: vfio-pci's unbind forbids runtime PM again,
+    /// and a pin before the unbind (`SetAttr`) gives the host its own value back.
+    HoldD0 {
+        bdf: Bdf,
+    },
     Unbind {
         bdf: Bdf,
         driver: String,
@@ -134,7 +140,9 @@ impl Step {
             Step::StopUnit { unit } => Step::StartUnit { unit },
             Step::StartUnit { unit } => Step::StopUnit { unit },
             Step::Vtcon { vtcon, bind } => Step::Vtcon { vtcon, bind: !bind },
-            Step::UnbindPlatform { .. } | Step::AwaitFree { .. } => return None,
+            Step::UnbindPlatform { .. } | Step::AwaitFree { .. } | Step::HoldD0 { .. } => {
+                return None
+            }
             Step::StopContainer { ctid } => Step::StartContainer { ctid },
             Step::StartContainer { ctid } => Step::StopContainer { ctid },
         })
@@ -145,6 +153,7 @@ impl Step {
         match self {
             Step::SetResetMethod { bdf, .. }
             | Step::SetAttr { bdf, .. }
+            | Step::HoldD0 { bdf }
             | Step::Unbind { bdf, .. }
             | Step::Bind { bdf, .. }
             | Step::SetOverride { bdf, .. }
@@ -172,6 +181,7 @@ impl fmt::Display for Step {
                 from,
                 to,
             } => write!(f, "{bdf}: {file} {from} -> {to}"),
+            Step::HoldD0 { bdf } => write!(f, "{bdf}: power/control on (again, on vfio-pci)"),
             Step::Unbind { bdf, driver } => write!(f, "{bdf}: unbind from {driver}"),
             Step::Bind { bdf, driver } => write!(f, "{bdf}: bind to {driver}"),
             Step::SetOverride { bdf, from, to } => {
@@ -305,6 +315,20 @@ pub fn pre_start_steps(devices: &[PlannedDevice], facts: &HostFacts) -> Vec<Step
             });
         }
     }
+    // vfio-pci's probe allows runtime PM (power/control "auto") whatever was pinned before
+    // it: a pin of "on" is written again once the function is on vfio-pci (`HoldD0`).
+    for d in &active {
+        if d.info.driver.as_deref() == Some(VFIO) {
+            continue;
+        }
+        if d.info.power_control.is_some()
+            && d.power
+                .iter()
+                .any(|(f, v)| f == "power/control" && v == "on")
+        {
+            steps.push(Step::HoldD0 { bdf: d.info.bdf });
+        }
+    }
     steps
 }
 
@@ -312,7 +336,7 @@ pub fn pre_start_steps(devices: &[PlannedDevice], facts: &HostFacts) -> Vec<Step
 /// driver moves (unbind, `driver_override`, probe, bind).
 fn device_class(s: &Step) -> Option<u8> {
     match s {
-        Step::SetResetMethod { .. } | Step::SetAttr { .. } => Some(1),
+        Step::SetResetMethod { .. } | Step::SetAttr { .. } | Step::HoldD0 { .. } => Some(1),
         Step::Unbind { .. } | Step::Bind { .. } | Step::SetOverride { .. } | Step::Probe { .. } => {
             Some(2)
         }
@@ -487,7 +511,12 @@ mod tests {
         p.power = vec![("power/control".into(), "on".into())];
         let s = pre_start_steps(&[p], &HostFacts { vfio_loaded: false });
         let b = batches(&s);
-        assert_eq!(b.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![1, 2, 3]);
+        // Load vfio-pci; reset_method and the pin; unbind, override, probe; the pin again
+        // (vfio-pci's probe undid it).
+        assert_eq!(
+            b.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            vec![1, 2, 3, 1]
+        );
         let units = vec![
             Step::StopUnit { unit: "a".into() },
             Step::StopUnit { unit: "b".into() },

@@ -451,6 +451,13 @@ fn blackwell_profile_avoids_flr_and_recovers() {
     let p = lifecycle::plan_vm(&t.ctx_dry(true), 120).unwrap();
     assert_eq!(p.devices[0].quirk.as_deref(), Some("nvidia-blackwell"));
     assert_eq!(p.devices[0].reset_method.as_deref(), Some("bus"));
+    let pc_host = t
+        .sim
+        .snapshot()
+        .device("0000:06:00.0")
+        .unwrap()
+        .power_control
+        .clone();
     lifecycle::pre_start(&t.ctx(), 120).unwrap();
     let s = t.sim.snapshot();
     assert_eq!(s.device("0000:06:00.0").unwrap().reset_method, "bus");
@@ -458,8 +465,19 @@ fn blackwell_profile_avoids_flr_and_recovers() {
         s.device("0000:06:00.0").unwrap().d3cold_allowed,
         Some(false)
     );
+    // The pin holds on vfio-pci, whose probe allows runtime PM.
+    assert_eq!(s.device("0000:06:00.0").unwrap().power_control, "on");
     lifecycle::post_stop(&t.ctx(), 120, true).unwrap();
     assert!(!t.sim.is_wedged("0000:06:00.0"));
+    assert_eq!(
+        t.sim
+            .snapshot()
+            .device("0000:06:00.0")
+            .unwrap()
+            .power_control,
+        pc_host,
+        "as the host had it"
+    );
     assert_eq!(
         t.sim
             .snapshot()
