@@ -321,10 +321,18 @@ impl<'a> Exec<'a> {
             Step::Bind { bdf, driver } => self.bind(bdf, driver),
             Step::SetOverride { bdf, to, .. } => {
                 let rel = paths::dev(bdf, DevFile::DriverOverride);
-                // No read first: writing the value it already has changes nothing, and the
-                // read-back below is the check either way (one bounded read, not two). A
-                // write that fails is fine when the value is already there (an undo of a
-                // write that never landed, a function that is gone and has none).
+                // Setting a driver: no read first, writing the value it already has changes
+                // nothing and the read-back below is the check (one bounded read, not two).
+                // Clearing: read first, as an undo often finds nothing to clear (a write that
+                // never landed) and a bare newline is then left alone, not written over it.
+                // A write that fails is fine when the value is already there.
+                if to.is_none()
+                    && self
+                        .check(bdf, "driver_override", || device::override_of(h, bdf))
+                        .is_none()
+                {
+                    return Ok(());
+                }
                 let data = to.as_deref().unwrap_or("\n");
                 if let Some(t) = to {
                     if !paths::safe_name(t) {
