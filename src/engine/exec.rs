@@ -289,24 +289,10 @@ impl<'a> Exec<'a> {
                     "power/control" => DevFile::PowerControl,
                     other => return Err(Error::Config(format!("unknown attribute {other}"))),
                 };
-                let rel = paths::dev(bdf, f);
-                let now = self.check(bdf, file, || {
-                    h.read(&rel).map(|s| s.trim().to_string()).ok()
-                });
-                if now.as_deref() == Some(to.as_str()) {
-                    return Ok(());
-                }
-                self.write(bdf, &rel, to, self.t.step)
+                self.set_attr(bdf, file, f, to)
             }
             Step::HoldD0 { bdf } => {
-                let rel = paths::dev(bdf, DevFile::PowerControl);
-                let now = self.check(bdf, "power/control", || {
-                    h.read(&rel).map(|s| s.trim().to_string()).ok()
-                });
-                if now.as_deref() == Some("on") {
-                    return Ok(());
-                }
-                self.write(bdf, &rel, "on", self.t.step)
+                self.set_attr(bdf, "power/control", DevFile::PowerControl, "on")
             }
             Step::Unbind { bdf, driver } => {
                 let now = self.check(bdf, "driver", || device::driver_of(h, bdf));
@@ -321,16 +307,13 @@ impl<'a> Exec<'a> {
             Step::Bind { bdf, driver } => self.bind(bdf, driver),
             Step::SetOverride { bdf, to, .. } => {
                 let rel = paths::dev(bdf, DevFile::DriverOverride);
+                let current = || self.check(bdf, "driver_override", || device::override_of(h, bdf));
                 // Setting a driver: no read first, writing the value it already has changes
                 // nothing and the read-back below is the check (one bounded read, not two).
                 // Clearing: read first, as an undo often finds nothing to clear (a write that
                 // never landed) and a bare newline is then left alone, not written over it.
                 // A write that fails is fine when the value is already there.
-                if to.is_none()
-                    && self
-                        .check(bdf, "driver_override", || device::override_of(h, bdf))
-                        .is_none()
-                {
+                if to.is_none() && current().is_none() {
                     return Ok(());
                 }
                 let data = to.as_deref().unwrap_or("\n");
@@ -340,16 +323,12 @@ impl<'a> Exec<'a> {
                     }
                 }
                 if let Err(e) = self.write(bdf, &rel, data, self.t.step) {
-                    if !e.timed_out()
-                        && self.check(bdf, "driver_override", || device::override_of(h, bdf)) == *to
-                    {
+                    if !e.timed_out() && current() == *to {
                         return Ok(());
                     }
                     return Err(e);
                 }
-                if !self.dry_run
-                    && self.check(bdf, "driver_override", || device::override_of(h, bdf)) != *to
-                {
+                if !self.dry_run && current() != *to {
                     return Err(Error::Failed(format!(
                         "{bdf}: {} did not take {:?}",
                         h.display(&rel),
@@ -468,6 +447,19 @@ impl<'a> Exec<'a> {
     fn check<T>(&self, bdf: &Bdf, what: &str, read: impl FnOnce() -> T) -> T {
         let _t = self.log.span(Cat::Verify, format!("{bdf} read {what}"));
         read()
+    }
+
+    /// Writes `to` to a device attribute unless it already reads so.
+    fn set_attr(&self, bdf: &Bdf, name: &str, file: DevFile, to: &str) -> Result<()> {
+        let h = self.h();
+        let rel = paths::dev(bdf, file);
+        let now = self.check(bdf, name, || {
+            h.read(&rel).map(|s| s.trim().to_string()).ok()
+        });
+        if now.as_deref() == Some(to) {
+            return Ok(());
+        }
+        self.write(bdf, &rel, to, self.t.step)
     }
 
     /// Gives a device to `driver`: explicit bind, falling back to the normal probe.

@@ -1482,10 +1482,11 @@ pub fn scan_with(host: &dyn Host, bdfs: &[Bdf], opts: &Opts, walked: Option<&Pre
     // and the walk of /proc (the other half of the scan's time) runs beside them, taking every
     // fd that can be a device node; the query built from the tables then filters it.
     let walked = walked.filter(|w| w.pending());
-    let walk_beside = walked.is_none() && any_host_driver(&drivers);
+    let host_driver = any_host_driver(&drivers);
+    let walk_beside = walked.is_none() && host_driver;
     let mut sc = std::thread::scope(|s| {
         let walk = walk_beside.then(|| s.spawn(|| walk_all(host)));
-        let classes = any_host_driver(&drivers)
+        let classes = host_driver
             .then(|| walked.and_then(PreWalk::take_classes))
             .flatten();
         let mut sc = Scanner::new(host, opts, &mut notes, drivers, classes);

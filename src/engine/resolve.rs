@@ -225,11 +225,10 @@ fn read_devices(host: &dyn Host, bdfs: &[Bdf]) -> Vec<Option<device::DeviceInfo>
 pub fn resolve_bdfs(host: &dyn Host, bdfs: &[(Bdf, String)]) -> Result<Vec<Resolved>> {
     let mut out: Vec<Resolved> = Vec::new();
     let mut seen: BTreeSet<Bdf> = BTreeSet::new();
-    for (b, origin) in bdfs {
-        if !seen.insert(*b) {
-            continue;
-        }
-        let info = device::read_device(host, b).ok_or_else(|| {
+    let want: Vec<&(Bdf, String)> = bdfs.iter().filter(|(b, _)| seen.insert(*b)).collect();
+    let infos = read_devices(host, &want.iter().map(|(b, _)| *b).collect::<Vec<_>>());
+    for ((b, origin), info) in want.into_iter().zip(infos) {
+        let info = info.ok_or_else(|| {
             Error::Config(format!(
                 "{origin}: PCI device {b} does not exist on this host ({})",
                 host.display(&paths::dev_dir(b))

@@ -1112,12 +1112,7 @@ impl State {
             }
         }
         if let Some(d) = self.devices.get_mut(&bdf) {
-            // vfio-pci lets an idle function runtime-suspend: its probe allows runtime PM
-            // (vfio_pci_core_register_device), so power/control reads "auto".
-            if name == "vfio-pci" {
-                d.s.power_control = "auto".to_string();
-            }
-            d.s.driver = Some(name);
+            set_bound(d, Some(name));
         }
         Ok(())
     }
@@ -1154,11 +1149,7 @@ impl State {
 
     fn detach(&mut self, bdf: Bdf) {
         if let Some(d) = self.devices.get_mut(&bdf) {
-            // ...and its remove forbids it again, whatever power/control read before.
-            if d.s.driver.as_deref() == Some("vfio-pci") {
-                d.s.power_control = "on".to_string();
-            }
-            d.s.driver = None;
+            set_bound(d, None);
         }
     }
 
@@ -1875,6 +1866,18 @@ fn out(code: i32, stdout: &str, stderr: &str) -> CmdOutput {
 }
 
 /// Effects of one reset on one device.
+/// A device's driver becomes `driver` (a probe, a remove): vfio-pci allows runtime PM when it
+/// binds (vfio_pci_core_register_device: power/control reads "auto") and forbids it when it
+/// lets go ("on", whatever power/control read before).
+fn set_bound(d: &mut Dev, driver: Option<String>) {
+    if driver.as_deref() == Some("vfio-pci") {
+        d.s.power_control = "auto".to_string();
+    } else if d.s.driver.as_deref() == Some("vfio-pci") {
+        d.s.power_control = "on".to_string();
+    }
+    d.s.driver = driver;
+}
+
 fn reset_effect(d: &mut Dev, b: &ResetBehaviour) {
     match b {
         ResetBehaviour::Ok | ResetBehaviour::Slow(_) | ResetBehaviour::Together(_) => {
@@ -2306,13 +2309,8 @@ impl SimHost {
                 s.ensure_driver(x);
             }
             if let Some(d) = s.devices.get_mut(&bdf) {
-                // As a bind would have left it (see `probe` and `detach`).
-                if driver == Some("vfio-pci") {
-                    d.s.power_control = "auto".to_string();
-                } else if d.s.driver.as_deref() == Some("vfio-pci") {
-                    d.s.power_control = "on".to_string();
-                }
-                d.s.driver = driver.map(str::to_string);
+                // As a bind or unbind would have left it.
+                set_bound(d, driver.map(str::to_string));
             }
         })
     }

@@ -68,6 +68,11 @@ pub fn driver_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
     host.link_name(&paths::dev(bdf, DevFile::Driver)).ok()
 }
 
+/// `power/control`: "on" or "auto" (None: no such file).
+pub fn power_control_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
+    read_trim(host, &paths::dev(bdf, DevFile::PowerControl))
+}
+
 pub fn override_of(host: &dyn Host, bdf: &Bdf) -> Option<String> {
     read_trim(host, &paths::dev(bdf, DevFile::DriverOverride))
         .filter(|s| s != "(null)" && !s.is_empty())
@@ -100,7 +105,7 @@ pub fn read_device(host: &dyn Host, bdf: &Bdf) -> Option<DeviceInfo> {
     info.iommu_group = iommu_group_of(host, bdf);
     info.boot_vga = read_trim(host, &paths::dev(bdf, DevFile::BootVga)).map(|s| s == "1");
     info.d3cold_allowed = read_trim(host, &paths::dev(bdf, DevFile::D3coldAllowed));
-    info.power_control = read_trim(host, &paths::dev(bdf, DevFile::PowerControl));
+    info.power_control = power_control_of(host, bdf);
     Some(info)
 }
 

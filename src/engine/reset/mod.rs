@@ -741,12 +741,12 @@ impl Ladder<'_, '_> {
         let h = self.h();
         let mut held = Vec::new();
         for b in funcs.iter().filter(|b| self.quirks.hold_d0.contains(b)) {
-            let rel = paths::dev(b, DevFile::PowerControl);
             if device::driver_of(h, b).as_deref() != Some(VFIO)
-                || h.read(&rel).ok().as_deref().map(str::trim) != Some("auto")
+                || device::power_control_of(h, b).as_deref() != Some("auto")
             {
                 continue;
             }
+            let rel = paths::dev(b, DevFile::PowerControl);
             match self.kwrite(&rel, "on", self.budget(self.ctx.cfg.timeouts.step)) {
                 Ok(()) => held.push(*b),
                 Err(e) => self.ctx.log.warn(&format!(
