@@ -288,9 +288,22 @@ pub fn main() -> i32 {
         // thread exists; nix's signal() is unsafe only because a handler could be unsound.
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
-    let mut log = Logger::starting_at(started, verbosity, real_root);
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
-    let code = match run(&cli, host, &mut log) {
+    // The phases that take or give back devices start the guard's walk of /proc first of
+    // all, beside the logger, the config and the state (see `guard::PreWalk`).
+    let prewalk = match &cli.cmd {
+        Cmd::Hook(a)
+            if a.len() == 2
+                && !a[0].is_empty()
+                && a[0].bytes().all(|b| b.is_ascii_digit())
+                && matches!(a[1].as_str(), "pre-start" | "post-stop") =>
+        {
+            crate::engine::guard::PreWalk::start(Arc::clone(&host), a[1] == "pre-start")
+        }
+        _ => crate::engine::guard::PreWalk::none(),
+    };
+    let mut log = Logger::starting_at(started, verbosity, real_root);
+    let code = match run(&cli, host, prewalk, &mut log) {
         Ok(()) => 0,
         Err(e) => {
             log.error(&e.to_string());
@@ -302,7 +315,14 @@ pub fn main() -> i32 {
     code
 }
 
-fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
+/// `prewalk`: the guard's early walk of /proc, started by `main` for a hook's pre-start or
+/// post-stop (none otherwise).
+fn run(
+    cli: &Cli,
+    host: Arc<dyn Host>,
+    prewalk: crate::engine::guard::PreWalk,
+    log: &mut Logger,
+) -> Result<()> {
     let load_cfg = |host: &dyn Host| -> Result<Config> {
         let _t = log.span(crate::log::Cat::Config, "pt-hook.toml");
         config::load(host, cli.global.config.as_deref())
@@ -363,13 +383,6 @@ fn run(cli: &Cli, host: Arc<dyn Host>, log: &mut Logger) -> Result<()> {
             }
             let vmid = parse_vmid(vmid)?;
             log.set_context(&format!("VM {vmid} {phase}"));
-            // The phases that take or give back devices start the guard's walk of /proc now,
-            // beside the config and state reads (see `guard::PreWalk`).
-            let prewalk = if matches!(phase.as_str(), "pre-start" | "post-stop") {
-                crate::engine::guard::PreWalk::start(Arc::clone(&host), phase == "pre-start")
-            } else {
-                crate::engine::guard::PreWalk::none()
-            };
             let cfg = load_armed(&*host, &format!("VM {vmid} {phase}"))?;
             let mut ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
             ctx.prewalk = prewalk;

@@ -16,5 +16,11 @@ mod sysfs;
 mod tests;
 
 fn main() {
+    // One malloc arena for every thread: glibc gives each new thread that allocates an arena
+    // of its own (a 64-128 MiB reservation, an mprotect, a CPU count, fresh pages to fault
+    // in), and a hook phase starts a dozen short-lived threads that allocate little.
+    // SAFETY: mallopt only sets a malloc tunable; no allocation is in flight on another
+    // thread (there is none yet).
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     std::process::exit(cli::main());
 }

@@ -567,7 +567,7 @@ pub fn prepare(
         crate::engine::identity::remember(ctx, key, &p.identity);
         return Ok(());
     }
-    save(ctx, &st)?;
+    // The state is first written with the first batch (below): nothing changes before it.
     // What the addresses hold is remembered beside the kernel's work (the identity check
     // passed above; it is the hardware as it is, whatever the start's outcome).
     let steps = |st: &mut VmState| -> Result<()> {
@@ -704,8 +704,25 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             "{b}: already back on its host driver: verifying it, not resetting it"
         ));
     }
-    // The quirk profiles load while the guard waits for the devices to be free.
-    let (free, profiles) = std::thread::scope(|sc| {
+    // The functions the reset holds at D0 (`reset::hold_d0`), from while the guard waits.
+    let d0: Vec<Bdf> = if with_reset && ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true) {
+        st.devices
+            .iter()
+            .filter(|d| {
+                d.original
+                    .driver
+                    .as_deref()
+                    .is_some_and(|o| o != plan::VFIO)
+            })
+            .map(|d| d.original.bdf)
+            .filter(|b| !back.contains(b))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The quirk profiles load, and the functions to reset are resumed to D0, while the guard
+    // waits for the devices to be free.
+    let (free, profiles, held) = std::thread::scope(|sc| {
         // Only devices pre-start recorded a profile for use one (by its name): with none,
         // there is nothing to parse.
         let need = st.devices.iter().any(|d| d.quirk.is_some());
@@ -718,16 +735,28 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                     .unwrap_or_else(|_| crate::engine::quirks::builtin())
             })
         });
-        let free = wait_for_holders(ctx, &exec, &mut st, &back);
+        let d0 = &d0;
+        let held = (!d0.is_empty())
+            .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
+        // The state says post-stop before anything is reset (written while the functions
+        // resume).
+        let free = wait_for_holders(ctx, &exec, &mut st, &back).and_then(|()| {
+            st.phase = "post-stop".into();
+            st.pid = std::process::id();
+            save(ctx, &st)
+        });
         (
             free,
             q.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            held.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .unwrap_or_default(),
         )
     });
-    free?;
-    st.phase = "post-stop".into();
-    st.pid = std::process::id();
-    save(ctx, &st)?;
+    if let Err(e) = free {
+        // Nothing is reset: the functions stay on vfio-pci as they were.
+        crate::engine::reset::release_d0(ctx, &held, exec.deadline);
+        return Err(e);
+    }
     // An earlier "unrecovered" device that is present again was reset once more just now
     // (post_stop_reset): it stays unrecovered only if that failed too.
     let unrecovered: Vec<Bdf> = if with_reset {
@@ -800,7 +829,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                 restore_now(funcs);
             }
         };
-        let outcome = crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back, &bus_done);
+        let outcome =
+            crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back, &held, &bus_done);
         let mut p = lock();
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(

@@ -554,24 +554,20 @@ impl Host for RealHost {
             .collect();
         // /proc/PID/fd is walked per process; on a host with thousands of processes the walk
         // is most of the guard's cost, so it is split over a few threads.
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 4);
+        let workers = cpus().clamp(1, 4);
         let chunk = pids.len().div_ceil(workers).max(1);
+        let scan = |c: &[u32]| -> Vec<OpenNode> {
+            c.iter()
+                .flat_map(|p| scan_fds(&proc_dir, *p, want))
+                .collect()
+        };
+        let mut chunks = pids.chunks(chunk);
+        // The calling thread walks the first chunk itself: one thread fewer to start.
+        let first = chunks.next().unwrap_or(&[]);
         let mut out = Vec::new();
         std::thread::scope(|sc| {
-            let hs: Vec<_> = pids
-                .chunks(chunk)
-                .map(|c| {
-                    let proc_dir = &proc_dir;
-                    sc.spawn(move || {
-                        c.iter()
-                            .flat_map(|p| scan_fds(proc_dir, *p, want))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
+            let hs: Vec<_> = chunks.map(|c| sc.spawn(move || scan(c))).collect();
+            out.extend(scan(first));
             for h in hs {
                 out.extend(h.join().unwrap_or_default());
             }
@@ -602,6 +598,20 @@ impl Host for RealHost {
         }
         Ok(v)
     }
+}
+
+/// The CPUs this process may run on: one sched_getaffinity(2) (std's available_parallelism
+/// also reads the cgroup files for a CPU quota: a dozen system calls on every hook phase).
+fn cpus() -> usize {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is that of `set`, which we own.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return 1;
+    }
+    // SAFETY: CPU_COUNT only reads the set filled above.
+    (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
 }
 
 /// An open directory read with getdents64(2) directly: open, the reads until one returns 0,

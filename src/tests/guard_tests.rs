@@ -467,6 +467,19 @@ fn post_stop_never_resets_or_unbinds_a_held_function_and_cleanup_restores_later(
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("vfio-pci"));
     assert_eq!(t.sim.writes_to("/reset").len(), before_resets);
     assert!(t.sim.writes_to("vfio-pci/unbind").is_empty());
+    // The functions were resumed to D0 for the reset while the guard waited: nothing was
+    // reset, so they are given back to runtime PM as vfio-pci had them.
+    assert!(
+        !t.sim.writes_to("power/control").is_empty(),
+        "the hold ran beside the guard's wait"
+    );
+    for b in [NVME, VNET] {
+        assert_eq!(
+            t.sim.snapshot().device(b).unwrap().power_control,
+            "auto",
+            "{b}"
+        );
+    }
     // cleanup while held: the same refusal.
     assert!(crate::engine::phase::cleanup(&t.ctx(), None).is_err());
     assert!(t.has_state(100));

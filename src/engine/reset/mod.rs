@@ -101,8 +101,8 @@ pub struct LadderQuirks {
     pub skip: Vec<(Bdf, Vec<String>)>,
     /// Functions whose profile adds the host-rebind rung.
     pub rebind: Vec<(Bdf, HostRebind)>,
-    /// post-stop: functions the restore moves from vfio-pci back to a host driver, which the
-    /// ladder holds at D0 while it runs (see `Ladder::hold_d0`).
+    /// post-stop: functions the restore holds at D0 for the ladder (`hold_d0`); the ladder
+    /// gives those of a slot that does not recover back to runtime PM (`release_d0`).
     pub hold_d0: Vec<Bdf>,
 }
 
@@ -149,8 +149,7 @@ impl Ladder<'_, '_> {
 
     /// A wait of `d`, cut to what is left of the phase.
     fn budget(&self, d: Duration) -> Duration {
-        d.min(self.deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_millis(1))
+        cut(d, self.deadline)
     }
 
     fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
@@ -714,63 +713,19 @@ impl Ladder<'_, '_> {
         Some((i, why))
     }
 
-    /// Runs the ladder on one slot's functions, holding them at D0 meanwhile (`hold_d0`).
+    /// Runs the ladder on one slot's functions (the restore may hold them at D0: `hold_d0`).
     fn run_slot(&self, funcs: &[Bdf]) -> SlotReport {
-        let held = self.hold_d0(funcs);
         let report = self.ladder_slot(funcs);
         if report.verdict == Verdict::Unrecovered {
             // They stay on vfio-pci: let them idle in D3hot again as vfio-pci had them.
-            self.release_d0(&held);
+            let held: Vec<Bdf> = funcs
+                .iter()
+                .copied()
+                .filter(|b| self.quirks.hold_d0.contains(b))
+                .collect();
+            release_d0(self.ctx, &held, self.deadline);
         }
         report
-    }
-
-    /// post-stop: vfio-pci lets an idle function runtime-suspend (power/control "auto"), so
-    /// around a reset the kernel resumes it (the reset), suspends it again (a config read
-    /// right after waits for that) and resumes it once more (the unbind): tens of
-    /// milliseconds for nothing. With power/control "on" for the ladder's run the function
-    /// stays at D0 throughout. Only for functions the restore then unbinds from vfio-pci:
-    /// vfio-pci's remove sets power/control to "on" whatever it was, so the host ends as it
-    /// would have anyway, a crash included (the next restore unbinds them too). A function
-    /// that does not recover stays on vfio-pci and gets "auto" back. A write that fails only
-    /// means the ladder runs without the hold.
-    fn hold_d0(&self, funcs: &[Bdf]) -> Vec<Bdf> {
-        if self.mode != Mode::PostStop {
-            return Vec::new();
-        }
-        let h = self.h();
-        let mut held = Vec::new();
-        for b in funcs.iter().filter(|b| self.quirks.hold_d0.contains(b)) {
-            if device::driver_of(h, b).as_deref() != Some(VFIO)
-                || device::power_control_of(h, b).as_deref() != Some("auto")
-            {
-                continue;
-            }
-            let rel = paths::dev(b, DevFile::PowerControl);
-            match self.kwrite(&rel, "on", self.budget(self.ctx.cfg.timeouts.step)) {
-                Ok(()) => held.push(*b),
-                Err(e) => self.ctx.log.warn(&format!(
-                    "{b}: could not hold it at D0 for the reset ({}: {}); resetting it as it is",
-                    h.display(&rel),
-                    errno_text(&e)
-                )),
-            }
-        }
-        held
-    }
-
-    /// Gives functions `hold_d0` held back to runtime PM ("auto").
-    fn release_d0(&self, held: &[Bdf]) {
-        for b in held {
-            let rel = paths::dev(b, DevFile::PowerControl);
-            if let Err(e) = self.kwrite(&rel, "auto", self.ctx.cfg.timeouts.step) {
-                self.ctx.log.warn(&format!(
-                    "{b}: power/control stays \"on\" ({}: {})",
-                    self.h().display(&rel),
-                    errno_text(&e)
-                ));
-            }
-        }
     }
 
     fn ladder_slot(&self, funcs: &[Bdf]) -> SlotReport {
@@ -1197,6 +1152,82 @@ fn reset_record(r: &SlotReport) -> health::ResetRecord {
     }
 }
 
+/// post-stop: vfio-pci lets an idle function runtime-suspend (power/control "auto"), so
+/// around a reset the kernel resumes it (the reset), suspends it again (a config read right
+/// after waits for that) and resumes it once more (the unbind): tens of milliseconds for
+/// nothing. With power/control "on" from before the ladder until the unbind the function stays
+/// at D0 throughout. `bdfs`: the functions the restore moves from vfio-pci back to a host
+/// driver; only those bound to vfio-pci with "auto" are written, in parallel (each write
+/// waits for the function's resume, ~10 ms from D3hot). The restore issues it while the guard
+/// still waits for QEMU to let go: "on" resets nothing, and vfio-pci keeps a function it has
+/// open at D0 anyway. vfio-pci's remove sets power/control to "on" whatever it was, so the
+/// host ends as it would have anyway, a crash included (the next restore unbinds them too).
+/// A function that does not recover, or a restore that stops before the ladder (a holder
+/// that does not let go), gets "auto" back (`release_d0`). A write that fails only means the
+/// ladder runs without the hold. Returns the functions held. No write waits past `deadline`
+/// (the phase's).
+pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
+    let h = &*ctx.host;
+    let todo: Vec<Bdf> = bdfs
+        .iter()
+        .copied()
+        .filter(|b| {
+            device::driver_of(h, b).as_deref() == Some(VFIO)
+                && device::power_control_of(h, b).as_deref() == Some("auto")
+        })
+        .collect();
+    let hold = |b: &Bdf| -> Option<Bdf> {
+        let rel = paths::dev(b, DevFile::PowerControl);
+        let r = {
+            let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(&rel);
+            let _t = ctx.log.span(Cat::Write, format!("\"on\" > {short}"));
+            write_with_deadline(&ctx.host, &rel, "on", cut(ctx.cfg.timeouts.step, deadline))
+        };
+        match r {
+            Ok(()) => Some(*b),
+            Err(e) => {
+                ctx.log.warn(&format!(
+                    "{b}: could not hold it at D0 for the reset ({}: {}); resetting it as it is",
+                    h.display(&rel),
+                    errno_text(&e)
+                ));
+                None
+            }
+        }
+    };
+    match todo.as_slice() {
+        [] => Vec::new(),
+        [one] => hold(one).into_iter().collect(),
+        many => std::thread::scope(|sc| {
+            let hs: Vec<_> = many.iter().map(|b| sc.spawn(move || hold(b))).collect();
+            hs.into_iter()
+                .filter_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        }),
+    }
+}
+
+/// `d`, cut to what is left until `deadline` (at least 1 ms).
+fn cut(d: Duration, deadline: Instant) -> Duration {
+    d.min(deadline.saturating_duration_since(Instant::now()))
+        .max(Duration::from_millis(1))
+}
+
+/// Gives functions `hold_d0` held back to runtime PM ("auto"), each write by `deadline`.
+pub fn release_d0(ctx: &Ctx, held: &[Bdf], deadline: Instant) {
+    for b in held {
+        let rel = paths::dev(b, DevFile::PowerControl);
+        let t = cut(ctx.cfg.timeouts.step, deadline);
+        if let Err(e) = write_with_deadline(&ctx.host, &rel, "auto", t) {
+            ctx.log.warn(&format!(
+                "{b}: power/control stays \"on\" ({}: {})",
+                ctx.host.display(&rel),
+                errno_text(&e)
+            ));
+        }
+    }
+}
+
 /// What `post_stop_reset` runs for a bus's functions once they are done: the functions, and
 /// those of them that did not recover with why.
 pub type BusDone<'a> = dyn Fn(&[Bdf], &[(Bdf, String)]) + Sync + 'a;
@@ -1209,6 +1240,7 @@ pub struct Outcome {
 /// post-stop: reset every device the VM had, with the VM as owner of all of them.
 /// `profiles`: the quirk profiles in force (the caller loaded them once for the phase).
 /// `skip`: functions already back on their host drivers, never reset.
+/// `held`: the functions the restore holds at D0 (`hold_d0`).
 /// `then(functions, failed)`: run for the functions of each bus once they are done (see
 /// `reset_many_then`), with those of them that did not recover.
 pub fn post_stop_reset(
@@ -1216,6 +1248,7 @@ pub fn post_stop_reset(
     st: &VmState,
     profiles: &[crate::engine::quirks::Profile],
     skip: &[Bdf],
+    held: &[Bdf],
     then: &BusDone,
 ) -> Outcome {
     let mut o = Outcome::default();
@@ -1264,12 +1297,7 @@ pub fn post_stop_reset(
         }
         quirks.add(b, p, d.original.driver.as_deref());
     }
-    quirks.hold_d0 = st
-        .devices
-        .iter()
-        .filter(|d| d.original.driver.as_deref().is_some_and(|o| o != VFIO))
-        .map(|d| d.original.bdf)
-        .collect();
+    quirks.hold_d0 = held.to_vec();
     let bus_done = |reports: &[SlotReport]| {
         let funcs: Vec<Bdf> = reports.iter().flat_map(|r| r.functions.clone()).collect();
         let failed: Vec<(Bdf, String)> = reports
