@@ -723,6 +723,9 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     // The quirk profiles load, and the functions to reset are resumed to D0, while the guard
     // waits for the devices to be free.
     let (free, profiles, held) = std::thread::scope(|sc| {
+        let d0 = &d0;
+        let held = (!d0.is_empty())
+            .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
         // Only devices pre-start recorded a profile for use one (by its name): with none,
         // there is nothing to parse.
         let need = st.devices.iter().any(|d| d.quirk.is_some());
@@ -735,9 +738,6 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                     .unwrap_or_else(|_| crate::engine::quirks::builtin())
             })
         });
-        let d0 = &d0;
-        let held = (!d0.is_empty())
-            .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
         // The state says post-stop before anything is reset (written while the functions
         // resume).
         let free = wait_for_holders(ctx, &exec, &mut st, &back).and_then(|()| {

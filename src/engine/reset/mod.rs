@@ -1168,15 +1168,13 @@ fn reset_record(r: &SlotReport) -> health::ResetRecord {
 /// (the phase's).
 pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
     let h = &*ctx.host;
-    let todo: Vec<Bdf> = bdfs
-        .iter()
-        .copied()
-        .filter(|b| {
-            device::driver_of(h, b).as_deref() == Some(VFIO)
-                && device::power_control_of(h, b).as_deref() == Some("auto")
-        })
-        .collect();
+    // Each function checked and written on its own thread: the writes wait for the resume.
     let hold = |b: &Bdf| -> Option<Bdf> {
+        if device::driver_of(h, b).as_deref() != Some(VFIO)
+            || device::power_control_of(h, b).as_deref() != Some("auto")
+        {
+            return None;
+        }
         let rel = paths::dev(b, DevFile::PowerControl);
         let r = {
             let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(&rel);
@@ -1195,7 +1193,7 @@ pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
             }
         }
     };
-    match todo.as_slice() {
+    match bdfs {
         [] => Vec::new(),
         [one] => hold(one).into_iter().collect(),
         many => std::thread::scope(|sc| {
