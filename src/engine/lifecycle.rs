@@ -362,14 +362,35 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
     steps.extend(plan::pre_start_steps(&devices, &facts));
     let mut post_stop: Vec<String> = Vec::new();
     let active: Vec<&PlannedDevice> = devices.iter().filter(|d| !d.keep).collect();
-    if !active.is_empty() {
+    let list = |ds: &[&&PlannedDevice]| {
+        ds.iter()
+            .map(|d| d.info.bdf.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let all: Vec<&&PlannedDevice> = active.iter().collect();
+    let reset_on = ctx.cfg.vm(vmid).reset_on_stop.unwrap_or(true);
+    if !all.is_empty() && reset_on {
+        // The functions going back to a host driver are held at D0 through the reset
+        // (`reset::hold_d0`).
+        let held: Vec<&&PlannedDevice> = all
+            .iter()
+            .copied()
+            .filter(|d| d.info.driver.as_deref().is_some_and(|o| o != plan::VFIO))
+            // A profile's own power/control pin (Blackwell) stays: nothing to hold.
+            .filter(|d| !d.power.iter().any(|(f, _)| f == "power/control"))
+            .collect();
+        if !held.is_empty() {
+            post_stop.push(format!(
+                "power/control on (held at D0 until the unbind) for {}",
+                list(&held)
+            ));
+        }
+        post_stop.push(format!("reset and verify {}", list(&all)));
+    } else if !all.is_empty() {
         post_stop.push(format!(
-            "reset and verify {}",
-            active
-                .iter()
-                .map(|d| d.info.bdf.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
+            "check config space of {} (no reset: reset_on_stop = false)",
+            list(&all)
         ));
     }
     post_stop.extend(plan::restore_steps(&steps).iter().map(|s| s.to_string()));

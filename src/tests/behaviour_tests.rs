@@ -86,6 +86,40 @@ fn post_stop_holds_the_functions_at_d0_through_the_reset() {
     }
 }
 
+/// `plan` says which functions post-stop holds at D0, and that nothing is reset when
+/// reset_on_stop is off.
+#[test]
+fn plan_names_the_d0_hold_and_a_post_stop_without_reset() {
+    let mut t = T::new();
+    t.sim.set_driver(NVME, Some("vfio-pci"));
+    let p = lifecycle::plan_vm(&t.ctx(), 100).unwrap();
+    assert_eq!(
+        p.post_stop[0],
+        format!("power/control on (held at D0 until the unbind) for {VNET}"),
+        "{:?}",
+        p.post_stop
+    );
+    assert_eq!(p.post_stop[1], format!("reset and verify {NVME} {VNET}"));
+    t.cfg.vm.insert(
+        100,
+        crate::parse::config::VmOptions {
+            reset_on_stop: Some(false),
+            ..Default::default()
+        },
+    );
+    let p = lifecycle::plan_vm(&t.ctx(), 100).unwrap();
+    assert_eq!(
+        p.post_stop[0],
+        format!("check config space of {NVME} {VNET} (no reset: reset_on_stop = false)"),
+        "{:?}",
+        p.post_stop
+    );
+    assert!(!p
+        .post_stop
+        .iter()
+        .any(|l| l.contains("reset and verify") || l.contains("D0")));
+}
+
 /// A function whose host driver is vfio-pci itself stays there after post-stop: it is not
 /// held (nothing would put "auto" back after a crash).
 #[test]

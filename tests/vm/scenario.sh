@@ -546,6 +546,7 @@ if section hook-basics; then
     check hook.plan-changes-nothing all_original
     hook plan 100
     check hook.plan-text-exit-0 rc_is 0
+    check hook.plan-names-the-d0-hold out_has "power/control on (held at D0 until the unbind) for 0000:"
     hook status --json
     check hook.status-json-exit-0 rc_is 0
     check hook.status-json-is-json out_json
