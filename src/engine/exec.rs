@@ -58,8 +58,7 @@ impl<'a> Exec<'a> {
 
     /// The time a step may take: its own budget, capped by what is left of the phase.
     fn budget(&self, d: Duration) -> Duration {
-        d.min(self.deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_millis(1))
+        crate::host::within(d, self.deadline)
     }
 
     pub fn write(&self, what: &Bdf, rel: &str, data: &str, timeout: Duration) -> Result<()> {

@@ -362,18 +362,17 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
     steps.extend(plan::pre_start_steps(&devices, &facts));
     let mut post_stop: Vec<String> = Vec::new();
     let active: Vec<&PlannedDevice> = devices.iter().filter(|d| !d.keep).collect();
-    let list = |ds: &[&&PlannedDevice]| {
+    let list = |ds: &[&PlannedDevice]| {
         ds.iter()
             .map(|d| d.info.bdf.to_string())
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let all: Vec<&&PlannedDevice> = active.iter().collect();
-    let reset_on = ctx.cfg.vm(vmid).reset_on_stop.unwrap_or(true);
-    if !all.is_empty() && reset_on {
+    let reset_on = ctx.cfg.vm(vmid).resets_on_stop();
+    if !active.is_empty() && reset_on {
         // The functions going back to a host driver are held at D0 through the reset
         // (`reset::hold_d0`).
-        let held: Vec<&&PlannedDevice> = all
+        let held: Vec<&PlannedDevice> = active
             .iter()
             .copied()
             .filter(|d| d.info.driver.as_deref().is_some_and(|o| o != plan::VFIO))
@@ -386,11 +385,11 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
                 list(&held)
             ));
         }
-        post_stop.push(format!("reset and verify {}", list(&all)));
-    } else if !all.is_empty() {
+        post_stop.push(format!("reset and verify {}", list(&active)));
+    } else if !active.is_empty() {
         post_stop.push(format!(
             "check config space of {} (no reset: reset_on_stop = false)",
-            list(&all)
+            list(&active)
         ));
     }
     post_stop.extend(plan::restore_steps(&steps).iter().map(|s| s.to_string()));
@@ -726,7 +725,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         ));
     }
     // The functions the reset holds at D0 (`reset::hold_d0`), from while the guard waits.
-    let d0: Vec<Bdf> = if with_reset && ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true) {
+    let d0: Vec<Bdf> = if with_reset && ctx.cfg.vm(st.vmid).resets_on_stop() {
         st.devices
             .iter()
             .filter(|d| {

@@ -204,19 +204,7 @@ pub fn resolve(
 
 /// `device::read_device` of each of `bdfs`, on a thread each (one alone: on this one).
 fn read_devices(host: &dyn Host, bdfs: &[Bdf]) -> Vec<Option<device::DeviceInfo>> {
-    if bdfs.len() < 2 {
-        return bdfs.iter().map(|b| device::read_device(host, b)).collect();
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = bdfs
-            .iter()
-            .map(|b| s.spawn(move || device::read_device(host, b)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+    crate::host::side_by_side(bdfs, |b| device::read_device(host, b))
 }
 
 /// An explicit list of functions (libvirt `<hostdev>`s), each with where it came from. Every

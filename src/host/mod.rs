@@ -463,6 +463,27 @@ pub fn write_with_deadline(
     Arc::clone(host).write_bounded(rel, data, timeout)
 }
 
+/// `d`, cut to what is left until `deadline` (at least 1 ms): a step's own budget within the
+/// phase's.
+pub fn within(d: Duration, deadline: Instant) -> Duration {
+    d.min(deadline.saturating_duration_since(Instant::now()))
+        .max(Duration::from_millis(1))
+}
+
+/// `f` of each item, the items on a thread each (one alone: on this thread), in their order.
+pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let hs: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// Polls `check` until it returns Some or the deadline passes. The interval starts at 1 ms and
 /// doubles up to 50 ms, like the kernel's own readiness polls.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {

@@ -1865,7 +1865,6 @@ fn out(code: i32, stdout: &str, stderr: &str) -> CmdOutput {
     }
 }
 
-/// Effects of one reset on one device.
 /// A device's driver becomes `driver` (a probe, a remove): vfio-pci allows runtime PM when it
 /// binds (vfio_pci_core_register_device: power/control reads "auto") and forbids it when it
 /// lets go ("on", whatever power/control read before).
@@ -1878,6 +1877,7 @@ fn set_bound(d: &mut Dev, driver: Option<String>) {
     d.s.driver = driver;
 }
 
+/// Effects of one reset on one device.
 fn reset_effect(d: &mut Dev, b: &ResetBehaviour) {
     match b {
         ResetBehaviour::Ok | ResetBehaviour::Slow(_) | ResetBehaviour::Together(_) => {

@@ -91,6 +91,13 @@ pub struct VmOptions {
     pub release_containers: Option<bool>,
 }
 
+impl VmOptions {
+    /// Whether post-stop resets the VM's devices (`reset_on_stop`, default true).
+    pub fn resets_on_stop(&self) -> bool {
+        self.reset_on_stop.unwrap_or(true)
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {

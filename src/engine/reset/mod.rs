@@ -14,7 +14,7 @@ use crate::engine::plan::VFIO;
 use crate::engine::state::VmState;
 use crate::error::{Error, Result};
 use crate::host::paths::{self, DevFile};
-use crate::host::{errno_text, poll_until, write_with_deadline, Host};
+use crate::host::{errno_text, poll_until, within, write_with_deadline, Host};
 use crate::log::{fmt_dur, Cat};
 use crate::pci::Bdf;
 use crate::sysfs::device::{self, DeviceInfo};
@@ -149,7 +149,7 @@ impl Ladder<'_, '_> {
 
     /// A wait of `d`, cut to what is left of the phase.
     fn budget(&self, d: Duration) -> Duration {
-        cut(d, self.deadline)
+        within(d, self.deadline)
     }
 
     fn write(&self, what: &Bdf, rel: &str, data: &str, t: Duration) -> Result<()> {
@@ -165,12 +165,7 @@ impl Ladder<'_, '_> {
 
     /// A kernel write of the ladder, timed.
     fn kwrite(&self, rel: &str, data: &str, t: Duration) -> io::Result<()> {
-        let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(rel);
-        let _t = self
-            .ctx
-            .log
-            .span(Cat::Write, format!("{:?} > {short}", data.trim_end()));
-        write_with_deadline(&self.ctx.host, rel, data, t)
+        kwrite(self.ctx, rel, data, t)
     }
 
     /// The checks after every rung.
@@ -1169,19 +1164,14 @@ fn reset_record(r: &SlotReport) -> health::ResetRecord {
 pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
     let h = &*ctx.host;
     // Each function checked and written on its own thread: the writes wait for the resume.
-    let hold = |b: &Bdf| -> Option<Bdf> {
+    let held = crate::host::side_by_side(bdfs, |b| -> Option<Bdf> {
         if device::driver_of(h, b).as_deref() != Some(VFIO)
             || device::power_control_of(h, b).as_deref() != Some("auto")
         {
             return None;
         }
         let rel = paths::dev(b, DevFile::PowerControl);
-        let r = {
-            let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(&rel);
-            let _t = ctx.log.span(Cat::Write, format!("\"on\" > {short}"));
-            write_with_deadline(&ctx.host, &rel, "on", cut(ctx.cfg.timeouts.step, deadline))
-        };
-        match r {
+        match kwrite(ctx, &rel, "on", within(ctx.cfg.timeouts.step, deadline)) {
             Ok(()) => Some(*b),
             Err(e) => {
                 ctx.log.warn(&format!(
@@ -1192,30 +1182,24 @@ pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
                 None
             }
         }
-    };
-    match bdfs {
-        [] => Vec::new(),
-        [one] => hold(one).into_iter().collect(),
-        many => std::thread::scope(|sc| {
-            let hs: Vec<_> = many.iter().map(|b| sc.spawn(move || hold(b))).collect();
-            hs.into_iter()
-                .filter_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        }),
-    }
+    });
+    held.into_iter().flatten().collect()
 }
 
-/// `d`, cut to what is left until `deadline` (at least 1 ms).
-fn cut(d: Duration, deadline: Instant) -> Duration {
-    d.min(deadline.saturating_duration_since(Instant::now()))
-        .max(Duration::from_millis(1))
+/// A kernel write under the reset, timed (`"on" > 0000:02:00.0/power/control`).
+fn kwrite(ctx: &Ctx, rel: &str, data: &str, t: Duration) -> io::Result<()> {
+    let short = rel.strip_prefix("sys/bus/pci/devices/").unwrap_or(rel);
+    let _t = ctx
+        .log
+        .span(Cat::Write, format!("{:?} > {short}", data.trim_end()));
+    write_with_deadline(&ctx.host, rel, data, t)
 }
 
 /// Gives functions `hold_d0` held back to runtime PM ("auto"), each write by `deadline`.
 pub fn release_d0(ctx: &Ctx, held: &[Bdf], deadline: Instant) {
     for b in held {
         let rel = paths::dev(b, DevFile::PowerControl);
-        let t = cut(ctx.cfg.timeouts.step, deadline);
+        let t = within(ctx.cfg.timeouts.step, deadline);
         if let Err(e) = write_with_deadline(&ctx.host, &rel, "auto", t) {
             ctx.log.warn(&format!(
                 "{b}: power/control stays \"on\" ({}: {})",
@@ -1250,7 +1234,7 @@ pub fn post_stop_reset(
     then: &BusDone,
 ) -> Outcome {
     let mut o = Outcome::default();
-    let reset_on = ctx.cfg.vm(st.vmid).reset_on_stop.unwrap_or(true);
+    let reset_on = ctx.cfg.vm(st.vmid).resets_on_stop();
     let bdfs: Vec<Bdf> = st
         .bdfs()
         .into_iter()
