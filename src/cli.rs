@@ -345,6 +345,7 @@ fn run(
             crate::engine::quirks::load_all(host, &cfg)?;
         }
         if !cli.global.dry_run {
+            let _t = log.span(crate::log::Cat::Config, "cluster config copy");
             if let Err(w) = crate::parse::cluster::update_cache(host, &cfg.origin.cache) {
                 cfg.origin.warnings.push(w);
             }
@@ -533,8 +534,9 @@ pub fn config_warnings(cfg: &Config, log: &Logger) {
 
 fn make_ctx<'a>(host: Arc<dyn Host>, cfg: &'a Config, log: &'a Logger, dry_run: bool) -> Ctx<'a> {
     config_warnings(cfg, log);
+    let node = log.timed(crate::log::Cat::Startup, "node name", || host.node_name());
     Ctx {
-        node: host.node_name(),
+        node,
         host,
         cfg,
         log,

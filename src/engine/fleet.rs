@@ -411,6 +411,7 @@ pub fn publish_after(ctx: &Ctx, phase: &str) {
     if !ctx.cfg.cluster.publish {
         return;
     }
+    let _t = ctx.log.span(crate::log::Cat::Run, "inventory publish");
     // Without /etc/pve (a libvirt host, plain Debian) there is nothing to publish to. Listing
     // /etc reads only the local file system, never pmxcfs.
     let has_pve = ctx

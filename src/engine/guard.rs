@@ -305,6 +305,16 @@ const CLASSES: [&str; 13] = [
 /// thread of their own beside the others.
 const LONG_CLASSES: [&str; 3] = ["tty", "misc", "input"];
 
+/// A tty that is never a PCI function's: the virtual consoles (`tty` and a number: the VT
+/// layer owns those names), `/dev/tty`, `/dev/console` and `/dev/ptmx`. The tty table holds
+/// dozens of them; the links of the rest (serial ports: `ttyS0`, `ttyUSB0`, ...) are read.
+fn virtual_tty(name: &str) -> bool {
+    matches!(name, "tty" | "console" | "ptmx")
+        || name
+            .strip_prefix("tty")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Where a class table comes in `Facts::class`.
 fn class_rank(c: &str) -> usize {
     CLASSES.iter().position(|n| *n == c).unwrap_or(usize::MAX)
@@ -654,7 +664,8 @@ impl<'a> Scanner<'a> {
         let mut class = Vec::new();
         for &c in classes {
             let dir = format!("sys/class/{c}");
-            for (name, link) in host.list_links(&dir).unwrap_or_default() {
+            let keep = |n: &str| !(c == "tty" && virtual_tty(n));
+            for (name, link) in host.list_links_where(&dir, &keep).unwrap_or_default() {
                 if !paths::safe_name(&name) {
                     continue;
                 }
@@ -1376,8 +1387,8 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
 
 /// A walk of every process's fds (`NodeQuery::all`) started when a hook phase starts, before
 /// its config, state and devices are read: the walk is half of the guard's time and needs
-/// none of them. In a pre-start (functions on host drivers) the class tables are read beside
-/// it, for the same reason. The phase's first scan takes them (`take`), filters the walk with
+/// none of them. In a pre-start (functions on host drivers) the class tables are read by the
+/// same thread first, for the same reason. The phase's first scan takes them (`take`), filters the walk with
 /// its own query and reads everything else then; a later scan (a wait for a holder to let go,
 /// a rescan with companions) reads again. A process that opens a node between the walk and
 /// the step after the scan is missed, as one that opens it between any scan and that step is;
@@ -1385,9 +1396,9 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
 #[derive(Default)]
 pub struct PreWalk {
     walk: std::sync::Mutex<Option<std::thread::JoinHandle<Walked>>>,
-    /// pre-start: the class tables, read beside the walk (the functions are on host drivers
-    /// then, so the first scan needs them).
-    classes: std::sync::Mutex<Option<std::thread::JoinHandle<Vec<ClassDev>>>>,
+    /// pre-start: the class tables, read first by the walk's thread (the functions are on
+    /// host drivers then, so the first scan needs them, before the walk).
+    classes: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Vec<ClassDev>>>>,
     /// When the taken walk ran (for the timing breakdown).
     ran: std::sync::Mutex<Option<(std::time::Instant, std::time::Instant)>>,
 }
@@ -1405,23 +1416,22 @@ impl PreWalk {
 
     /// `with_classes`: read the class tables too (a pre-start).
     pub fn start(host: std::sync::Arc<dyn Host>, with_classes: bool) -> PreWalk {
-        let classes = with_classes
-            .then(|| {
-                let host = std::sync::Arc::clone(&host);
-                std::thread::Builder::new()
-                    .name("guard-classes".into())
-                    .spawn(move || Scanner::class_devs(&*host, &CLASSES))
-                    .ok()
-            })
-            .flatten();
+        // One thread: the class tables first (the scan needs them before the walk), sent as
+        // soon as they are read, then the walk.
+        let (tx, rx) = std::sync::mpsc::channel();
         let h = std::thread::Builder::new()
             .name("guard-walk".into())
             .spawn(move || {
+                if with_classes {
+                    let _ = tx.send(Scanner::class_devs(&*host, &CLASSES));
+                }
+                drop(tx);
                 let t = std::time::Instant::now();
                 let r = walk_all(&*host);
                 (r, t, std::time::Instant::now())
             })
             .ok();
+        let classes = (with_classes && h.is_some()).then_some(rx);
         PreWalk {
             walk: std::sync::Mutex::new(h),
             classes: std::sync::Mutex::new(classes),
@@ -1429,10 +1439,10 @@ impl PreWalk {
         }
     }
 
-    /// The class tables read beside the walk, once.
+    /// The class tables read before the walk, once.
     fn take_classes(&self) -> Option<Vec<ClassDev>> {
-        let h = self.classes.lock().ok()?.take()?;
-        h.join().ok()
+        let rx = self.classes.lock().ok()?.take()?;
+        rx.recv().ok()
     }
 
     /// The walk, once (None: none was started, or it was taken).
@@ -1587,6 +1597,18 @@ mod tests {
         assert!(LONG_CLASSES.iter().all(|c| CLASSES.contains(c)));
         let ranks: Vec<usize> = CLASSES.iter().map(|c| class_rank(c)).collect();
         assert_eq!(ranks, (0..CLASSES.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn only_virtual_ttys_are_skipped() {
+        for n in ["tty", "tty0", "tty1", "tty63", "console", "ptmx"] {
+            assert!(virtual_tty(n), "{n}");
+        }
+        for n in [
+            "ttyS0", "ttyUSB0", "ttyACM1", "ttyAMA0", "ttyx", "tty1a", "hvc0",
+        ] {
+            assert!(!virtual_tty(n), "{n}");
+        }
     }
 
     #[test]

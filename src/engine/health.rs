@@ -851,13 +851,14 @@ pub fn apply_phase(f: &mut MemoryFile, phase: Phase, took: Duration, ok: bool, n
 }
 
 /// Changes the memory under its lock: read (a damaged file is reported, moved aside to
-/// `health.json.corrupt` and replaced), `change`, write atomically, then `after` with the new
+/// `health.json.corrupt` and replaced), `change` (given this boot's id, read when it asks),
+/// write atomically, then `after` with the new
 /// content while the lock is still held (the metrics file). Never fails: returns false, with
 /// a warning, when the memory could not be locked or written.
 pub fn update(
     host: &dyn Host,
     log: &Logger,
-    change: impl FnOnce(&mut MemoryFile, Option<&str>),
+    change: impl FnOnce(&mut MemoryFile, &dyn Fn() -> Option<String>),
     after: impl FnOnce(&MemoryFile),
 ) -> bool {
     let file = host.display(paths::HEALTH_FILE);
@@ -889,8 +890,9 @@ pub fn update(
             MemoryFile::default()
         }
     };
-    let boot = boot_id(host);
-    change(&mut f, boot.as_deref());
+    // This boot's id, read only by a change that needs it (a reset's record).
+    let boot = std::cell::OnceCell::new();
+    change(&mut f, &|| boot.get_or_init(|| boot_id(host)).clone());
     let mut bytes = serde_json::to_vec_pretty(&f).unwrap_or_default();
     bytes.push(b'\n');
     if bytes.len() > MAX_FILE_BYTES {
@@ -922,7 +924,7 @@ pub fn record_resets(host: &dyn Host, log: &Logger, records: &[ResetRecord], lea
     update(
         host,
         log,
-        |f, boot| apply_resets(f, records, learn, now, boot),
+        |f, boot| apply_resets(f, records, learn, now, boot().as_deref()),
         |_| {},
     );
 }

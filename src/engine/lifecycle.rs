@@ -64,13 +64,34 @@ pub fn plan_vm(ctx: &Ctx, vmid: u32) -> Result<VmPlan> {
         .timed(Cat::Config, format!("VM {vmid} config"), || {
             resolve::load_vm_config(ctx.h(), vmid)
         })?;
-    let resolved = ctx
-        .log
-        .timed(Cat::Resolve, "hostpci lines, IOMMU groups", || {
-            resolve::resolve(ctx.h(), &vmcfg, &ctx.node, ctx.log)
-        })?;
-    plan_resolved(ctx, &VmKey::Pve(vmid), resolved)
+    let key = VmKey::Pve(vmid);
+    let all = device::list_all(ctx.h());
+    // The guard's scan of the functions the hostpci lines name (it only reads) runs beside
+    // resolve, which reads those functions and their IOMMU groups: when resolve adds nobody
+    // (no group member, no mapping) the plan uses it (`plan_resolved`).
+    let named = resolve::named_functions(&vmcfg, &all).filter(|b| !b.is_empty());
+    std::thread::scope(|sc| {
+        let key = &key;
+        let early = named.map(|bdfs| {
+            let scan = {
+                let bdfs = bdfs.clone();
+                sc.spawn(move || guard_scan(ctx, key, &bdfs))
+            };
+            let join: EarlyScan<'_> =
+                Box::new(move || scan.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (bdfs, join)
+        });
+        let resolved = ctx
+            .log
+            .timed(Cat::Resolve, "hostpci lines, IOMMU groups", || {
+                resolve::resolve_listed(ctx.h(), &vmcfg, &ctx.node, ctx.log, all)
+            });
+        plan_resolved_with(ctx, key, resolved?, early)
+    })
 }
+
+/// The result of a guard scan still running beside the caller (its join).
+type EarlyScan<'a> = Box<dyn FnOnce() -> guard::Report + 'a>;
 
 /// The plan for an explicit list of functions (libvirt hostdevs): same steps as `plan_vm`.
 /// `key.vmid()` selects `[vm.N]` options (0, the defaults, for a libvirt domain).
@@ -295,6 +316,18 @@ fn guard_plan(
 }
 
 fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPlan> {
+    plan_resolved_with(ctx, key, resolved, None)
+}
+
+/// `scanned`: a guard scan started beside resolve, of the functions it names (`plan_vm`),
+/// and its join; it is used when those are the functions resolve found (joined after the
+/// checks below have started), otherwise they are scanned here.
+fn plan_resolved_with(
+    ctx: &Ctx,
+    key: &VmKey,
+    resolved: Vec<Resolved>,
+    scanned: Option<(Vec<Bdf>, EarlyScan<'_>)>,
+) -> Result<VmPlan> {
     let vmid = key.vmid();
     let mut devices: Vec<PlannedDevice> = resolved.into_iter().map(planned).collect();
     let mut warnings = Vec::new();
@@ -309,12 +342,17 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
                 crate::engine::identity::check(ctx.h(), key, &named, &mut id_warnings)
             })
         });
-        // The guard's scan of the named functions (only reads) runs beside the profiles too.
-        let scanned = guarded_bdfs(&named);
-        let early = sc.spawn(move || {
-            let r = guard_scan(ctx, key, &scanned);
-            (scanned, r)
-        });
+        // The guard's scan of the named functions (only reads) runs beside the profiles too,
+        // unless it already ran beside resolve.
+        let want = guarded_bdfs(&named);
+        let ready = scanned.filter(|(b, _)| *b == want);
+        let early = match ready {
+            Some(running) => Ok(running),
+            None => Err(sc.spawn(move || {
+                let r = guard_scan(ctx, key, &want);
+                (want, r)
+            })),
+        };
         let planned = (|| -> Result<Vec<Step>> {
             ctx.log.timed(Cat::Quirks, "load and match", || {
                 crate::engine::quirks::apply_profiles(ctx.h(), ctx.cfg, &mut devices, &mut warnings)
@@ -324,9 +362,10 @@ fn plan_resolved(ctx: &Ctx, key: &VmKey, resolved: Vec<Resolved>) -> Result<VmPl
             drop(plan_t);
             Ok(handoff)
         })();
-        let early = early
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let early = match early {
+            Ok((bdfs, join)) => (bdfs, join()),
+            Err(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        };
         let planned = planned.map(|handoff| {
             let g = guard_plan(ctx, key, vmid, &devices, &handoff, Some(early));
             (handoff, g)
@@ -725,7 +764,8 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         ));
     }
     // The functions the reset holds at D0 (`reset::hold_d0`), from while the guard waits.
-    let d0: Vec<Bdf> = if with_reset && ctx.cfg.vm(st.vmid).resets_on_stop() {
+    let resets = with_reset && ctx.cfg.vm(st.vmid).resets_on_stop();
+    let d0: Vec<Bdf> = if resets {
         st.devices
             .iter()
             .filter(|d| {
@@ -742,21 +782,23 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     };
     // The quirk profiles load, and the functions to reset are resumed to D0, while the guard
     // waits for the devices to be free.
-    let (free, profiles, held) = std::thread::scope(|sc| {
+    let (free, (profiles, pre), held) = std::thread::scope(|sc| {
         let d0 = &d0;
         let held = (!d0.is_empty())
             .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
         // Only devices pre-start recorded a profile for use one (by its name): with none,
-        // there is nothing to parse.
+        // there is nothing to parse. The ladder's reset memory is read here too.
         let need = st.devices.iter().any(|d| d.quirk.is_some());
         let q = sc.spawn(move || {
+            let memory = resets.then(|| crate::engine::reset::load_memory(ctx));
             if !need {
-                return Vec::new();
+                return (Vec::new(), memory);
             }
-            ctx.log.timed(Cat::Quirks, "load", || {
+            let profiles = ctx.log.timed(Cat::Quirks, "load", || {
                 crate::engine::quirks::load_all(ctx.h(), ctx.cfg)
                     .unwrap_or_else(|_| crate::engine::quirks::builtin())
-            })
+            });
+            (profiles, memory)
         });
         // The state says post-stop before anything is reset (written while the functions
         // resume).
@@ -767,7 +809,10 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         });
         (
             free,
-            q.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            {
+                let (profiles, memory) = q.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (profiles, crate::engine::reset::Preread { memory })
+            },
             held.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .unwrap_or_default(),
         )
@@ -849,8 +894,9 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                 restore_now(funcs);
             }
         };
-        let outcome =
-            crate::engine::reset::post_stop_reset(ctx, &st, &profiles, &back, &held, &bus_done);
+        let outcome = crate::engine::reset::post_stop_reset(
+            ctx, &st, &profiles, &back, &held, pre, &bus_done,
+        );
         let mut p = lock();
         for (b, msg) in outcome.failed {
             ctx.log.error(&format!(

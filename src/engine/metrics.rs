@@ -16,6 +16,7 @@ use crate::engine::plan::VFIO;
 use crate::engine::state;
 use crate::host::paths::{self, DevFile};
 use crate::host::{errno_text, Host};
+use crate::log::Cat;
 use crate::pci::Bdf;
 use crate::sysfs::device;
 
@@ -258,6 +259,7 @@ pub fn phase_done(ctx: &Ctx, phase: Phase, took: Duration, ok: bool) {
     if ctx.dry_run {
         return;
     }
+    let _t = ctx.log.span(Cat::State, "phase metrics");
     let now = health::now_secs();
     let host = ctx.h();
     health::update(

@@ -76,6 +76,30 @@ fn skipped_lines(f: &MappingFile, name: &str) -> String {
     }
 }
 
+/// The functions a VM config's hostpci lines name by address that pt-hook moves (not
+/// `driver=keep`, not mdev), in the order `resolve` lists them, before anything is read about
+/// them: what the guard can scan beside `resolve`. None when a line names a mapping (its
+/// entry is chosen by what `resolve` reads). `all`: `device::list_all`. An address that
+/// matches nothing is left to `resolve` to report.
+pub fn named_functions(cfg: &VmConfig, all: &[Bdf]) -> Option<Vec<Bdf>> {
+    let mut seen: BTreeSet<Bdf> = BTreeSet::new();
+    let mut out = Vec::new();
+    for hp in &cfg.hostpci {
+        let keep = hp.driver == DriverMode::Keep || hp.mdev.is_some();
+        let HostSource::Host(addrs) = &hp.source else {
+            return None;
+        };
+        for a in addrs {
+            for b in all.iter().filter(|b| a.matches(b)) {
+                if seen.insert(*b) && !keep {
+                    out.push(*b);
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Resolves a VM's devices. Errors here are configuration errors (exit 2): nothing has been
 /// touched yet.
 pub fn resolve(
@@ -84,7 +108,17 @@ pub fn resolve(
     node: &str,
     log: &crate::log::Logger,
 ) -> Result<Vec<Resolved>> {
-    let all = device::list_all(host);
+    resolve_listed(host, cfg, node, log, device::list_all(host))
+}
+
+/// `resolve` with the host's functions already listed (`all`: `device::list_all`).
+pub fn resolve_listed(
+    host: &dyn Host,
+    cfg: &VmConfig,
+    node: &str,
+    log: &crate::log::Logger,
+    all: Vec<Bdf>,
+) -> Result<Vec<Resolved>> {
     let mut out: Vec<Resolved> = Vec::new();
     let mut seen: BTreeSet<Bdf> = BTreeSet::new();
     let mut mappings: Option<MappingFile> = None;
@@ -268,4 +302,49 @@ fn add_group_members(host: &dyn Host, out: &mut Vec<Resolved>, seen: &mut BTreeS
 
 fn cfg_file(_host: &dyn Host, vmid: u32) -> String {
     format!("VM {vmid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bdf {
+        Bdf::parse(s).unwrap()
+    }
+
+    #[test]
+    fn named_functions_follow_the_hostpci_lines_without_keep_or_mappings() {
+        let all = vec![
+            b("0000:01:00.0"),
+            b("0000:01:00.1"),
+            b("0000:02:00.0"),
+            b("0000:03:00.0"),
+        ];
+        let cfg = parse_vm_config(
+            "hostpci0: 0000:02:00.0\nhostpci1: 01:00\nhostpci2: 0000:03:00.0,driver=keep\nhostpci3: 0000:02:00.0\n",
+            "100.conf",
+            100,
+        )
+        .unwrap();
+        // In resolve's order, each once; driver=keep left out; a function named twice counts
+        // where it was first named.
+        assert_eq!(
+            named_functions(&cfg, &all),
+            Some(vec![
+                b("0000:02:00.0"),
+                b("0000:01:00.0"),
+                b("0000:01:00.1")
+            ])
+        );
+        let mapped = parse_vm_config(
+            "hostpci0: 0000:02:00.0\nhostpci1: mapping=gpu\n",
+            "101.conf",
+            101,
+        )
+        .unwrap();
+        assert_eq!(named_functions(&mapped, &all), None);
+        // An address that matches nothing names nothing (resolve reports it).
+        let none = parse_vm_config("hostpci0: 0000:09:00.0\n", "102.conf", 102).unwrap();
+        assert_eq!(named_functions(&none, &all), Some(vec![]));
+    }
 }

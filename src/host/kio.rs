@@ -39,7 +39,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(test)]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -81,7 +83,6 @@ static DEADLINE: Mutex<Deadline> = Mutex::new(Deadline {
     at: None,
     read_timeout: DEFAULT_READ_TIMEOUT,
 });
-static ARMED: AtomicU64 = AtomicU64::new(0);
 /// Children that timed out (or had not exited yet when their report arrived).
 static PENDING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
@@ -90,11 +91,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Sets the process-wide hard deadline to `phase_timeout` from now: no bounded op waits beyond
-/// it (`cap`), reads without a timeout wait at most `read_timeout`, and a watchdog thread
-/// writes one line naming `phase` to stderr and ends the process with `_exit(1)` if it is still
+/// it (`cap`), reads without a timeout wait at most `read_timeout`, and the watchdog writes
+/// one line naming `phase` to stderr and ends the process with `_exit(1)` if it is still
 /// running `WATCHDOG_GRACE` after the deadline (stuck in logic, a wait that is not bounded).
 /// The write-ahead state makes that like a crash: `pt-hook cleanup` recovers. Calling it again
 /// replaces the deadline and the watchdog.
+///
+/// The watchdog is the process's real-time interval timer (`setitimer(ITIMER_REAL)`) and a
+/// SIGALRM handler that only calls write(2) and _exit(2), both async-signal-safe: no thread to
+/// start on every phase. Children do not inherit the timer (fork and the helpers' clone start
+/// without one; exec resets the handler).
 pub fn arm_phase_deadline(phase: &str, phase_timeout: Duration, read_timeout: Duration) {
     let at = Instant::now() + phase_timeout;
     {
@@ -102,7 +108,6 @@ pub fn arm_phase_deadline(phase: &str, phase_timeout: Duration, read_timeout: Du
         d.at = Some(at);
         d.read_timeout = read_timeout;
     }
-    let gen = ARMED.fetch_add(1, Ordering::SeqCst) + 1;
     let msg = format!(
         "pt-hook: {}: still running {} after the phase deadline ({}): exiting now; the state in /run/pt-hook is kept, run `pt-hook cleanup`\n",
         crate::log::escape_controls(phase),
@@ -110,24 +115,51 @@ pub fn arm_phase_deadline(phase: &str, phase_timeout: Duration, read_timeout: Du
         humantime::format_duration(phase_timeout)
     )
     .into_bytes();
-    let _ = std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || loop {
-            let now = Instant::now();
-            let fire = at + WATCHDOG_GRACE;
-            if ARMED.load(Ordering::SeqCst) != gen {
-                return;
-            }
-            if now >= fire {
-                // SAFETY: write(2) of a buffer we own, then _exit(2): no unwinding, no atexit
-                // handlers, no locks taken.
-                unsafe {
-                    libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(1);
-                }
-            }
-            std::thread::sleep((fire - now).min(Duration::from_millis(200)));
-        });
+    // The message lives as long as the process (a phase arms once or twice): the handler
+    // may read it at any moment.
+    let msg: &'static Vec<u8> = Box::leak(Box::new(msg));
+    WATCHDOG_MSG.store((msg as *const Vec<u8>).cast_mut(), Ordering::SeqCst);
+    let fire = phase_timeout.saturating_add(WATCHDOG_GRACE);
+    // SAFETY: sigaction installs a handler that is async-signal-safe (`on_watchdog`), with
+    // every signal blocked while it runs; setitimer only arms this process's timer. Both take
+    // pointers to values we own for the duration of the call.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_watchdog as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+        let it = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            it_value: libc::timeval {
+                tv_sec: fire.as_secs().min(i32::MAX as u64) as libc::time_t,
+                // Never 0 with 0 seconds (that would disarm it).
+                tv_usec: fire.subsec_micros().max(u32::from(fire.as_secs() == 0))
+                    as libc::suseconds_t,
+            },
+        };
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
+/// The watchdog's line (a leaked `Vec`; null until armed).
+static WATCHDOG_MSG: std::sync::atomic::AtomicPtr<Vec<u8>> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// SIGALRM: the phase outlived its deadline and the grace. Only write(2) and _exit(2).
+extern "C" fn on_watchdog(_sig: libc::c_int) {
+    let m = WATCHDOG_MSG.load(Ordering::SeqCst);
+    // SAFETY: `m` is null or a leaked Vec that is never freed or changed; write(2) of its
+    // bytes, then _exit(2): no unwinding, no atexit handlers, no locks taken.
+    unsafe {
+        if let Some(v) = m.as_ref() {
+            libc::write(2, v.as_ptr().cast(), v.len());
+        }
+        libc::_exit(1);
+    }
 }
 
 /// `timeout`, but no later than the hard deadline (at least `MIN_WAIT`).

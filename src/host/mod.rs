@@ -93,12 +93,18 @@ pub trait Host: Send + Sync + 'static {
     }
     /// Names in a directory, sorted.
     fn list(&self, rel: &str) -> io::Result<Vec<String>>;
-    /// Names in a directory, sorted, each with its symlink target (None: not a symlink, or
-    /// it could not be read). One directory walk instead of a path lookup per entry.
-    fn list_links(&self, rel: &str) -> io::Result<Vec<(String, Option<String>)>> {
+    /// Names in a directory that `keep` accepts, sorted, each with its symlink target (None:
+    /// not a symlink, or it could not be read); the others are not read. One directory walk
+    /// instead of a path lookup per entry.
+    fn list_links_where(
+        &self,
+        rel: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> io::Result<Vec<(String, Option<String>)>> {
         Ok(self
             .list(rel)?
             .into_iter()
+            .filter(|n| keep(n))
             .map(|n| {
                 let t = self.link_target(&format!("{rel}/{n}")).ok();
                 (n, t)
@@ -470,17 +476,22 @@ pub fn within(d: Duration, deadline: Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// `f` of each item, the items on a thread each (one alone: on this thread), in their order.
+/// `f` of each item, the items side by side, in their order: the first on this thread, each
+/// other one on a thread of its own (a thread start is a dozen system calls: none for one item).
 pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() < 2 {
-        return items.iter().map(&f).collect();
-    }
+    let Some((first, rest)) = items.split_first() else {
+        return Vec::new();
+    };
     std::thread::scope(|s| {
         let f = &f;
-        let hs: Vec<_> = items.iter().map(|i| s.spawn(move || f(i))).collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        let hs: Vec<_> = rest.iter().map(|i| s.spawn(move || f(i))).collect();
+        let mut out = Vec::with_capacity(items.len());
+        out.push(f(first));
+        out.extend(
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        );
+        out
     })
 }
 

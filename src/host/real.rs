@@ -136,12 +136,17 @@ impl Host for RealHost {
     }
 
     /// Each entry's target by readlinkat(2) relative to the directory's descriptor.
-    fn list_links(&self, rel: &str) -> io::Result<Vec<(String, Option<String>)>> {
+    fn list_links_where(
+        &self,
+        rel: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> io::Result<Vec<(String, Option<String>)>> {
         use nix::fcntl::readlinkat;
         let d = RawDir::open(&self.path(rel))?;
         let mut v: Vec<(String, Option<String>)> = d
             .names()?
             .into_iter()
+            .filter(|n| n.to_str().is_ok_and(keep))
             .filter_map(|n| {
                 let t = readlinkat(Some(d.raw()), n.as_c_str())
                     .ok()
@@ -159,17 +164,26 @@ impl Host for RealHost {
 
     fn write_atomic(&self, rel: &str, data: &[u8]) -> io::Result<()> {
         let p = self.path(rel);
-        if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
         {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let open = || {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+            };
+            // The directory is made only when it is missing.
+            let mut f = match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(dir) = p.parent() {
+                        fs::create_dir_all(dir)?;
+                    }
+                    open()?
+                }
+                r => r?,
+            };
             f.write_all(data)?;
             f.sync_all()?;
         }
@@ -479,16 +493,25 @@ impl Host for RealHost {
 
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
         let p = self.path(rel);
-        if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&p)?;
+        let open = || {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&p)
+        };
+        // The directory is made only when it is missing (not two system calls every time).
+        let f = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = p.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                open()?
+            }
+            r => r?,
+        };
         // nix's Flock owns the file while locked and unlocks when dropped; a failed attempt
         // hands the file back for the next one.
         use nix::fcntl::{Flock, FlockArg};
@@ -553,12 +576,16 @@ impl Host for RealHost {
             .filter(|p| *p != me)
             .collect();
         // /proc/PID/fd is walked per process; on a host with thousands of processes the walk
-        // is most of the guard's cost, so it is split over a few threads.
-        let workers = cpus().clamp(1, 4);
+        // is most of the guard's cost, so it is split over a few threads, one per
+        // `PIDS_PER_WORKER` processes (a thread start costs more than a few dozen stat(2)s of
+        // kernel threads).
+        const PIDS_PER_WORKER: usize = 256;
+        let workers = cpus().min(pids.len().div_ceil(PIDS_PER_WORKER)).clamp(1, 4);
         let chunk = pids.len().div_ceil(workers).max(1);
+        let counted = fd_dirs_counted(&proc_dir);
         let scan = |c: &[u32]| -> Vec<OpenNode> {
             c.iter()
-                .flat_map(|p| scan_fds(&proc_dir, *p, want))
+                .flat_map(|p| scan_fds(&proc_dir, *p, want, counted))
                 .collect()
         };
         let mut chunks = pids.chunks(chunk);
@@ -769,10 +796,22 @@ fn pseudo_node(path: &str) -> bool {
 
 /// The fds of process `pid` that `want` asks for. A process that exits meanwhile simply
 /// yields nothing. Every lookup is relative to the fd directory's own descriptor.
-fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery) -> Vec<OpenNode> {
+/// Whether a stat of `/proc/PID/fd` gives the process's number of open descriptors as its
+/// size (Linux 6.2 and later; 0 before, and in a test tree). Our own count cannot be 0: the
+/// walk holds `/proc` open.
+fn fd_dirs_counted(proc_dir: &Path) -> bool {
+    nix::sys::stat::stat(&proc_dir.join("self").join("fd")).is_ok_and(|st| st.st_size > 0)
+}
+
+/// `counted` (see `fd_dirs_counted`): a process without descriptors (every kernel thread,
+/// most of a host's processes) costs one stat(2) instead of an open, a read and a close.
+fn scan_fds(proc_dir: &Path, pid: u32, want: &NodeQuery, counted: bool) -> Vec<OpenNode> {
     use nix::fcntl::readlinkat;
     use nix::sys::stat::{fstatat, SFlag};
     let dir = proc_dir.join(pid.to_string()).join("fd");
+    if counted && nix::sys::stat::stat(&dir).is_ok_and(|st| st.st_size == 0) {
+        return Vec::new();
+    }
     let Ok(d) = RawDir::open(&dir) else {
         return Vec::new();
     };

@@ -44,8 +44,10 @@ sh_post() {
     echo $1 >$DRV/$(cat /tmp/drv.$1)/bind
 }
 # As Proxmox runs it (no -v: the hook's fast path); the -v runs for the breakdown come after.
+# MID: when the cycle's pre-start part ended (read without a fork), for the split per phase.
 cycle_with() {
     $1 200 pre-start 2>>/tmp/pt.err || echo "BENCH ERROR $1 pre-start failed: $(tail -n 1 /tmp/pt.err)"
+    read -r MID _ </proc/uptime
     $1 200 post-stop 2>>/tmp/pt.err || echo "BENCH ERROR $1 post-stop failed: $(tail -n 1 /tmp/pt.err)"
 }
 cycle_pt() { cycle_with $H; }
@@ -56,11 +58,13 @@ VARIANTS="pt serial parallel"
 [ -x $HB ] && VARIANTS="pt before serial parallel"
 cycle_serial() {
     for d in $NVME1 $E1000E; do sh_pre $d; done
+    read -r MID _ </proc/uptime
     for d in $NVME1 $E1000E; do sh_post $d; done
 }
 cycle_parallel() {
     for d in $NVME1 $E1000E; do sh_pre $d & done
     wait
+    read -r MID _ </proc/uptime
     for d in $NVME1 $E1000E; do sh_post $d & done
     wait
 }
@@ -75,6 +79,8 @@ while [ $i -lt $C ]; do
     j=0; while [ $j -lt $i ]; do order="${order#* } ${order%% *}"; j=$((j + 1)); done
     for v in $order; do
         t=$(now); cycle_$v; eval "c_$v=$(since "$t")"
+        # The pre-start part of it, summed per variant (the post-stop part is the rest).
+        eval "P_$v=\$(awk -v s=\${P_$v:-0} -v a=$t -v b=$MID 'BEGIN{print s + b - a}')"
     done
     echo "BENCH cycle $((i + 1)) pt-hook=${c_pt}s serial-shell=${c_serial}s parallel-shell=${c_parallel}s ratio-vs-parallel=$(ratio $c_pt $c_parallel)$([ -x $HB ] && echo " before=${c_before}s before-ratio-vs-parallel=$(ratio $c_before $c_parallel)")"
     RATIOS="$RATIOS $(ratio $c_pt $c_parallel)"
@@ -88,6 +94,10 @@ N=$C
 MED=$(echo $RATIOS | tr ' ' '\n' | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
 [ -x $HB ] && echo "BENCH cycle total-before cycles=$N before=${TBEF}s ratio-vs-parallel=$(ratio $TBEF $TPAR) ratio-vs-serial=$(ratio $TBEF $TSER) pt-hook-vs-before=$(ratio $TPT $TBEF)"
 echo "BENCH cycle total cycles=$N pt-hook=${TPT}s serial-shell=${TSER}s parallel-shell=${TPAR}s ratio-vs-serial=$(ratio $TPT $TSER) ratio-vs-parallel=$(ratio $TPT $TPAR) median-cycle-ratio-vs-parallel=$MED per-cycle: pt-hook=$(awk -v a=$TPT -v n=$N 'BEGIN{printf "%.0f", a*1000/n}')ms serial-shell=$(awk -v a=$TSER -v n=$N 'BEGIN{printf "%.0f", a*1000/n}')ms parallel-shell=$(awk -v a=$TPAR -v n=$N 'BEGIN{printf "%.0f", a*1000/n}')ms"
+# The same cycles split at the end of their pre-start part (/proc/uptime: 10 ms steps,
+# averaged over the cycles).
+split() { awk -v c=$1 -v p=$2 -v n=$N 'BEGIN{printf "pre-start=%.0fms post-stop=%.0fms", p*1000/n, (c-p)*1000/n}'; }
+echo "BENCH cycle split pt-hook: $(split $TPT $P_pt) parallel-shell: $(split $TPAR $P_parallel) serial-shell: $(split $TSER $P_serial)$([ -x $HB ] && echo " before: $(split $TBEF $P_before)")"
 # The device state after all that (every variant must leave the host as it found it).
 for d in $NVME1 $E1000E; do
     echo "BENCH after-cycles $d driver=$(basename "$(readlink $SYS/$d/driver)") override=$(cat $SYS/$d/driver_override)"
@@ -125,6 +135,32 @@ awk '/^pt-hook: VM 200 [a-z-]+: .*: ok \(/ {
     END {
         for (k in s) printf "BENCH step %s avg=%.1fms n=%d\n", k, s[k] / c[k], c[k]
         for (k in d) printf "BENCH phase %s in-process avg=%.1fms n=%d\n", k, d[k] / dc[k], dc[k]
+    }' /tmp/pt.log | sort
+#   milestones per phase from the span lines ("timing +START cat what: DUR"): when the first
+#   kernel write began (and the first reset), when the last kernel write or wait ended, and
+#   the phase's total; the
+#   parts before and after the kernel's work are pt-hook's own.
+awk -v n=$N '
+    function ms(v, u) { return u == "s" ? v * 1000 : (u == "ms" ? v : v / 1000) }
+    / timing total=/ {
+        ph = ($4 == "pre-start:") ? "pre-start" : "post-stop"
+        t = $0; sub(/.*timing total=/, "", t); sub(/ms.*/, "", t); tot[ph] += t; runs[ph]++
+        first = -1; freset = -1
+        next
+    }
+    / timing \+/ {
+        st = $6; sub(/^\+/, "", st); sub(/ms$/, "", st); cat = $7
+        if (cat != "write" && cat != "wait") next
+        if (cat == "write" && first < 0) { first = st; fw[ph] += st }
+        if (cat == "write" && freset < 0 && $0 ~ /\/reset: /) { freset = st; fr[ph] += st; nr[ph]++ }
+        end = st + ms($(NF - 1), $NF)
+        if (end > last[ph, runs[ph]]) last[ph, runs[ph]] = end
+    }
+    END {
+        for (p in runs) {
+            le = 0; for (i = 1; i <= runs[p]; i++) le += last[p, i]
+            printf "BENCH milestones %s first-kernel-write=+%.1fms%s last-kernel-op-end=+%.1fms total=%.1fms (avg of %d)\n", p, fw[p] / runs[p], nr[p] ? sprintf(" first-reset=+%.1fms", fr[p] / nr[p]) : "", le / runs[p], tot[p] / runs[p], runs[p]
+        }
     }' /tmp/pt.log | sort
 grep -a -i 'error\|FAILED' /tmp/pt.log | head -5 | sed 's/^/BENCH log-error /'
 # One cycle's whole -v log, for reading.

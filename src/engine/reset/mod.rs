@@ -73,6 +73,13 @@ struct Before {
     info: DeviceInfo,
 }
 
+/// What a post-stop reads for the ladder while the functions resume to D0 (`hold_d0`) and
+/// the guard waits: the reset memory. The ladder reads what is not here itself.
+#[derive(Clone, Debug, Default)]
+pub struct Preread {
+    pub memory: Option<Memory>,
+}
+
 fn link_rank(speed: &Option<String>) -> f64 {
     speed
         .as_deref()
@@ -104,6 +111,8 @@ pub struct LadderQuirks {
     /// post-stop: functions the restore holds at D0 for the ladder (`hold_d0`); the ladder
     /// gives those of a slot that does not recover back to runtime PM (`release_d0`).
     pub hold_d0: Vec<Bdf>,
+    /// post-stop: what the restore read for the ladder beforehand (`Preread`).
+    pub pre: Preread,
 }
 
 impl LadderQuirks {
@@ -1044,10 +1053,16 @@ pub fn reset_many_then(
             slot.push(*b);
         }
     }
-    // The reset memory: read once (no lock), consulted per slot, written once at the end.
-    let memory = ctx
-        .log
-        .timed(Cat::State, "reset memory", || Memory::load(ctx.h()));
+    // The reset memory: read once (no lock; a post-stop reads it beside the guard's wait),
+    // consulted per slot, written once at the end.
+    let loaded;
+    let memory = match &quirks.pre.memory {
+        Some(m) => m,
+        None => {
+            loaded = load_memory(ctx);
+            &loaded
+        }
+    };
     if let Some(w) = &memory.warning {
         ctx.log.warn(w);
     }
@@ -1059,10 +1074,23 @@ pub fn reset_many_then(
         quirks,
         kept: std::sync::Mutex::new(Vec::new()),
         deadline: Instant::now() + ctx.cfg.timeouts.phase,
-        memory: method.is_none().then_some(&memory),
+        memory: method.is_none().then_some(memory),
     };
     let mut out = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<SlotReport>>();
+    let run_bus = |slots: &Slots, tx: std::sync::mpsc::Sender<Vec<SlotReport>>| {
+        let r = slots
+            .values()
+            .map(|funcs| {
+                let mut f = funcs.clone();
+                f.sort();
+                ladder.run_slot(&f)
+            })
+            .collect::<Vec<_>>();
+        let _ = tx.send(r.clone());
+        then(&r);
+        r
+    };
     let buses = by_bus.len();
     std::thread::scope(|s| {
         // The reset memory's record is written as soon as every bus's ladder is done, beside
@@ -1089,26 +1117,24 @@ pub fn reset_many_then(
                 health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
             });
         });
-        let handles: Vec<_> = by_bus
-            .values()
+        // The first bus on this thread, each other one on a thread of its own.
+        let mut all = by_bus.values();
+        let first = all.next();
+        let handles: Vec<_> = all
             .map(|slots| {
-                let ladder = &ladder;
                 let tx = tx.clone();
-                s.spawn(move || {
-                    let r = slots
-                        .values()
-                        .map(|funcs| {
-                            let mut f = funcs.clone();
-                            f.sort();
-                            ladder.run_slot(&f)
-                        })
-                        .collect::<Vec<_>>();
-                    let _ = tx.send(r.clone());
-                    then(&r);
-                    r
-                })
+                let run_bus = &run_bus;
+                s.spawn(move || run_bus(slots, tx))
             })
             .collect();
+        if let Some(slots) = first {
+            let tx = tx.clone();
+            if let Ok(r) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_bus(slots, tx)))
+            {
+                out.extend(r);
+            }
+        }
         drop(tx);
         for h in handles {
             if let Ok(r) = h.join() {
@@ -1118,6 +1144,13 @@ pub fn reset_many_then(
         let _ = record.join();
     });
     out
+}
+
+/// The reset memory as the ladder consults it (read without the lock: it only advises
+/// which rung to start with; its record is a locked read-modify-write).
+pub fn load_memory(ctx: &Ctx) -> Memory {
+    ctx.log
+        .timed(Cat::State, "reset memory", || Memory::load(ctx.h()))
 }
 
 /// A slot's report as the reset memory keeps it.
@@ -1231,6 +1264,7 @@ pub fn post_stop_reset(
     profiles: &[crate::engine::quirks::Profile],
     skip: &[Bdf],
     held: &[Bdf],
+    pre: Preread,
     then: &BusDone,
 ) -> Outcome {
     let mut o = Outcome::default();
@@ -1280,6 +1314,7 @@ pub fn post_stop_reset(
         quirks.add(b, p, d.original.driver.as_deref());
     }
     quirks.hold_d0 = held.to_vec();
+    quirks.pre = pre;
     let bus_done = |reports: &[SlotReport]| {
         let funcs: Vec<Bdf> = reports.iter().flat_map(|r| r.functions.clone()).collect();
         let failed: Vec<(Bdf, String)> = reports
