@@ -7,7 +7,7 @@ read -r T_START _ </proc/uptime
 now() { read -r _t _ </proc/uptime; echo "$_t"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "?"}'; }
-C=${BENCH_CYCLES:-9}   # cycles of each variant, interleaved
+C=${BENCH_CYCLES:-31}   # cycles of each variant, interleaved
 R=${BENCH_RESET_ROUNDS:-3}
 H=/usr/sbin/pt-hook
 SYS=/sys/bus/pci/devices
@@ -104,7 +104,7 @@ for d in $NVME1 $E1000E; do
 done
 
 # Where pt-hook's cycle time goes: its own -v log of BENCH_LOG_CYCLES more cycles, averaged.
-N=${BENCH_LOG_CYCLES:-3}
+N=${BENCH_LOG_CYCLES:-10}
 : >/tmp/pt.log
 i=0
 while [ $i -lt $N ]; do
