@@ -758,8 +758,14 @@ unsafe fn server_main(args: ChildArgs) -> ! {
                 sys::close(fd);
             }
         }
-        let mut rq = [0u8; REQ_MAX];
-        let mut out = [0u8; REPORT_HDR + MAX_BOUNDED_READ];
+        // Not zeroed (138 KB of stores, and every page of both touched, at each helper's
+        // start): only the bytes a read(2) filled are ever read back.
+        let mut rq_buf = std::mem::MaybeUninit::<[u8; REQ_MAX]>::uninit();
+        let mut out_buf = std::mem::MaybeUninit::<[u8; REPORT_HDR + MAX_BOUNDED_READ]>::uninit();
+        let rq: *mut u8 = rq_buf.as_mut_ptr().cast();
+        let out: *mut u8 = out_buf.as_mut_ptr().cast();
+        let at = |i: usize| *rq.add(i);
+        let word = |i: usize| u32::from_ne_bytes([at(i), at(i + 1), at(i + 2), at(i + 3)]) as usize;
         loop {
             // The request (see REQ_HDR): the header, then the path and n, then a write's bytes.
             let mut have = 0usize;
@@ -767,7 +773,7 @@ unsafe fn server_main(args: ChildArgs) -> ! {
             let mut stage = 0;
             loop {
                 if stage == 0 && have >= 5 {
-                    let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+                    let plen = word(1);
                     if plen == 0 || plen >= READ_PATH_MAX {
                         sys::exit(1);
                     }
@@ -776,8 +782,8 @@ unsafe fn server_main(args: ChildArgs) -> ! {
                 }
                 if stage == 1 && have >= need {
                     let m = need - 4;
-                    let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
-                    if rq[0] == OP_WRITE {
+                    let n = word(m);
+                    if at(0) == OP_WRITE {
                         if n > MAX_BOUNDED_WRITE {
                             sys::exit(1);
                         }
@@ -788,7 +794,7 @@ unsafe fn server_main(args: ChildArgs) -> ! {
                 if stage == 2 && have >= need {
                     break;
                 }
-                let r = sys::read(3, rq.as_mut_ptr().add(have), REQ_MAX - have);
+                let r = sys::read(3, rq.add(have), REQ_MAX - have);
                 if r == 0 {
                     sys::exit(0);
                 }
@@ -803,24 +809,24 @@ unsafe fn server_main(args: ChildArgs) -> ! {
             if have != need {
                 sys::exit(1);
             }
-            let write = rq[0] == OP_WRITE;
-            let plen = u32::from_ne_bytes([rq[1], rq[2], rq[3], rq[4]]) as usize;
+            let write = at(0) == OP_WRITE;
+            let plen = word(1);
             let m = 5 + plen;
-            let n = u32::from_ne_bytes([rq[m], rq[m + 1], rq[m + 2], rq[m + 3]]) as usize;
-            rq[m] = 0;
+            let n = word(m);
+            *rq.add(m) = 0;
             let mut status: i32 = 0;
             let mut got: usize = 0;
-            let data = out.as_mut_ptr().add(REPORT_HDR);
+            let data = out.add(REPORT_HDR);
             let flags = if write {
                 libc::O_WRONLY
             } else {
                 libc::O_RDONLY
             };
-            let fd = sys::open(rq.as_ptr().add(5), flags | libc::O_CLOEXEC | libc::O_NOCTTY);
+            let fd = sys::open(rq.add(5), flags | libc::O_CLOEXEC | libc::O_NOCTTY);
             if fd < 0 {
                 status = -fd as i32;
             } else if write {
-                let r = sys::write(fd as i32, rq.as_ptr().add(m + 4), n);
+                let r = sys::write(fd as i32, rq.add(m + 4), n);
                 if r < 0 {
                     status = -r as i32;
                 } else if r as usize != n {
@@ -834,12 +840,12 @@ unsafe fn server_main(args: ChildArgs) -> ! {
             if status != 0 {
                 got = 0;
             }
-            out[..4].copy_from_slice(&status.to_ne_bytes());
-            out[4..8].copy_from_slice(&(got as u32).to_ne_bytes());
+            std::ptr::copy_nonoverlapping(status.to_ne_bytes().as_ptr(), out, 4);
+            std::ptr::copy_nonoverlapping((got as u32).to_ne_bytes().as_ptr(), out.add(4), 4);
             let total = REPORT_HDR + got;
             let mut off = 0;
             while off < total {
-                let r = sys::write(4, out.as_ptr().add(off), total - off);
+                let r = sys::write(4, out.add(off), total - off);
                 if r == -(libc::EINTR as isize) {
                     continue;
                 }

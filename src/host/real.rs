@@ -745,17 +745,26 @@ impl RawDir {
 /// end.
 fn read_file(path: &Path, sysfs: bool, max: usize) -> io::Result<Vec<u8>> {
     const PAGE: usize = 4096;
-    let mut f = fs::File::open(path)?;
+    let f = fs::File::open(path)?;
     let first = PAGE.min(max);
-    let mut v = vec![0u8; first];
+    // The first read into a page on the stack that is not zeroed (most files here are a few
+    // bytes of sysfs: a zeroed 4 KiB heap buffer per read was a tenth of a phase's
+    // instructions); only what it filled is copied out.
+    let mut page = std::mem::MaybeUninit::<[u8; PAGE]>::uninit();
     let n = loop {
-        match f.read(&mut v) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        use std::os::fd::AsRawFd;
+        // SAFETY: read(2) writes at most `first` (<= PAGE) bytes into `page`, which we own.
+        let r = unsafe { libc::read(f.as_raw_fd(), page.as_mut_ptr().cast(), first) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     };
-    v.truncate(n);
+    // SAFETY: the kernel initialised the first `n` bytes.
+    let mut v = unsafe { std::slice::from_raw_parts(page.as_ptr().cast::<u8>(), n) }.to_vec();
     if n == 0 || (sysfs && n < first) || n >= max {
         return Ok(v);
     }
