@@ -182,25 +182,18 @@ impl<'a> Exec<'a> {
             v
         };
         let mut out: Vec<Option<Result<()>>> = batch.iter().map(|_| None).collect();
-        let panicked = |first: usize| vec![(first, Err(Error::Failed("a step panicked".into())))];
-        let done: Vec<Vec<(usize, Result<()>)>> = match lanes.split_first() {
-            None => Vec::new(),
-            Some((one, [])) => vec![run(one)],
-            // The first lane on this thread, each other one on a thread of its own.
-            Some((first, rest)) => std::thread::scope(|sc| {
-                let hs: Vec<_> = rest
-                    .iter()
-                    .map(|lane| (lane[0], sc.spawn(|| run(lane))))
-                    .collect();
-                let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(first)))
-                    .unwrap_or_else(|_| panicked(first[0]));
-                std::iter::once(mine)
-                    .chain(
-                        hs.into_iter()
-                            .map(|(i, h)| h.join().unwrap_or_else(|_| panicked(i))),
-                    )
-                    .collect()
-            }),
+        let done: Vec<Vec<(usize, Result<()>)>> = if let [one] = lanes.as_slice() {
+            vec![run(one)]
+        } else {
+            crate::host::side_by_side_caught(&lanes, |lane| run(lane))
+                .into_iter()
+                .zip(&lanes)
+                .map(|(r, lane)| {
+                    r.unwrap_or_else(|_| {
+                        vec![(lane[0], Err(Error::Failed("a step panicked".into())))]
+                    })
+                })
+                .collect()
         };
         for (i, r) in done.into_iter().flatten() {
             out[i] = Some(r);

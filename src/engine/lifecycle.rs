@@ -782,7 +782,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
     };
     // The quirk profiles load, and the functions to reset are resumed to D0, while the guard
     // waits for the devices to be free.
-    let (free, (profiles, pre), held) = std::thread::scope(|sc| {
+    let (free, (profiles, memory), held) = std::thread::scope(|sc| {
         let d0 = &d0;
         let held = (!d0.is_empty())
             .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
@@ -809,10 +809,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         });
         (
             free,
-            {
-                let (profiles, memory) = q.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                (profiles, crate::engine::reset::Preread { memory })
-            },
+            q.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
             held.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .unwrap_or_default(),
         )
@@ -895,7 +892,7 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             }
         };
         let outcome = crate::engine::reset::post_stop_reset(
-            ctx, &st, &profiles, &back, &held, pre, &bus_done,
+            ctx, &st, &profiles, &back, &held, memory, &bus_done,
         );
         let mut p = lock();
         for (b, msg) in outcome.failed {

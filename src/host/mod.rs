@@ -478,7 +478,19 @@ pub fn within(d: Duration, deadline: Instant) -> Duration {
 
 /// `f` of each item, the items side by side, in their order: the first on this thread, each
 /// other one on a thread of its own (a thread start is a dozen system calls: none for one item).
+/// A panic in any of them goes on in the caller.
 pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    side_by_side_caught(items, f)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        .collect()
+}
+
+/// `side_by_side`, each item's panic caught (`Err`) instead of going on in the caller.
+pub fn side_by_side_caught<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<std::thread::Result<R>> {
     let Some((first, rest)) = items.split_first() else {
         return Vec::new();
     };
@@ -486,11 +498,10 @@ pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
         let f = &f;
         let hs: Vec<_> = rest.iter().map(|i| s.spawn(move || f(i))).collect();
         let mut out = Vec::with_capacity(items.len());
-        out.push(f(first));
-        out.extend(
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-        );
+        out.push(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || f(first),
+        )));
+        out.extend(hs.into_iter().map(|h| h.join()));
         out
     })
 }

@@ -166,24 +166,14 @@ impl Host for RealHost {
         let p = self.path(rel);
         let tmp = p.with_extension(format!("tmp.{}", std::process::id()));
         {
-            let open = || {
+            let mut f = open_in_made_dir(
                 fs::OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-            };
-            // The directory is made only when it is missing.
-            let mut f = match open() {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if let Some(dir) = p.parent() {
-                        fs::create_dir_all(dir)?;
-                    }
-                    open()?
-                }
-                r => r?,
-            };
+                    .mode(0o600),
+                &tmp,
+            )?;
             f.write_all(data)?;
             f.sync_all()?;
         }
@@ -493,25 +483,15 @@ impl Host for RealHost {
 
     fn lock(&self, rel: &str, timeout: Duration) -> io::Result<Box<dyn LockGuard>> {
         let p = self.path(rel);
-        let open = || {
+        let f = open_in_made_dir(
             fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o600)
-                .open(&p)
-        };
-        // The directory is made only when it is missing (not two system calls every time).
-        let f = match open() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(dir) = p.parent() {
-                    fs::create_dir_all(dir)?;
-                }
-                open()?
-            }
-            r => r?,
-        };
+                .mode(0o600),
+            &p,
+        )?;
         // nix's Flock owns the file while locked and unlocks when dropped; a failed attempt
         // hands the file back for the next one.
         use nix::fcntl::{Flock, FlockArg};
@@ -735,6 +715,20 @@ impl RawDir {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// `opts.open(path)`, making `path`'s directory first only when the open says it is missing
+/// (not a mkdir and a stat before every lock and state write).
+fn open_in_made_dir(opts: &fs::OpenOptions, path: &Path) -> io::Result<fs::File> {
+    match opts.open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            opts.open(path)
+        }
+        r => r,
     }
 }
 

@@ -73,13 +73,6 @@ struct Before {
     info: DeviceInfo,
 }
 
-/// What a post-stop reads for the ladder while the functions resume to D0 (`hold_d0`) and
-/// the guard waits: the reset memory. The ladder reads what is not here itself.
-#[derive(Clone, Debug, Default)]
-pub struct Preread {
-    pub memory: Option<Memory>,
-}
-
 fn link_rank(speed: &Option<String>) -> f64 {
     speed
         .as_deref()
@@ -111,8 +104,8 @@ pub struct LadderQuirks {
     /// post-stop: functions the restore holds at D0 for the ladder (`hold_d0`); the ladder
     /// gives those of a slot that does not recover back to runtime PM (`release_d0`).
     pub hold_d0: Vec<Bdf>,
-    /// post-stop: what the restore read for the ladder beforehand (`Preread`).
-    pub pre: Preread,
+    /// post-stop: the reset memory, read while the guard waits (None: the ladder reads it).
+    pub memory: Option<Memory>,
 }
 
 impl LadderQuirks {
@@ -1056,7 +1049,7 @@ pub fn reset_many_then(
     // The reset memory: read once (no lock; a post-stop reads it beside the guard's wait),
     // consulted per slot, written once at the end.
     let loaded;
-    let memory = match &quirks.pre.memory {
+    let memory = match &quirks.memory {
         Some(m) => m,
         None => {
             loaded = load_memory(ctx);
@@ -1117,30 +1110,16 @@ pub fn reset_many_then(
                 health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
             });
         });
-        // The first bus on this thread, each other one on a thread of its own.
-        let mut all = by_bus.values();
-        let first = all.next();
-        let handles: Vec<_> = all
-            .map(|slots| {
-                let tx = tx.clone();
-                let run_bus = &run_bus;
-                s.spawn(move || run_bus(slots, tx))
-            })
-            .collect();
-        if let Some(slots) = first {
-            let tx = tx.clone();
-            if let Ok(r) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_bus(slots, tx)))
-            {
-                out.extend(r);
-            }
+        // The buses side by side (the first on this thread); a bus whose ladder panicked
+        // reports nothing.
+        let slots: Vec<&Slots> = by_bus.values().collect();
+        for r in crate::host::side_by_side_caught(&slots, |s| run_bus(s, tx.clone()))
+            .into_iter()
+            .flatten()
+        {
+            out.extend(r);
         }
         drop(tx);
-        for h in handles {
-            if let Ok(r) = h.join() {
-                out.extend(r);
-            }
-        }
         let _ = record.join();
     });
     out
@@ -1264,7 +1243,7 @@ pub fn post_stop_reset(
     profiles: &[crate::engine::quirks::Profile],
     skip: &[Bdf],
     held: &[Bdf],
-    pre: Preread,
+    memory: Option<Memory>,
     then: &BusDone,
 ) -> Outcome {
     let mut o = Outcome::default();
@@ -1314,7 +1293,7 @@ pub fn post_stop_reset(
         quirks.add(b, p, d.original.driver.as_deref());
     }
     quirks.hold_d0 = held.to_vec();
-    quirks.pre = pre;
+    quirks.memory = memory;
     let bus_done = |reports: &[SlotReport]| {
         let funcs: Vec<Bdf> = reports.iter().flat_map(|r| r.functions.clone()).collect();
         let failed: Vec<(Bdf, String)> = reports
