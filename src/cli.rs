@@ -289,8 +289,9 @@ pub fn main() -> i32 {
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     let host: Arc<dyn Host> = Arc::new(RealHost::new(root));
-    // The phases that take or give back devices start the guard's walk of /proc first of
-    // all, beside the logger, the config and the state (see `guard::PreWalk`).
+    // The phases that take or give back devices, and `pt-hook reset`, start the guard's walk
+    // of /proc first of all, beside the logger, the config and the state (see
+    // `guard::PreWalk`).
     let prewalk = match &cli.cmd {
         Cmd::Hook(a)
             if a.len() == 2
@@ -300,6 +301,8 @@ pub fn main() -> i32 {
         {
             crate::engine::guard::PreWalk::start(Arc::clone(&host), a[1] == "pre-start")
         }
+        // `pt-hook reset`: its functions are often on host drivers (the class tables first).
+        Cmd::Reset { .. } => crate::engine::guard::PreWalk::start(Arc::clone(&host), true),
         _ => crate::engine::guard::PreWalk::none(),
     };
     let mut log = Logger::starting_at(started, verbosity, real_root);
@@ -519,7 +522,8 @@ fn run(
             }
             log.set_context("reset");
             let cfg = load_armed(&*host, "reset")?;
-            let ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
+            let mut ctx = make_ctx(host, &cfg, log, cli.global.dry_run);
+            ctx.prewalk = prewalk;
             crate::cmd::reset::command(&ctx, &list, method.as_deref(), *json)
         }
     }

@@ -21,7 +21,60 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             )));
         }
     }
-    // Each device read once: the checks here and the quirk profiles use it.
+    for b in bdfs {
+        if !device::exists(&*ctx.host, b) {
+            return Err(Error::Usage(format!(
+                "{b}: no such PCI device ({})",
+                ctx.host.display(&paths::dev_dir(b))
+            )));
+        }
+    }
+    // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
+    // is not a user: resetting its devices is what this command is for. The scan (its walk
+    // of /proc started with the process, `guard::PreWalk`) runs beside what the checks here
+    // and the ladder read first (only reads): each device, the VMs' state, the quirk
+    // profiles, the reset memory. Nothing is written before the scan is clear.
+    let (users, read) = std::thread::scope(|s| {
+        let scan = s.spawn(|| {
+            ctx.log.timed(Cat::Guard, "scan", || {
+                crate::engine::guard::scan_with(
+                    &*ctx.host,
+                    bdfs,
+                    &crate::engine::guard::Opts {
+                        me: None,
+                        node: &ctx.node,
+                    },
+                    Some(&ctx.prewalk),
+                )
+            })
+        });
+        let read = read_devices(ctx, bdfs).and_then(|infos| {
+            let prepared = prepare(ctx, &infos, method)?;
+            Ok((infos, prepared))
+        });
+        let users = scan.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (users, read)
+    });
+    // A usage error first (nothing was touched either way), then what the guard found.
+    let (infos, (owned, quirks)) = match read {
+        Err(e @ Error::Usage(_)) => return Err(e),
+        r => {
+            users_ok(&users)?;
+            r?
+        }
+    };
+    if ctx.dry_run {
+        for b in bdfs {
+            println!("dry-run: would reset {b} (function reset, then bus reset, then remove+rescan, checking after each)");
+        }
+        return Ok(());
+    }
+    run(ctx, &infos, method, json, &owned, quirks)
+}
+
+/// Each device read once (the checks here, the quirk profiles and the ladder use it); a
+/// bridge is refused.
+fn read_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<device::DeviceInfo>> {
     let mut infos = Vec::new();
     for b in bdfs {
         let Some(info) = device::read_for_ladder(&*ctx.host, b) else {
@@ -37,18 +90,11 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
         }
         infos.push(info);
     }
-    // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
-    // is not a user: resetting its devices is what this command is for.
-    let users = ctx.log.timed(Cat::Guard, "scan", || {
-        crate::engine::guard::scan(
-            &*ctx.host,
-            bdfs,
-            &crate::engine::guard::Opts {
-                me: None,
-                node: &ctx.node,
-            },
-        )
-    });
+    Ok(infos)
+}
+
+/// Refuses what the guard found in use (a stopped VM's own state is not a user).
+fn users_ok(users: &crate::engine::guard::Report) -> Result<()> {
     let refused: Vec<String> = users
         .pairs()
         .filter(|(_, u)| !matches!(u, crate::engine::guard::Use::State { .. }))
@@ -60,39 +106,29 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             refused.join("; ")
         )));
     }
-    if ctx.dry_run {
-        for b in bdfs {
-            println!("dry-run: would reset {b} (function reset, then bus reset, then remove+rescan, checking after each)");
-        }
-        return Ok(());
-    }
-    // The devices asked for, plus whatever a VM's state says belongs with them.
-    let mut owned: Vec<Bdf> = bdfs.to_vec();
+    Ok(())
+}
+
+/// What the ladder needs before its first rung, read while the guard scans: the devices
+/// asked for plus whatever a VM's state says belongs with them, the quirk profiles' changes
+/// to the ladder, the reset memory, and each function as the ladder starts from it (`infos`
+/// were just read: config space and serials are added).
+fn prepare(
+    ctx: &Ctx,
+    infos: &[device::DeviceInfo],
+    method: Option<&str>,
+) -> Result<(Vec<Bdf>, reset::LadderQuirks)> {
+    let mut owned: Vec<Bdf> = infos.iter().map(|i| i.bdf).collect();
     let state_t = ctx.log.span(Cat::State, "VMs' state");
     // Every VM's state (a key no VM has excludes none).
     let states =
         crate::engine::state::Others::load(&*ctx.host, &crate::engine::state::VmKey::Pve(u32::MAX));
-    for b in bdfs {
-        for st in states.readable().filter(|st| st.owns(b)) {
+    for i in infos {
+        for st in states.readable().filter(|st| st.owns(&i.bdf)) {
             owned.extend(st.bdfs());
         }
     }
     drop(state_t);
-    crate::engine::metrics::timed(ctx, crate::engine::health::Phase::Reset, || {
-        run(ctx, &infos, method, json, &owned)
-    })
-}
-
-/// The ladder and its report (the checks above passed).
-fn run(
-    ctx: &Ctx,
-    infos: &[device::DeviceInfo],
-    method: Option<&str>,
-    json: bool,
-    owned: &[Bdf],
-) -> Result<()> {
-    let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
-    let bdfs: Vec<Bdf> = infos.iter().map(|i| i.bdf).collect();
     let quirks_t = ctx.log.span(Cat::Quirks, "load and match");
     let vendors: Vec<u16> = infos.iter().map(|i| i.vendor).collect();
     let all = crate::engine::quirks::load_for(&*ctx.host, ctx.cfg, &vendors)?;
@@ -105,6 +141,31 @@ fn run(
         }
     }
     drop(quirks_t);
+    quirks.memory = Some(reset::load_memory(ctx));
+    let _t = ctx.log.span(Cat::Verify, "read before the ladder");
+    quirks.read = infos
+        .iter()
+        .filter_map(|i| reset::read_before(&*ctx.host, &i.bdf, Some(i.clone())))
+        .collect();
+    Ok((owned, quirks))
+}
+
+/// The ladder and its report (the checks above passed).
+fn run(
+    ctx: &Ctx,
+    infos: &[device::DeviceInfo],
+    method: Option<&str>,
+    json: bool,
+    owned: &[Bdf],
+    mut quirks: reset::LadderQuirks,
+) -> Result<()> {
+    let _keep_alive: Arc<dyn Host> = Arc::clone(&ctx.host);
+    let bdfs: Vec<Bdf> = infos.iter().map(|i| i.bdf).collect();
+    // The phase's run is recorded with the ladder's (`LadderQuirks::phase`).
+    quirks.phase = Some((
+        crate::engine::health::Phase::Reset,
+        std::time::Instant::now(),
+    ));
     let reports = reset::reset_many(ctx, &bdfs, method, Mode::Manual, owned, &quirks);
     // Each device's health as the memory has it now (this reset included); the model is the
     // one read before the ladder.

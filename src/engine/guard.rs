@@ -621,9 +621,25 @@ struct Scanner<'a> {
     /// Each asked function's driver, read once at the start of the scan.
     drivers: BTreeMap<Bdf, Option<String>>,
     memo: BTreeMap<Bdf, OwnNodes>,
+    /// Each block device the scan looks at, read once per scan (the query and the findings
+    /// both walk the same stacks).
+    blocks: BTreeMap<String, BlockFacts>,
+    /// Each IOMMU group's /dev/vfio/N numbers, read once per scan.
+    group_devs: BTreeMap<u32, Option<(u32, u32)>>,
     /// Proxmox's PCI reservations, read once (None: not read yet).
     reservations: Option<Vec<crate::parse::pve::mapping::Reservation>>,
     others: Option<state::Others>,
+}
+
+/// A block device as `Scanner::block` read it.
+#[derive(Clone)]
+struct BlockFacts {
+    /// `dev` ("259:0"; empty when unreadable).
+    dev: String,
+    /// Its device-mapper name, if it is one.
+    dm: Option<String>,
+    /// What is stacked on it (`Scanner::block_holders`).
+    holders: Vec<String>,
 }
 
 /// What `Scanner::own_nodes` found for a function.
@@ -650,6 +666,8 @@ impl<'a> Scanner<'a> {
             procs: BTreeMap::new(),
             drivers,
             memo: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            group_devs: BTreeMap::new(),
             reservations: None,
             others: None,
         };
@@ -809,13 +827,43 @@ impl<'a> Scanner<'a> {
         self.facts.nodes.as_deref().unwrap_or(&[])
     }
 
+    /// A block device's numbers, dm name and holders, read once per scan.
+    fn block(&mut self, name: &str) -> BlockFacts {
+        if let Some(b) = self.blocks.get(name) {
+            return b.clone();
+        }
+        let b = BlockFacts {
+            dev: read_trim(self.host, &format!("sys/class/block/{name}/dev")).unwrap_or_default(),
+            dm: read_trim(self.host, &format!("sys/class/block/{name}/dm/name")),
+            holders: self.block_holders(name),
+        };
+        self.blocks.insert(name.to_string(), b.clone());
+        b
+    }
+
+    /// An IOMMU group's /dev/vfio/N numbers, read once per scan.
+    fn group_dev(&mut self, g: u32) -> Option<(u32, u32)> {
+        let host = self.host;
+        *self.group_devs.entry(g).or_insert_with(|| {
+            read_trim(host, &format!("sys/class/vfio/{g}/dev")).and_then(|d| parse_rdev(&d))
+        })
+    }
+
     /// The holders of a block device, from both sides (`holders/`, and `slaves/` of others).
+    /// Only a software device (dm, md, bcache, loop, a zvol: under devices/virtual, or a plain
+    /// directory on a hand-made host) stacks on others: the disks and partitions below a PCI
+    /// function (most of the table) are not asked for their `slaves/`.
     fn block_holders(&self, name: &str) -> Vec<String> {
         let mut holders = self
             .host
             .list(&format!("sys/class/block/{name}/holders"))
             .unwrap_or_default();
-        for c in self.facts.class.iter().filter(|c| c.class == "block") {
+        for c in self
+            .facts
+            .class
+            .iter()
+            .filter(|c| c.class == "block" && !c.target.contains("devices/pci"))
+        {
             if !holders.contains(&c.name)
                 && self
                     .host
@@ -845,17 +893,12 @@ impl<'a> Scanner<'a> {
                 if depth > 4 || !paths::safe_name(&name) {
                     continue;
                 }
-                if let Some(r) = read_trim(self.host, &format!("sys/class/block/{name}/dev"))
-                    .and_then(|d| parse_rdev(&d))
-                {
+                let b = self.block(&name);
+                if let Some(r) = parse_rdev(&b.dev) {
                     q.rdevs.insert(r);
                 }
                 q.paths.insert(format!("/dev/{name}"));
-                todo.extend(
-                    self.block_holders(&name)
-                        .into_iter()
-                        .map(|h| (h, depth + 1)),
-                );
+                todo.extend(b.holders.into_iter().map(|h| (h, depth + 1)));
             }
             for (node, rdev) in chars {
                 q.paths.insert(node);
@@ -863,9 +906,7 @@ impl<'a> Scanner<'a> {
             }
             if let Some(g) = group {
                 q.paths.insert(format!("/dev/vfio/{g}"));
-                if let Some(r) = read_trim(self.host, &format!("sys/class/vfio/{g}/dev"))
-                    .and_then(|d| parse_rdev(&d))
-                {
+                if let Some(r) = self.group_dev(g) {
                     q.rdevs.insert(r);
                 }
                 // Device fds name no device: wanted whenever a function may have one.
@@ -951,8 +992,8 @@ impl<'a> Scanner<'a> {
         names.into_iter().collect()
     }
 
-    fn block_label(&self, name: &str) -> String {
-        match read_trim(self.host, &format!("sys/class/block/{name}/dm/name")) {
+    fn block_label(&mut self, name: &str) -> String {
+        match self.block(name).dm {
             Some(dm) if !dm.is_empty() => format!("{name} ({})", crate::log::escape_controls(&dm)),
             _ => name.to_string(),
         }
@@ -964,14 +1005,13 @@ impl<'a> Scanner<'a> {
             return;
         }
         let node = format!("/dev/{name}");
-        let dev = read_trim(self.host, &format!("sys/class/block/{name}/dev")).unwrap_or_default();
+        let BlockFacts { dev, dm, holders } = self.block(name);
         let mut mounts: Vec<(String, String)> = self
             .facts
             .mounts_by_dev
             .get(&dev)
             .cloned()
             .unwrap_or_default();
-        let dm = read_trim(self.host, &format!("sys/class/block/{name}/dm/name"));
         let mut sources = vec![node.clone()];
         if let Some(d) = &dm {
             sources.push(format!("/dev/mapper/{d}"));
@@ -1032,7 +1072,7 @@ impl<'a> Scanner<'a> {
                 });
             }
         }
-        for h in self.block_holders(name) {
+        for h in holders {
             let label = self.block_label(&h);
             out.push(Use::Stacked {
                 node: top.clone(),
@@ -1102,9 +1142,7 @@ impl<'a> Scanner<'a> {
     fn node_uses(&mut self, bdf: &Bdf, out: &mut Vec<Use>) {
         let own = self.own_nodes(bdf);
         let (chars, group) = (own.chars.clone(), own.group);
-        let group_dev = group.and_then(|g| {
-            read_trim(self.host, &format!("sys/class/vfio/{g}/dev")).and_then(|d| parse_rdev(&d))
-        });
+        let group_dev = group.and_then(|g| self.group_dev(g));
         let on_vfio = self.driver(bdf).as_deref() == Some(crate::engine::plan::VFIO);
         let b = bdf.to_string();
         let mut hits: Vec<(String, u32)> = Vec::new();
@@ -1385,10 +1423,10 @@ pub fn scan(host: &dyn Host, bdfs: &[Bdf], opts: &Opts) -> Report {
     scan_with(host, bdfs, opts, None)
 }
 
-/// A walk of every process's fds (`NodeQuery::all`) started when a hook phase starts, before
-/// its config, state and devices are read: the walk is half of the guard's time and needs
-/// none of them. In a pre-start (functions on host drivers) the class tables are read by the
-/// same thread first, for the same reason. The phase's first scan takes them (`take`), filters the walk with
+/// A walk of every process's fds (`NodeQuery::all`) started when a hook phase (or `pt-hook
+/// reset`) starts, before its config, state and devices are read: the walk is half of the
+/// guard's time and needs none of them. In a pre-start and a reset (functions on host
+/// drivers) the class tables are read by the same thread first, for the same reason. The phase's first scan takes them (`take`), filters the walk with
 /// its own query and reads everything else then; a later scan (a wait for a holder to let go,
 /// a rescan with companions) reads again. A process that opens a node between the walk and
 /// the step after the scan is missed, as one that opens it between any scan and that step is;

@@ -270,6 +270,33 @@ pub fn phase_done(ctx: &Ctx, phase: Phase, took: Duration, ok: bool) {
     );
 }
 
+/// A `pt-hook reset`'s ladder runs and the phase's own run (`took` so far, `ok`: every slot
+/// recovered) in one locked update of the reset memory, then the metrics file when one is
+/// set: what `health::record_resets` and `phase_done` would do, with one write instead of two.
+pub fn record_with_phase(
+    ctx: &Ctx,
+    records: &[health::ResetRecord],
+    learn: bool,
+    run: (Phase, Duration, bool),
+) {
+    if ctx.dry_run {
+        return;
+    }
+    let (phase, took, ok) = run;
+    let now = health::now_secs();
+    health::update(
+        ctx.h(),
+        ctx.log,
+        |f, boot| {
+            if !records.is_empty() {
+                health::apply_resets(f, records, learn, now, boot().as_deref());
+            }
+            health::apply_phase(f, phase, took, ok, now);
+        },
+        |f| write_file(ctx, f),
+    );
+}
+
 /// Runs a phase and records how long it took and whether it worked. A usage or
 /// configuration error (exit 2: the phase did not run and touched nothing) is not recorded.
 pub fn timed<T>(

@@ -607,6 +607,42 @@ fn phases_write_their_durations_and_the_metrics_file() {
         "pre-migrate is not a phase"
     );
 
+    // `pt-hook reset`: its run and its ladder's are one update of the memory, and the
+    // metrics file shows both.
+    crate::cmd::reset::command(&ctx, &[bdf(NVME)], None, true).unwrap();
+    let m = memory(&t);
+    let p = m
+        .file
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Reset)
+        .unwrap();
+    assert_eq!((p.count, p.failures), (1, 0));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let samples = metrics::tests::parse_strict(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        get(
+            &samples,
+            "pt_hook_phase_duration_seconds_count",
+            &[("phase", "reset")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &samples,
+            "pt_hook_resets_total",
+            &[
+                ("model", "1b36:0010"),
+                ("subsystem", "1af4:1100"),
+                ("rung", "function-reset")
+            ]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+
     // A libvirt domain with a quote and a backslash in its name: the label escapes them.
     let mut args = Vec::new();
     let name = "we\"b\\01";

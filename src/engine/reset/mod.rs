@@ -106,6 +106,36 @@ pub struct LadderQuirks {
     pub hold_d0: Vec<Bdf>,
     /// post-stop: the reset memory, read while the guard waits (None: the ladder reads it).
     pub memory: Option<Memory>,
+    /// `pt-hook reset`: functions as read while the guard scanned (`read_before`); a slot
+    /// whose functions are all here starts its first rung at once instead of reading them.
+    pub read: Vec<ReadBefore>,
+    /// `pt-hook reset`: the phase the ladder ends, recorded in the same update of the reset
+    /// memory as the ladder's runs (one locked write, not two).
+    pub phase: Option<(health::Phase, Instant)>,
+}
+
+/// A function as the ladder reads it before its first rung: the reference for every check,
+/// its config space (the health check before, the serial) and its model and serials for the
+/// reset memory.
+#[derive(Clone, Debug)]
+pub struct ReadBefore {
+    info: DeviceInfo,
+    config: Option<Vec<u8>>,
+    facts: FunctionFacts,
+}
+
+/// Reads a function as the ladder needs it before its first rung (only reads: a caller may
+/// do it while the guard scans). `info`: the function just read (`device::read_for_ladder`),
+/// if the caller has it; None when the function does not exist.
+pub fn read_before(h: &dyn Host, bdf: &Bdf, info: Option<DeviceInfo>) -> Option<ReadBefore> {
+    let info = info.or_else(|| device::read_for_ladder(h, bdf))?;
+    let config = crate::engine::identity::config_bytes(h, &info.bdf);
+    let facts = FunctionFacts::read(h, &info, config.as_deref());
+    Some(ReadBefore {
+        info,
+        config,
+        facts,
+    })
 }
 
 impl LadderQuirks {
@@ -729,28 +759,34 @@ impl Ladder<'_, '_> {
         let start = Instant::now();
         let h = self.h();
         let mut rungs = Vec::new();
-        let before: Vec<Before> = {
+        // Each function as it is now: read here, unless the caller read the whole slot while
+        // its guard scanned (`LadderQuirks::read`). Model and serials for the reset memory are
+        // read while the device is as it was (a device the ladder leaves broken may no longer
+        // show its serial); the physical slot is named after the ladder (`reset_many_then`).
+        let given: Vec<&ReadBefore> = funcs
+            .iter()
+            .filter_map(|b| self.quirks.read.iter().find(|r| r.info.bdf == *b))
+            .collect();
+        let read: Vec<ReadBefore> = if given.len() == funcs.len() {
+            given.into_iter().cloned().collect()
+        } else {
             let _t = self.ctx.log.span(
                 Cat::Verify,
                 format!("{}: read before the ladder", list(funcs)),
             );
             funcs
                 .iter()
-                .filter_map(|b| device::read_for_ladder(h, b).map(|info| Before { info }))
+                .filter_map(|b| read_before(h, b, None))
                 .collect()
         };
-        // Model and serials for the reset memory, read while the device is as it was (a
-        // device the ladder leaves broken may no longer show its serial). The physical slot
-        // is named after the ladder (`reset_many_then`).
-        let configs: Vec<Option<Vec<u8>>> = before
-            .iter()
-            .map(|b| crate::engine::identity::config_bytes(h, &b.info.bdf))
-            .collect();
-        let facts: Vec<FunctionFacts> = before
-            .iter()
-            .zip(&configs)
-            .map(|(b, c)| FunctionFacts::read(h, &b.info, c.as_deref()))
-            .collect();
+        let mut before = Vec::with_capacity(read.len());
+        let mut configs = Vec::with_capacity(read.len());
+        let mut facts = Vec::with_capacity(read.len());
+        for r in read {
+            before.push(Before { info: r.info });
+            configs.push(r.config);
+            facts.push(r.facts);
+        }
         let mut first: Option<&'static str> = None;
         let mut memory: Option<String> = None;
         let report = |verdict, rungs, message: String, first, memory| SlotReport {
@@ -1085,6 +1121,7 @@ pub fn reset_many_then(
         r
     };
     let buses = by_bus.len();
+    let slot_count: usize = by_bus.values().map(BTreeMap::len).sum();
     std::thread::scope(|s| {
         // The reset memory's record is written as soon as every bus's ladder is done, beside
         // what `then` does with them (a post-stop's restore waits for drivers to bind); the
@@ -1106,9 +1143,21 @@ pub fn reset_many_then(
                 }
             }
             let records: Vec<health::ResetRecord> = reports.iter().map(reset_record).collect();
-            ctx.log.timed(Cat::State, "reset memory: record", || {
-                health::record_resets(ctx.h(), ctx.log, &records, method.is_none())
-            });
+            let learn = method.is_none();
+            ctx.log
+                .timed(Cat::State, "reset memory: record", || match quirks.phase {
+                    Some((phase, t0)) => {
+                        let ok = reports.len() == slot_count
+                            && reports.iter().all(|r| r.verdict == Verdict::Reset);
+                        crate::engine::metrics::record_with_phase(
+                            ctx,
+                            &records,
+                            learn,
+                            (phase, t0.elapsed(), ok),
+                        )
+                    }
+                    None => health::record_resets(ctx.h(), ctx.log, &records, learn),
+                });
         });
         // The buses side by side (the first on this thread); a bus whose ladder panicked
         // reports nothing.
