@@ -733,3 +733,43 @@ fn the_published_inventory_carries_the_health_of_the_last_reset() {
     assert_eq!(h.last_reset, Some(full.last_reset));
     assert!(dev(NVME2).health.is_none(), "{:?}", dev(NVME2));
 }
+
+/// `pt-hook reset` hands the ladder each function as read beside the guard: used as they
+/// are while the function is still on the driver it had (its attributes are not read again),
+/// read again when it is not (the checks after each rung compare with what is there now).
+#[test]
+fn reads_beside_the_guard_are_used_while_the_driver_is_the_same() {
+    let given = |t: &T, driver: Option<&str>| {
+        let mut info = device::read_for_ladder(&*t.sim, &bdf(NVME)).unwrap();
+        if let Some(d) = driver {
+            info.driver = Some(d.into());
+        }
+        LadderQuirks {
+            read: vec![reset::read_before(&*t.sim, &bdf(NVME), Some(info)).unwrap()],
+            ..Default::default()
+        }
+    };
+    let vendor_fails =
+        || FaultPoint::read_suffix(&format!("{NVME}/vendor"), Fault::Errno(libc::EIO));
+    // Used: a read of the vendor attribute would now fail, and none is made.
+    let t = T::new();
+    let q = given(&t, None);
+    t.sim.inject(vendor_fails());
+    let r = reset_with(&t, NVME, &q);
+    assert_eq!(r.verdict, Verdict::Reset, "{r:?}");
+    assert_eq!(tried(&r), ["function-reset"], "{r:?}");
+    // Another driver than the function has now: the slot is read again (and that read fails
+    // here, so the function is refused untouched)...
+    let t = T::new();
+    let q = given(&t, Some("vfio-pci"));
+    t.sim.inject(vendor_fails());
+    let r = reset_with(&t, NVME, &q);
+    assert_eq!(r.verdict, Verdict::Refused, "{r:?}");
+    assert!(reset_writes(&t.sim).is_empty(), "{r:?}");
+    // ...and with that read working, the function passes the checks against what it is now.
+    let t = T::new();
+    let q = given(&t, Some("vfio-pci"));
+    let r = reset_with(&t, NVME, &q);
+    assert_eq!(r.verdict, Verdict::Reset, "{r:?}");
+    assert_eq!(tried(&r), ["function-reset"], "{r:?}");
+}

@@ -107,7 +107,8 @@ pub struct LadderQuirks {
     /// post-stop: the reset memory, read while the guard waits (None: the ladder reads it).
     pub memory: Option<Memory>,
     /// `pt-hook reset`: functions as read while the guard scanned (`read_before`); a slot
-    /// whose functions are all here starts its first rung at once instead of reading them.
+    /// whose functions are all here, each still on the driver it had, starts its first rung
+    /// at once instead of reading them again.
     pub read: Vec<ReadBefore>,
     /// `pt-hook reset`: the phase the ladder ends, recorded in the same update of the reset
     /// memory as the ladder's runs (one locked write, not two).
@@ -767,7 +768,14 @@ impl Ladder<'_, '_> {
             .iter()
             .filter_map(|b| self.quirks.read.iter().find(|r| r.info.bdf == *b))
             .collect();
-        let read: Vec<ReadBefore> = if given.len() == funcs.len() {
+        // What was read while the guard scanned is used if every function is still on the
+        // driver it had then (one link each); otherwise the slot is read again.
+        let still = || {
+            given
+                .iter()
+                .all(|r| device::driver_of(h, &r.info.bdf) == r.info.driver)
+        };
+        let read: Vec<ReadBefore> = if given.len() == funcs.len() && still() {
             given.into_iter().cloned().collect()
         } else {
             let _t = self.ctx.log.span(
