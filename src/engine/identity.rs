@@ -41,6 +41,10 @@ pub const MAX_FUNCTIONS: usize = 256;
 const MAX_SERIAL: usize = 64;
 /// Root reads the whole extended config space; others get 64 bytes (and so no DSN).
 const CONFIG_BYTES: usize = 4096;
+/// What is read first: the header and the start of extended space, where the capability
+/// list usually ends. Each dword of a config read is a transaction on the bus (and a trap
+/// under emulation): the whole 4 KiB only when the list goes on past this.
+const FIRST_CONFIG_BYTES: usize = 1024;
 const EXT_CAP_DSN: u32 = 0x0003;
 
 /// One named function as it was at a start (or is now).
@@ -126,6 +130,24 @@ fn is_named(origin: &str) -> bool {
 /// The serial in a Device Serial Number extended capability, walking the capability list
 /// from 0x100 (bounded: at most one hop per dword of extended space).
 pub fn parse_dsn(config: &[u8]) -> Option<String> {
+    match walk_dsn(config) {
+        Walk::Found(s) => Some(s),
+        Walk::Ended | Walk::Beyond => None,
+    }
+}
+
+/// Where a walk of the extended capability list of `config` (the bytes read) got to.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// The DSN capability, with a serial.
+    Found(String),
+    /// The list ended, looped, or holds no usable serial: none in this config space.
+    Ended,
+    /// The list goes on past the bytes read.
+    Beyond,
+}
+
+fn walk_dsn(config: &[u8]) -> Walk {
     let dword = |off: usize| -> Option<u32> {
         config
             .get(off..off + 4)
@@ -133,19 +155,22 @@ pub fn parse_dsn(config: &[u8]) -> Option<String> {
     };
     let mut off = 0x100usize;
     for _ in 0..(CONFIG_BYTES - 0x100) / 4 {
-        let hdr = dword(off)?;
+        let Some(hdr) = dword(off) else {
+            return Walk::Beyond;
+        };
         if hdr == 0 || hdr == 0xffff_ffff {
-            return None;
+            return Walk::Ended;
         }
         if hdr & 0xffff == EXT_CAP_DSN {
-            let lo = dword(off + 4)? as u64;
-            let hi = dword(off + 8)? as u64;
-            let v = (hi << 32) | lo;
+            let (Some(lo), Some(hi)) = (dword(off + 4), dword(off + 8)) else {
+                return Walk::Beyond;
+            };
+            let v = ((hi as u64) << 32) | lo as u64;
             if v == 0 || v == u64::MAX {
-                return None;
+                return Walk::Ended;
             }
             let b = v.to_be_bytes();
-            return Some(
+            return Walk::Found(
                 b.iter()
                     .map(|x| format!("{x:02x}"))
                     .collect::<Vec<_>>()
@@ -154,11 +179,11 @@ pub fn parse_dsn(config: &[u8]) -> Option<String> {
         }
         let next = ((hdr >> 20) & 0xffc) as usize;
         if next < 0x100 {
-            return None;
+            return Walk::Ended;
         }
         off = next;
     }
-    None
+    Walk::Ended
 }
 
 /// A serial as the kernel shows it (space-padded): trimmed, printable ASCII only, bounded.
@@ -214,10 +239,16 @@ pub fn function_id_with(
     }
 }
 
-/// The bytes of config space `function_id` reads (the extended capabilities, for the DSN).
+/// The bytes of config space `function_id` reads (the extended capabilities, for the DSN):
+/// the first `FIRST_CONFIG_BYTES`, and all of it only when the capability list goes on past
+/// them (a shorter read is all there is: conventional PCI's 256 bytes, a non-root 64).
 pub fn config_bytes(host: &dyn Host, bdf: &Bdf) -> Option<Vec<u8>> {
-    host.read_bytes(&paths::dev(bdf, DevFile::Config), CONFIG_BYTES)
-        .ok()
+    let rel = paths::dev(bdf, DevFile::Config);
+    let first = host.read_bytes(&rel, FIRST_CONFIG_BYTES).ok()?;
+    if first.len() < FIRST_CONFIG_BYTES || walk_dsn(&first) != Walk::Beyond {
+        return Some(first);
+    }
+    Some(host.read_bytes(&rel, CONFIG_BYTES).unwrap_or(first))
 }
 
 /// The functions a plan's VM names, as they are now.
@@ -761,6 +792,43 @@ mod tests {
         // Truncated in the middle of the capability.
         let c = config_with_caps(&[(0x100, 0x0001_0003, &[1, 2])]);
         assert_eq!(parse_dsn(&c[..0x106]), None);
+        assert_eq!(walk_dsn(&c[..0x106]), Walk::Beyond);
+        // A list that ends inside the first read, and one that goes on past it.
+        let c = config_with_caps(&[(0x100, 0x1401_0001, &[])]);
+        assert_eq!(walk_dsn(&c[..FIRST_CONFIG_BYTES]), Walk::Ended);
+        let c = config_with_caps(&[
+            (0x100, 0x8001_0001, &[0; 3]),
+            (0x800, 0x0001_0003, &[0x4455_6677, 0x0011_2233]),
+        ]);
+        assert_eq!(walk_dsn(&c[..FIRST_CONFIG_BYTES]), Walk::Beyond);
+        assert_eq!(parse_dsn(&c).as_deref(), Some("00-11-22-33-44-55-66-77"));
+    }
+
+    /// Config space is read in full only when the capability list goes on past the first
+    /// read: the serial is found either way.
+    #[test]
+    fn config_is_read_in_full_only_when_the_list_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::host::real::RealHost::new(dir.path());
+        let b = Bdf::parse("0000:02:00.0").unwrap();
+        let rel = paths::dev(&b, DevFile::Config);
+        std::fs::create_dir_all(dir.path().join(&rel).parent().unwrap()).unwrap();
+        let near = config_with_caps(&[(0x100, 0x0001_0003, &[0x4455_6677, 0x0011_2233])]);
+        std::fs::write(dir.path().join(&rel), &near).unwrap();
+        let got = config_bytes(&host, &b).unwrap();
+        assert_eq!(got.len(), FIRST_CONFIG_BYTES);
+        assert_eq!(parse_dsn(&got).as_deref(), Some("00-11-22-33-44-55-66-77"));
+        let far = config_with_caps(&[
+            (0x100, 0x8001_0001, &[0; 3]),
+            (0x800, 0x0001_0003, &[0x4455_6677, 0x0011_2233]),
+        ]);
+        std::fs::write(dir.path().join(&rel), &far).unwrap();
+        let got = config_bytes(&host, &b).unwrap();
+        assert_eq!(got.len(), CONFIG_BYTES);
+        assert_eq!(parse_dsn(&got).as_deref(), Some("00-11-22-33-44-55-66-77"));
+        // Conventional PCI: 256 bytes are all there is.
+        std::fs::write(dir.path().join(&rel), &near[..256]).unwrap();
+        assert_eq!(config_bytes(&host, &b).unwrap().len(), 256);
     }
 
     #[test]
