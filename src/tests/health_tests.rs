@@ -55,6 +55,17 @@ fn reset_writes(sim: &SimHost) -> Vec<String> {
         .collect()
 }
 
+/// The `pt-hook reset` phase's record in the memory: (runs, failures).
+fn reset_phase(m: &Memory) -> (u64, u64) {
+    let p = m
+        .file
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Reset)
+        .expect("a reset phase");
+    (p.count, p.failures)
+}
+
 fn memory(t: &T) -> Memory {
     let m = Memory::load(&*t.sim);
     assert!(m.warning.is_none(), "{:?}", m.warning);
@@ -328,13 +339,7 @@ fn an_unrecovered_device_needs_a_host_reboot() {
         .unwrap();
     assert_eq!(fails.2, 1.0);
     // The reset command's own run is a failed "reset" phase.
-    let p = m
-        .file
-        .phases
-        .iter()
-        .find(|p| p.phase == Phase::Reset)
-        .unwrap();
-    assert_eq!((p.count, p.failures), (1, 1));
+    assert_eq!(reset_phase(&m), (1, 1));
     // After a reboot (another boot id) the mark is gone; the failure stays counted.
     std::fs::write(
         t.sim.root_dir().join("proc/sys/kernel/random/boot_id"),
@@ -547,6 +552,26 @@ fn phases_write_their_durations_and_the_metrics_file() {
             })
             .map(|x| x.2)
     };
+    // How often the metrics file says `phase` ran.
+    let runs = |s: &[metrics::tests::Sample], phase: &str| {
+        get(
+            s,
+            "pt_hook_phase_duration_seconds_count",
+            &[("phase", phase)],
+        )
+    };
+    // The NVMe model's function resets.
+    let nvme_flrs = |s: &[metrics::tests::Sample]| {
+        get(
+            s,
+            "pt_hook_resets_total",
+            &[
+                ("model", "1b36:0010"),
+                ("subsystem", "1af4:1100"),
+                ("rung", "function-reset"),
+            ],
+        )
+    };
     assert_eq!(
         get(
             &samples,
@@ -569,14 +594,7 @@ fn phases_write_their_durations_and_the_metrics_file() {
     crate::engine::phase::pve(&ctx, 100, "pre-migrate").unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let samples = metrics::tests::parse_strict(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(
-        get(
-            &samples,
-            "pt_hook_phase_duration_seconds_count",
-            &[("phase", "post-stop")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(runs(&samples, "post-stop"), Some(1.0));
     assert_eq!(
         get(
             &samples,
@@ -586,19 +604,7 @@ fn phases_write_their_durations_and_the_metrics_file() {
         None
     );
     // post-stop reset both devices (FLR): counted per model and rung.
-    assert_eq!(
-        get(
-            &samples,
-            "pt_hook_resets_total",
-            &[
-                ("model", "1b36:0010"),
-                ("subsystem", "1af4:1100"),
-                ("rung", "function-reset")
-            ]
-        ),
-        Some(1.0),
-        "{text}"
-    );
+    assert_eq!(nvme_flrs(&samples), Some(1.0), "{text}");
     let m = memory(&t);
     let phases: Vec<Phase> = m.file.phases.iter().map(|p| p.phase).collect();
     assert_eq!(
@@ -611,37 +617,11 @@ fn phases_write_their_durations_and_the_metrics_file() {
     // metrics file shows both.
     crate::cmd::reset::command(&ctx, &[bdf(NVME)], None, true).unwrap();
     let m = memory(&t);
-    let p = m
-        .file
-        .phases
-        .iter()
-        .find(|p| p.phase == Phase::Reset)
-        .unwrap();
-    assert_eq!((p.count, p.failures), (1, 0));
+    assert_eq!(reset_phase(&m), (1, 0));
     let text = std::fs::read_to_string(&path).unwrap();
     let samples = metrics::tests::parse_strict(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(
-        get(
-            &samples,
-            "pt_hook_phase_duration_seconds_count",
-            &[("phase", "reset")]
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        get(
-            &samples,
-            "pt_hook_resets_total",
-            &[
-                ("model", "1b36:0010"),
-                ("subsystem", "1af4:1100"),
-                ("rung", "function-reset")
-            ]
-        ),
-        Some(2.0),
-        "{text}"
-    );
+    assert_eq!(runs(&samples, "reset"), Some(1.0), "{text}");
+    assert_eq!(nvme_flrs(&samples), Some(2.0), "{text}");
 
     // A libvirt domain with a quote and a backslash in its name: the label escapes them.
     let mut args = Vec::new();
