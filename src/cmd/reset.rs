@@ -21,13 +21,8 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
             )));
         }
     }
-    for b in bdfs {
-        if !device::exists(&*ctx.host, b) {
-            return Err(Error::Usage(format!(
-                "{b}: no such PCI device ({})",
-                ctx.host.display(&paths::dev_dir(b))
-            )));
-        }
+    if let Some(b) = bdfs.iter().find(|b| !device::exists(&*ctx.host, b)) {
+        return Err(no_such_device(ctx, b));
     }
     // Never reset what the host or a running VM uses. pt-hook's own state of a stopped VM
     // is not a user: resetting its devices is what this command is for. The scan (its walk
@@ -78,10 +73,7 @@ fn read_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<device::DeviceInfo>> {
     let mut infos = Vec::new();
     for b in bdfs {
         let Some(info) = device::read_for_ladder(&*ctx.host, b) else {
-            return Err(Error::Usage(format!(
-                "{b}: no such PCI device ({})",
-                ctx.host.display(&paths::dev_dir(b))
-            )));
+            return Err(no_such_device(ctx, b));
         };
         if info.is_bridge() {
             return Err(Error::Usage(format!(
@@ -91,6 +83,13 @@ fn read_devices(ctx: &Ctx, bdfs: &[Bdf]) -> Result<Vec<device::DeviceInfo>> {
         infos.push(info);
     }
     Ok(infos)
+}
+
+fn no_such_device(ctx: &Ctx, b: &Bdf) -> Error {
+    Error::Usage(format!(
+        "{b}: no such PCI device ({})",
+        ctx.host.display(&paths::dev_dir(b))
+    ))
 }
 
 /// Refuses what the guard found in use (a stopped VM's own state is not a user).

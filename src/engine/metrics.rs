@@ -260,19 +260,12 @@ pub fn phase_done(ctx: &Ctx, phase: Phase, took: Duration, ok: bool) {
         return;
     }
     let _t = ctx.log.span(Cat::State, "phase metrics");
-    let now = health::now_secs();
-    let host = ctx.h();
-    health::update(
-        host,
-        ctx.log,
-        |f, _| health::apply_phase(f, phase, took, ok, now),
-        |f| write_file(ctx, f),
-    );
+    record_with_phase(ctx, &[], false, (phase, took, ok));
 }
 
-/// A `pt-hook reset`'s ladder runs and the phase's own run (`took` so far, `ok`: every slot
-/// recovered) in one locked update of the reset memory, then the metrics file when one is
-/// set: what `health::record_resets` and `phase_done` would do, with one write instead of two.
+/// Ladder runs (none for a phase without a reset) and the phase's own run (`took` so far,
+/// `ok`) in one locked update of the reset memory, then the metrics file when one is set.
+/// `pt-hook reset` records its ladder and its phase with one write instead of two.
 pub fn record_with_phase(
     ctx: &Ctx,
     records: &[health::ResetRecord],
