@@ -556,8 +556,10 @@ fn keep_serials(f: &mut FunctionId, old: Option<&IdentityFile>) {
 }
 
 /// Writes the identity of `current` as the VM's last good start (replacing the file, or a
-/// damaged one).
-pub fn record(host: &dyn Host, key: &VmKey, current: &[FunctionId]) -> Result<()> {
+/// damaged one). A file that already says exactly that is left as it is (`recorded` stays the
+/// first start that found these devices): Ok(false), nothing written. A start is not a disk
+/// write and an fsync on the host's root file system every time.
+pub fn record(host: &dyn Host, key: &VmKey, current: &[FunctionId]) -> Result<bool> {
     let old = load(host, key).ok().flatten();
     let mut functions: Vec<FunctionId> = current.iter().take(MAX_FUNCTIONS).cloned().collect();
     for f in &mut functions {
@@ -567,6 +569,12 @@ pub fn record(host: &dyn Host, key: &VmKey, current: &[FunctionId]) -> Result<()
         VmKey::Pve(v) => (Some(*v), None),
         VmKey::Libvirt(d) => (None, Some(d.clone())),
     };
+    if old
+        .as_ref()
+        .is_some_and(|o| o.vmid == vmid && o.domain == domain && o.functions == functions)
+    {
+        return Ok(false);
+    }
     write(
         host,
         key,
@@ -578,6 +586,7 @@ pub fn record(host: &dyn Host, key: &VmKey, current: &[FunctionId]) -> Result<()
             functions,
         },
     )
+    .map(|()| true)
 }
 
 /// The end of a successful pre-start: remember what the named addresses held. A failure is a
@@ -596,8 +605,12 @@ pub fn remember(ctx: &Ctx, key: &VmKey, p: &PlanIdentity) {
         return;
     }
     match record(host, key, &p.current) {
-        Ok(()) => ctx.log.debug(&format!(
+        Ok(true) => ctx.log.debug(&format!(
             "remembered the identity of {} PCI function(s) in {shown}",
+            p.current.len()
+        )),
+        Ok(false) => ctx.log.debug(&format!(
+            "the identity of {} PCI function(s) in {shown} is unchanged",
             p.current.len()
         )),
         Err(e) => ctx.log.warn(&format!(
@@ -911,6 +924,37 @@ mod tests {
         let p = lifecycle::plan_vm(&t.ctx_dry(true), 100).unwrap();
         assert!(p.identity.drift.is_empty(), "{:?}", p.identity.drift);
         lifecycle::pre_start(&t.ctx(), 100).unwrap();
+        lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
+    }
+
+    #[test]
+    fn a_start_that_finds_the_same_devices_leaves_the_file_as_it_is() {
+        let t = T::new();
+        let key = VmKey::Pve(100);
+        lifecycle::pre_start(&t.ctx(), 100).unwrap();
+        lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
+        // The record as an older start left it (its time).
+        let mut f = identity_of(&t, &key);
+        f.recorded = 1;
+        let rel = file_of(&key);
+        write(&*t.sim, &key, &f).unwrap();
+        let bytes = t.sim.read(&rel).unwrap();
+        lifecycle::pre_start(&t.ctx(), 100).unwrap();
+        lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
+        assert_eq!(
+            t.sim.read(&rel).unwrap(),
+            bytes,
+            "the same devices: not rewritten"
+        );
+        // Something the record does not say (a subsystem it lacks, which is not drift): the
+        // file is written, with this start's time.
+        assert!(f.functions[0].subsystem.is_some(), "{:?}", f.functions[0]);
+        f.functions[0].subsystem = None;
+        write(&*t.sim, &key, &f).unwrap();
+        lifecycle::pre_start(&t.ctx(), 100).unwrap();
+        let now = identity_of(&t, &key);
+        assert!(now.recorded > 1, "{now:?}");
+        assert_eq!(now.functions[0].subsystem.as_deref(), Some("1af4:1100"));
         lifecycle::post_stop(&t.ctx(), 100, true).unwrap();
     }
 
