@@ -105,6 +105,45 @@ pub struct PlanIdentity {
     #[serde(skip)]
     pub current: Vec<FunctionId>,
     pub drift: Vec<Drift>,
+    /// The file as planning read it (None: there was none, or it was damaged).
+    #[serde(skip)]
+    pub remembered: Option<IdentityFile>,
+}
+
+impl PlanIdentity {
+    /// Whether remembering `current` would change the file planning read (the first start,
+    /// other devices, a damaged file, a serial or subsystem it did not have): only then does
+    /// a start write it (`record`).
+    pub fn changes_record(&self, key: &VmKey) -> bool {
+        !self.current.is_empty()
+            && !self
+                .remembered
+                .as_ref()
+                .is_some_and(|f| says_already(f, key, &self.current))
+    }
+}
+
+/// The record `current` would give, against the file it would replace (serials the devices
+/// do not show now kept from it).
+fn functions_over(current: &[FunctionId], old: Option<&IdentityFile>) -> Vec<FunctionId> {
+    let mut functions: Vec<FunctionId> = current.iter().take(MAX_FUNCTIONS).cloned().collect();
+    for f in &mut functions {
+        keep_serials(f, old);
+    }
+    functions
+}
+
+/// Whether `f` already records exactly `current` for `key`.
+fn says_already(f: &IdentityFile, key: &VmKey, current: &[FunctionId]) -> bool {
+    let (vmid, domain) = key_fields(key);
+    f.vmid == vmid && f.domain == domain && f.functions == functions_over(current, Some(f))
+}
+
+fn key_fields(key: &VmKey) -> (Option<u32>, Option<Domain>) {
+    match key {
+        VmKey::Pve(v) => (Some(*v), None),
+        VmKey::Libvirt(d) => (None, Some(d.clone())),
+    }
 }
 
 pub fn file_of(key: &VmKey) -> String {
@@ -493,15 +532,19 @@ pub fn check(
     warnings: &mut Vec<String>,
 ) -> PlanIdentity {
     let current = current(host, devices);
-    let drift = match load(host, key) {
-        Ok(Some(f)) => compare(host, key, &f, &current),
-        Ok(None) => Vec::new(),
+    let (drift, remembered) = match load(host, key) {
+        Ok(Some(f)) => (compare(host, key, &f, &current), Some(f)),
+        Ok(None) => (Vec::new(), None),
         Err(w) => {
             warnings.push(w);
-            Vec::new()
+            (Vec::new(), None)
         }
     };
-    PlanIdentity { current, drift }
+    PlanIdentity {
+        current,
+        drift,
+        remembered,
+    }
 }
 
 /// pre-start refuses (exit 1) while any named address holds another device.
@@ -561,20 +604,11 @@ fn keep_serials(f: &mut FunctionId, old: Option<&IdentityFile>) {
 /// write and an fsync on the host's root file system every time.
 pub fn record(host: &dyn Host, key: &VmKey, current: &[FunctionId]) -> Result<bool> {
     let old = load(host, key).ok().flatten();
-    let mut functions: Vec<FunctionId> = current.iter().take(MAX_FUNCTIONS).cloned().collect();
-    for f in &mut functions {
-        keep_serials(f, old.as_ref());
-    }
-    let (vmid, domain) = match key {
-        VmKey::Pve(v) => (Some(*v), None),
-        VmKey::Libvirt(d) => (None, Some(d.clone())),
-    };
-    if old
-        .as_ref()
-        .is_some_and(|o| o.vmid == vmid && o.domain == domain && o.functions == functions)
-    {
+    if old.as_ref().is_some_and(|o| says_already(o, key, current)) {
         return Ok(false);
     }
+    let functions = functions_over(current, old.as_ref());
+    let (vmid, domain) = key_fields(key);
     write(
         host,
         key,

@@ -675,12 +675,16 @@ pub fn prepare(
         }
         Ok(())
     };
+    // Only a record that changes is written (most starts find what the last one did: then
+    // there is nothing to do and no thread to start).
     std::thread::scope(|sc| {
-        sc.spawn(|| {
-            ctx.log.timed(Cat::Identity, "remember", || {
-                crate::engine::identity::remember(ctx, key, &p.identity)
-            })
-        });
+        if p.identity.changes_record(key) {
+            sc.spawn(|| {
+                ctx.log.timed(Cat::Identity, "remember", || {
+                    crate::engine::identity::remember(ctx, key, &p.identity)
+                })
+            });
+        }
         steps(&mut st)
     })?;
     st.phase = "prepared".into();

@@ -4,7 +4,8 @@
 # run: a VM's cycle (NVMe + e1000e, pre-start + post-stop with the reset) by pt-hook against
 # the same sysfs writes by a shell, serial and per-device parallel; 8 NVMe/virtio functions
 # reset in one call against 8 calls; where pt-hook's time goes (its own timing breakdown and
-# step lines); start-up time. See tests/vm/bench-guest.sh for exactly what each variant does.
+# step lines); start-up time. Each variant runs one untimed cycle (and each build one untimed
+# reset call) first. See tests/vm/bench-guest.sh for exactly what each variant does.
 #
 #   PT_HOOK_BIN=path        benchmark this static binary (e.g. an older build) instead of
 #                           building the tree
