@@ -632,10 +632,17 @@ pub fn remember(ctx: &Ctx, key: &VmKey, p: &PlanIdentity) {
     let host = &*ctx.host;
     let shown = host.display(&file_of(key));
     if ctx.dry_run {
-        println!(
-            "dry-run: remember the identity of {} PCI function(s) in {shown}",
-            p.current.len()
-        );
+        if p.changes_record(key) {
+            println!(
+                "dry-run: remember the identity of {} PCI function(s) in {shown}",
+                p.current.len()
+            );
+        } else {
+            println!(
+                "dry-run: the identity of {} PCI function(s) in {shown} is unchanged (not written)",
+                p.current.len()
+            );
+        }
         return;
     }
     match record(host, key, &p.current) {
@@ -980,11 +987,16 @@ mod tests {
             bytes,
             "the same devices: not rewritten"
         );
+        // What a dry run says of it.
+        let dry = lifecycle::plan_vm(&t.ctx_dry(true), 100).unwrap();
+        assert!(!dry.identity.changes_record(&key));
         // Something the record does not say (a subsystem it lacks, which is not drift): the
         // file is written, with this start's time.
         assert!(f.functions[0].subsystem.is_some(), "{:?}", f.functions[0]);
         f.functions[0].subsystem = None;
         write(&*t.sim, &key, &f).unwrap();
+        let dry = lifecycle::plan_vm(&t.ctx_dry(true), 100).unwrap();
+        assert!(dry.identity.changes_record(&key));
         lifecycle::pre_start(&t.ctx(), 100).unwrap();
         let now = identity_of(&t, &key);
         assert!(now.recorded > 1, "{now:?}");
