@@ -7,8 +7,8 @@ read -r T_START _ </proc/uptime
 now() { read -r _t _ </proc/uptime; echo "$_t"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "?"}'; }
-C=${BENCH_CYCLES:-31}   # cycles of each variant, interleaved
-R=${BENCH_RESET_ROUNDS:-3}
+C=${BENCH_CYCLES:-41}   # cycles of each variant, interleaved
+R=${BENCH_RESET_ROUNDS:-5}
 H=/usr/sbin/pt-hook
 SYS=/sys/bus/pci/devices
 DRV=/sys/bus/pci/drivers

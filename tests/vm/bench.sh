@@ -11,7 +11,7 @@
 #                           building the tree
 #   PT_HOOK_BENCH_BEFORE=path  also run this (older) static build, as pt-hook-before, in the
 #                           same guest beside the current one: before/after from one run
-#   BENCH_CYCLES=31 BENCH_RESET_ROUNDS=3 BENCH_LOG_CYCLES=10   sizes (passed to the guest; the
+#   BENCH_CYCLES=41 BENCH_RESET_ROUNDS=5 BENCH_LOG_CYCLES=10   sizes (passed to the guest; the
 #                           run-to-run noise here is 3-5%: fewer cycles swing more)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,7 +32,7 @@ if [ -n "${PT_HOOK_BENCH_BEFORE:-}" ]; then
 fi
 {
     head -n 1 "$HERE/bench-guest.sh"
-    echo "BENCH_CYCLES=${BENCH_CYCLES:-31} BENCH_RESET_ROUNDS=${BENCH_RESET_ROUNDS:-3} BENCH_LOG_CYCLES=${BENCH_LOG_CYCLES:-10}"
+    echo "BENCH_CYCLES=${BENCH_CYCLES:-41} BENCH_RESET_ROUNDS=${BENCH_RESET_ROUNDS:-5} BENCH_LOG_CYCLES=${BENCH_LOG_CYCLES:-10}"
     tail -n +2 "$HERE/bench-guest.sh"
 } >"$SCEN"
 export PT_HOOK_VM_SCENARIO=$SCEN
