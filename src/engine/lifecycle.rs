@@ -744,30 +744,9 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
         return Ok(());
     }
     let exec = ctx.exec();
-    // A function already back on the host driver it had (a late bind that finished after
-    // an earlier post-stop gave up) is verified below and never reset: a reset under a
-    // bound host driver can wedge it (a NIC then blocks `ip link` under the RTNL lock).
-    let back_t = ctx
-        .log
-        .span(Cat::Verify, "already back on the host driver?");
-    let back: Vec<Bdf> = st
-        .devices
-        .iter()
-        .filter(|d| {
-            let b = d.original.bdf;
-            d.original.driver.as_deref().is_some_and(|o| {
-                o != plan::VFIO && device::driver_of(ctx.h(), &b).as_deref() == Some(o)
-            })
-        })
-        .map(|d| d.original.bdf)
-        .collect();
-    drop(back_t);
-    for b in &back {
-        ctx.log.info(&format!(
-            "{b}: already back on its host driver: verifying it, not resetting it"
-        ));
-    }
-    // The functions the reset holds at D0 (`reset::hold_d0`), from while the guard waits.
+    // The functions the reset holds at D0 (`reset::hold_d0`): each one with a host driver to
+    // go back to. `hold_d0` writes only those still on vfio-pci with "auto", so one already
+    // back on its host driver (below) is left alone.
     let resets = with_reset && ctx.cfg.vm(st.vmid).resets_on_stop();
     let d0: Vec<Bdf> = if resets {
         st.devices
@@ -779,17 +758,41 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
                     .is_some_and(|o| o != plan::VFIO)
             })
             .map(|d| d.original.bdf)
-            .filter(|b| !back.contains(b))
             .collect()
     } else {
         Vec::new()
     };
-    // The quirk profiles load, and the functions to reset are resumed to D0, while the guard
-    // waits for the devices to be free.
-    let (free, (profiles, memory), held) = std::thread::scope(|sc| {
-        let d0 = &d0;
-        let held = (!d0.is_empty())
-            .then(|| sc.spawn(move || crate::engine::reset::hold_d0(ctx, d0, exec.deadline)));
+    // The holds start first, one thread per function (the ladder waits for them); the quirk
+    // profiles load, and the guard waits for the devices to be free, meanwhile.
+    let (back, free, (profiles, memory), held) = std::thread::scope(|sc| {
+        let deadline = exec.deadline;
+        let holds: Vec<_> = d0
+            .iter()
+            .map(|b| sc.spawn(move || crate::engine::reset::hold_d0(ctx, b, deadline)))
+            .collect();
+        // A function already back on the host driver it had (a late bind that finished after
+        // an earlier post-stop gave up) is verified below and never reset: a reset under a
+        // bound host driver can wedge it (a NIC then blocks `ip link` under the RTNL lock).
+        let back_t = ctx
+            .log
+            .span(Cat::Verify, "already back on the host driver?");
+        let back: Vec<Bdf> = st
+            .devices
+            .iter()
+            .filter(|d| {
+                let b = d.original.bdf;
+                d.original.driver.as_deref().is_some_and(|o| {
+                    o != plan::VFIO && device::driver_of(ctx.h(), &b).as_deref() == Some(o)
+                })
+            })
+            .map(|d| d.original.bdf)
+            .collect();
+        drop(back_t);
+        for b in &back {
+            ctx.log.info(&format!(
+                "{b}: already back on its host driver: verifying it, not resetting it"
+            ));
+        }
         // Only devices pre-start recorded a profile for use one (by its name): with none,
         // there is nothing to parse. The ladder's reset memory is read here too.
         let need = st.devices.iter().any(|d| d.quirk.is_some());
@@ -811,11 +814,15 @@ pub fn restore(ctx: &Ctx, mut st: VmState, with_reset: bool) -> Result<()> {
             st.pid = std::process::id();
             save(ctx, &st)
         });
+        let held: Vec<Bdf> = holds
+            .into_iter()
+            .filter_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
         (
+            back,
             free,
             q.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            held.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .unwrap_or_default(),
+            held,
         )
     });
     if let Err(e) = free {

@@ -1228,31 +1228,30 @@ fn reset_record(r: &SlotReport) -> health::ResetRecord {
 /// host ends as it would have anyway, a crash included (the next restore unbinds them too).
 /// A function that does not recover, or a restore that stops before the ladder (a holder
 /// that does not let go), gets "auto" back (`release_d0`). A write that fails only means the
-/// ladder runs without the hold. Returns the functions held. No write waits past `deadline`
-/// (the phase's).
-pub fn hold_d0(ctx: &Ctx, bdfs: &[Bdf], deadline: Instant) -> Vec<Bdf> {
+/// ladder runs without the hold. No write waits past `deadline` (the phase's).
+///
+/// `hold_d0` is one function: the restore starts one thread per function with it, first of
+/// all (each write waits for its function's resume, ~10 ms from D3hot, and the ladder waits
+/// for it). Returns the function if it is held now.
+pub fn hold_d0(ctx: &Ctx, b: &Bdf, deadline: Instant) -> Option<Bdf> {
     let h = &*ctx.host;
-    // Each function checked and written on its own thread: the writes wait for the resume.
-    let held = crate::host::side_by_side(bdfs, |b| -> Option<Bdf> {
-        if device::driver_of(h, b).as_deref() != Some(VFIO)
-            || device::power_control_of(h, b).as_deref() != Some("auto")
-        {
-            return None;
+    if device::driver_of(h, b).as_deref() != Some(VFIO)
+        || device::power_control_of(h, b).as_deref() != Some("auto")
+    {
+        return None;
+    }
+    let rel = paths::dev(b, DevFile::PowerControl);
+    match kwrite(ctx, &rel, "on", within(ctx.cfg.timeouts.step, deadline)) {
+        Ok(()) => Some(*b),
+        Err(e) => {
+            ctx.log.warn(&format!(
+                "{b}: could not hold it at D0 for the reset ({}: {}); resetting it as it is",
+                h.display(&rel),
+                errno_text(&e)
+            ));
+            None
         }
-        let rel = paths::dev(b, DevFile::PowerControl);
-        match kwrite(ctx, &rel, "on", within(ctx.cfg.timeouts.step, deadline)) {
-            Ok(()) => Some(*b),
-            Err(e) => {
-                ctx.log.warn(&format!(
-                    "{b}: could not hold it at D0 for the reset ({}: {}); resetting it as it is",
-                    h.display(&rel),
-                    errno_text(&e)
-                ));
-                None
-            }
-        }
-    });
-    held.into_iter().flatten().collect()
+    }
 }
 
 /// A kernel write under the reset, timed (`"on" > 0000:02:00.0/power/control`).
