@@ -212,7 +212,7 @@ while [ $i -lt $R ]; do
     KP=$(awk -v a=$KP -v b=$p 'BEGIN{print a + b}')
     i=$((i + 1))
 done
-echo "BENCH reset kernel-floor devices=$n rounds=$R shell-serial=${KS}s shell-parallel=${KP}s ratio=$(ratio $KP $KS) (pt-hook one call / 8 calls cannot go below this on this machine)"
+echo "BENCH reset kernel-floor devices=$n rounds=$R shell-serial=${KS}s shell-parallel=${KP}s ratio=$(ratio $KP $KS) (the kernel's own ratio: pt-hook's one call / 8 calls lies between this and 1/$n, nearer 1/$n the more each call costs; a cheaper call moves it towards this)"
 # Where one 8-device call spends its time.
 $H -v reset $SET 2>&1 | grep -v '^pt-hook: reset: timing +' | sed 's/^/BENCH reset-log /'
 $H reset --json $SET 2>/dev/null | grep -A14 '"timing"' | sed 's/^/BENCH reset-json /'
