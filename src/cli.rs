@@ -232,11 +232,7 @@ fn fast_path_from(argv: Vec<std::ffi::OsString>) -> Option<std::result::Result<C
         }
         [a, b] => {
             let digits = !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit());
-            let phase = matches!(
-                b.as_str(),
-                "pre-start" | "post-start" | "pre-stop" | "post-stop"
-            );
-            (digits && phase).then(|| {
+            (digits && is_phase(b)).then(|| {
                 Ok(Cli {
                     global: Global {
                         dry_run: false,

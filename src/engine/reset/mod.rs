@@ -1230,8 +1230,8 @@ fn reset_record(r: &SlotReport) -> health::ResetRecord {
 /// that does not let go), gets "auto" back (`release_d0`). A write that fails only means the
 /// ladder runs without the hold. No write waits past `deadline` (the phase's).
 ///
-/// `hold_d0` is one function: the restore starts one thread per function with it, first of
-/// all (each write waits for its function's resume, ~10 ms from D3hot, and the ladder waits
+/// Holds one function: the restore starts one thread per function with it, before anything
+/// else (each write waits for its function's resume, ~10 ms from D3hot, and the ladder waits
 /// for it). Returns the function if it is held now.
 pub fn hold_d0(ctx: &Ctx, b: &Bdf, deadline: Instant) -> Option<Bdf> {
     let h = &*ctx.host;
