@@ -38,6 +38,7 @@ pub fn command(ctx: &Ctx, bdfs: &[Bdf], method: Option<&str>, json: bool) -> Res
                     &crate::engine::guard::Opts {
                         me: None,
                         node: &ctx.node,
+                        own_processes_hold: false,
                     },
                     Some(&ctx.prewalk),
                 )

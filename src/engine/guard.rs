@@ -241,6 +241,9 @@ pub struct Finding {
 pub struct Opts<'a> {
     pub me: Option<&'a VmKey>,
     pub node: &'a str,
+    /// Its own processes are users after all: a post-stop (or cleanup) whose VM's QEMU still
+    /// has a device open is a QEMU still exiting, and nothing is reset or unbound under it.
+    pub own_processes_hold: bool,
 }
 
 /// The result of one scan: findings per function (only functions with users) and notes
@@ -945,6 +948,9 @@ impl<'a> Scanner<'a> {
     }
 
     fn own_process(&self, p: &Process) -> bool {
+        if self.opts.own_processes_hold {
+            return false;
+        }
         match (self.opts.me, &p.scope) {
             (Some(VmKey::Pve(v)), Scope::Vm(s)) => v == s,
             (Some(VmKey::Libvirt(d)), Scope::Libvirt(n)) => d.name == *n && !n.is_empty(),

@@ -154,6 +154,7 @@ fn guard_scan(ctx: &Ctx, key: &VmKey, bdfs: &[Bdf]) -> guard::Report {
             &guard::Opts {
                 me: Some(key),
                 node: &ctx.node,
+                own_processes_hold: false,
             },
             Some(&ctx.prewalk),
         )
@@ -1043,6 +1044,7 @@ fn wait_for_holders(ctx: &Ctx, exec: &Exec, st: &mut VmState, back: &[Bdf]) -> R
             &guard::Opts {
                 me: Some(&key),
                 node: &ctx.node,
+                own_processes_hold: true,
             },
             wait.min(
                 exec.deadline

@@ -503,12 +503,28 @@ fn post_stop_waits_for_a_qemu_that_is_still_exiting() {
         false,
     );
     let sim = std::sync::Arc::clone(&t.sim);
+    let resets_before = t.sim.writes_to("/reset").len();
     let h = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
+        // Nothing was reset or unbound while the VM's own QEMU still had its group open.
+        let r = (
+            sim.writes_to("/reset").len(),
+            sim.writes_to("vfio-pci/unbind").len(),
+        );
         sim.exit_process(7000);
+        r
     });
+    let start = Instant::now();
     crate::engine::phase::pve(&t.ctx(), 100, "post-stop").unwrap();
-    h.join().unwrap();
+    let took = start.elapsed();
+    let (resets, unbinds) = h.join().unwrap();
+    assert_eq!(
+        (resets, unbinds),
+        (resets_before, 0),
+        "reset or unbound under QEMU"
+    );
+    assert!(took >= Duration::from_millis(300), "did not wait: {took:?}");
+    assert_eq!(t.sim.writes_to("/reset").len(), resets_before + 2);
     assert!(!t.has_state(100));
     assert_eq!(t.sim.driver_of(NVME).as_deref(), Some("nvme"));
 }

@@ -1470,6 +1470,45 @@ if section guard; then
     guard_cleanup
     check guard.held.host-as-at-start gstate_is "$GSTATE0"
 
+    # f(iii). the holder is VM 100's own QEMU, still exiting (a process in qemu.slice/100.scope
+    # with the group and the device open): post-stop does not reset or unbind under it either;
+    # it waits, keeps the state, exits 1 naming it as VM 100's; cleanup after it exits.
+    hook 100 pre-start
+    check guard.own-qemu.pre-start-exit-0 rc_is 0
+    CG=/sys/fs/cgroup
+    CG_MOUNTED=""
+    grep -q " $CG cgroup2 " /proc/mounts || { mount -t cgroup2 none $CG 2>/dev/null && CG_MOUNTED=1; }
+    if rc_is 0 && mkdir -p $CG/qemu.slice/100.scope && start_holder $NVME1 &&
+        echo $HOLDER_PID >$CG/qemu.slice/100.scope/cgroup.procs; then
+        P=$HOLDER_PID
+        check guard.own-qemu.setup-scope eq "$(cat /proc/$P/cgroup)" "0::/qemu.slice/100.scope"
+        phase_timeout_5s
+        hook_bg 100 post-stop
+        hook_wait 10
+        check guard.own-qemu.post-stop-returns bg_done
+        check guard.own-qemu.post-stop-within-6s secs_le 6
+        check guard.own-qemu.post-stop-exit-1 rc_is 1
+        check guard.own-qemu.names-holder out_has "open by pid $P"
+        check guard.own-qemu.names-vm out_has "of VM 100"
+        check guard.own-qemu.nothing-reset out_has "nothing was reset or unbound"
+        check guard.own-qemu.state-kept state_exists 100
+        check guard.own-qemu.still-on-vfio drv_now_is $NVME1 vfio-pci
+        stop_holder
+        bg_reap 30
+        hook_bg cleanup
+        hook_wait 30
+        check guard.own-qemu.cleanup-exit-0 rc_is 0
+        check guard.own-qemu.cleanup-nvme-back drv_is $NVME1 nvme
+        check guard.own-qemu.cleanup-state-gone state_gone 100
+        rm -f /etc/pt-hook/pt-hook.toml
+    else
+        echo "FAIL guard.own-qemu.setup (cgroup $CG/qemu.slice/100.scope: $(ls -d $CG/qemu.slice/100.scope 2>&1); $WHY)"
+    fi
+    guard_cleanup
+    rmdir $CG/qemu.slice/100.scope $CG/qemu.slice 2>/dev/null
+    [ -z "$CG_MOUNTED" ] || umount $CG
+    check guard.own-qemu.host-as-at-start gstate_is "$GSTATE0"
+
     # f(ii). the same, and a shell stuck in `echo BDF > vfio-pci/unbind` (it holds the device
     # lock; on 6.1 even a read of driver_override blocks behind it): post-stop, status and
     # cleanup each return within the phase timeout + 1 s with their pipes closed; after the

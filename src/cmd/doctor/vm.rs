@@ -167,6 +167,7 @@ impl Doctor<'_> {
                 &crate::engine::guard::Opts {
                     me: Some(&crate::engine::state::VmKey::Pve(vmid)),
                     node: &self.host.node_name(),
+                    own_processes_hold: false,
                 },
             );
             let mut desc = Vec::new();
